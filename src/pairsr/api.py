@@ -1,0 +1,82 @@
+"""Python API: numpy or xarray in, xarray out.
+
+>>> pair = prepare_pair(lr, hr)                 # register; HR resampled onto the LR's SR grid
+>>> model = fit([pair], method="lbnlm")         # learn LR→HR from the overlap
+>>> sr = super_resolve(model, lr)               # xarray.DataArray on the SR grid, in nm
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pairsr.grid import sr_to_lr
+from pairsr.io import from_float32, to_float32
+from pairsr.methods import METHODS, SRMethod, load_model, save_model
+
+
+@dataclass
+class TrainingPair:
+    """A registered pair: ``lr`` float32 (H, W); ``hr`` float32 (zoom*H, zoom*W) on the SR grid
+    of ``lr``, NaN where the HR scan does not reach; ``registration`` as found."""
+
+    lr: np.ndarray
+    hr: np.ndarray
+    registration: object  # pairsr.register.Registration
+
+
+def _values(image: np.ndarray | xr.DataArray) -> np.ndarray:
+    return np.asarray(image.values if isinstance(image, xr.DataArray) else image)
+
+
+def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *, zoom: int = 2,
+                 local: bool = True, **register_options) -> TrainingPair:
+    """Register ``hr`` inside ``lr`` and resample it onto the SR grid of ``lr``."""
+    from pairsr.register import register_pair, warp_hr_to_sr
+
+    lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
+    reg = register_pair(lr_f, hr_f, zoom=float(zoom), local=local, **register_options)
+    return TrainingPair(lr_f, warp_hr_to_sr(hr_f, reg, lr_f.shape, zoom=zoom, local=local), reg)
+
+
+def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path | None = None,
+        overwrite: bool = False, zoom: int = 2, **params) -> SRMethod:
+    """Fit ``method`` on one pair (self-training) or many (pooled); save it to ``out`` if given."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    model = METHODS[method].fit([(p.lr, p.hr) for p in pairs], zoom=zoom, **params)
+    if out is not None:
+        records = [p.registration.to_dict() for p in pairs]
+        save_model(model, out, extra={"registrations": records}, overwrite=overwrite)
+    return model
+
+
+def super_resolve(model: SRMethod | str | Path, lr: np.ndarray | xr.DataArray,
+                  *, dtype: str | np.dtype | None = None) -> xr.DataArray:
+    """Super-resolve a whole LR image in memory.
+
+    Returns a DataArray of shape (zoom*H, zoom*W) with dims ("y", "x"), in ``dtype`` (default:
+    the input's), with SR-grid coordinates in nm when the LR pixel size is known
+    (``attrs["pixel_size_nm"]``), else in LR pixel units.
+    """
+    if not isinstance(model, SRMethod):
+        model = load_model(model)
+    values = _values(lr)
+    out = model.predict(to_float32(values))
+    out = from_float32(out, np.dtype(dtype or values.dtype))
+    attrs = dict(lr.attrs) if isinstance(lr, xr.DataArray) else {}
+    pixel = attrs.get("pixel_size_nm") or 1.0
+    ty, tx = attrs.get("translation_nm", (0.0, 0.0))
+    coords = {
+        "y": sr_to_lr(np.arange(out.shape[0]), model.zoom) * pixel + ty,
+        "x": sr_to_lr(np.arange(out.shape[1]), model.zoom) * pixel + tx,
+    }
+    attrs.update(method=model.name, zoom=model.zoom)
+    if attrs.get("pixel_size_nm"):
+        attrs["pixel_size_nm"] = attrs["pixel_size_nm"] / model.zoom
+        attrs["translation_nm"] = (float(coords["y"][0]), float(coords["x"][0]))
+    return xr.DataArray(out, dims=("y", "x"), coords=coords, attrs=attrs)
