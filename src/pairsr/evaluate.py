@@ -100,8 +100,12 @@ def _sr_of(model, lr: np.ndarray, box: Box, zoom: int) -> np.ndarray:
     return out[oy : oy + (y1 - y0) * zoom, ox : ox + (x1 - x0) * zoom]
 
 
-def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = True) -> list[dict]:
-    """Score ``model`` on every sub-image of ``ep`` (and the whole field when ``gt`` exists)."""
+def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = True,
+                   crops: dict | None = None) -> list[dict]:
+    """Score ``model`` on every sub-image of ``ep`` (and the whole field when ``gt`` exists).
+
+    ``crops``, if given, receives the SR and bicubic of the first held-out sub-image (for panels).
+    """
     lr = ep.pair.lr
     box = (ep.boxes[0][0], ep.boxes[-1][1], ep.boxes[0][2], ep.boxes[-1][3])
     t0 = time.perf_counter()
@@ -113,6 +117,8 @@ def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = Tr
         sl = np.s_[(y0 - box[0]) * zoom : (y1 - box[0]) * zoom,
                    (x0 - box[2]) * zoom : (x1 - box[2]) * zoom]  # fmt: skip
         ref = ep.pair.hr[y0 * zoom : y1 * zoom, x0 * zoom : x1 * zoom]
+        if crops is not None and not is_train(i) and "sr" not in crops:
+            crops.update(sr=sr_box[sl], bicubic=bic_box[sl], hr=ref, lr=lr[y0:y1, x0:x1])
         rows.append({"pair": ep.name, "subimage": i,
                      "split": "in-sample" if is_train(i) else "out-of-sample",
                      **score(np.clip(sr_box[sl], 0, 1), np.clip(bic_box[sl], 0, 1), ref)})
@@ -128,12 +134,13 @@ def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = Tr
 
 
 def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "self",
-        zoom: int = 2, params: dict[str, dict] | None = None,
-        whole_field: bool = True) -> list[dict]:
+        zoom: int = 2, params: dict[str, dict] | None = None, whole_field: bool = True,
+        crops: dict | None = None) -> list[dict]:
     """Fit and score every method under ``strategy`` ('self', 'pooled' or 'both').
 
     Returns one row per (strategy, method, pair, sub-image) with all :func:`pairsr.metrics.score`
-    keys plus ``fit_s`` and ``predict_s``.
+    keys plus ``fit_s`` and ``predict_s``. ``crops``, if given, is filled with one held-out
+    sub-image per (strategy, method, pair) for :func:`write_panel`.
     """
     params = params or {}
     for ep in pairs:
@@ -150,7 +157,9 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
                             **params.get(method, {}))
                 fit_s = time.perf_counter() - t0
                 for ep in group:
-                    for r in evaluate_model(model, ep, zoom=zoom, whole_field=whole_field):
+                    crop = None if crops is None else crops.setdefault((strat, method, ep.name), {})
+                    for r in evaluate_model(model, ep, zoom=zoom, whole_field=whole_field,
+                                            crops=crop):
                         rows.append({"strategy": strat, "method": method, "fit_s": fit_s, **r})
     return rows
 
@@ -209,3 +218,39 @@ def write_report(rows: list[dict], out: str | Path, *, overwrite: bool = False) 
     (out / "report.json").write_text(json.dumps({"summary": table, "rows": rows}, indent=1,
                                                 default=float))
     return table
+
+
+def write_panel(crops: dict, path: str | Path, *, max_pairs: int = 4) -> Path:
+    """A figure like the paper's Fig. 7/8: per pair, the LR, bicubic, each method and the HR of
+    one held-out sub-image, with PSNR/SSIM against the HR under each."""
+    from PIL import Image, ImageDraw
+
+    from pairsr.metrics import psnr, ssim
+
+    keys = list(crops)
+    names = list(dict.fromkeys(k[2] for k in keys))[:max_pairs]
+    columns = list(dict.fromkeys((k[0], k[1]) for k in keys))
+    first = crops[keys[0]]
+    th, tw = first["hr"].shape
+    label_h = 28
+    canvas = Image.new("L", (tw * (len(columns) + 3), (th + label_h) * len(names) + 16), 255)
+    draw = ImageDraw.Draw(canvas)
+    for r, name in enumerate(names):
+        c0 = crops[(columns[0][0], columns[0][1], name)]
+        ref = c0["hr"]
+        tiles = [("LR", np.kron(c0["lr"], np.ones((th // c0["lr"].shape[0],) * 2)), False),
+                 ("bicubic", c0["bicubic"], True)]
+        tiles += [(f"{m} ({s})", crops[(s, m, name)]["sr"], True) for s, m in columns]
+        tiles.append(("HR", ref, False))
+        y = r * (th + label_h) + 14
+        draw.text((2, y - 13), name, fill=0)
+        for c, (title, img, scored) in enumerate(tiles):
+            img = np.nan_to_num(np.clip(img, 0, 1))
+            canvas.paste(Image.fromarray((img * 255).astype(np.uint8)[:th, :tw]), (c * tw, y))
+            text = title
+            if scored:
+                text += f"\nPSNR {psnr(img, ref):.2f} dB  SSIM {ssim(img, ref):.3f}"
+            draw.multiline_text((c * tw + 2, y + th + 1), text, fill=0, spacing=0)
+    path = Path(path)
+    canvas.save(path)
+    return path

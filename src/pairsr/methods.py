@@ -182,7 +182,7 @@ def model_hash(folder: str | Path) -> str:
 TrainingPairs = list[tuple[np.ndarray, np.ndarray]]
 
 #: σ candidates (in [0, 1] intensity units) searched when ``sigma="auto"``.
-SIGMA_CANDIDATES = tuple(round(0.01 * 1.5**i, 4) for i in range(10))
+SIGMA_CANDIDATES = tuple(round(0.004 * 1.5**i, 4) for i in range(12))
 
 
 def _holdout(hr: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -250,8 +250,9 @@ class LBNLM(SRMethod):
             lib = build_library([(u, f) for u, (f, _) in zip(ups, split)], n=n, k=k, K=K, L=L,
                                 seed=seed)
             val = [(u, v) for u, (_, v) in zip(ups, split)]
+            width = min(int(np.isfinite(v).any(0).sum()) for _, v in val)
             sigma = select_sigma(lib, val, SIGMA_CANDIDATES, categories=categories,
-                                 residual=residual, seed=seed)
+                                 residual=residual, seed=seed, size=min(96, width - 2 * n))
             params["sigma_selected_from"] = list(SIGMA_CANDIDATES)
         params["sigma"] = float(sigma)
         library = build_library([(u, hr) for u, (_, hr) in zip(ups, pairs)], n=n, k=k, K=K, L=L,

@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from pairsr.grid import bicubic
+from pairsr.methods import (
+    LBNLM,
+    Bicubic,
+    LBNLMOriginal,
+    ModelError,
+    load_model,
+    model_hash,
+    save_model,
+)
+
+
+@pytest.fixture(scope="module")
+def training_pair():
+    """A small aligned pair: HR texture on the SR grid, LR a blurred, noisy 2x2 area mean."""
+    rng = np.random.default_rng(0)
+    hr = ndi.gaussian_filter(rng.random((128, 160)), 1.2)
+    hr = ((hr - hr.min()) / np.ptp(hr)).astype(np.float32)
+    lr = ndi.gaussian_filter(hr, 1.0).reshape(64, 2, 80, 2).mean((1, 3))
+    lr = np.clip(0.8 * lr + 0.1 + 0.02 * rng.standard_normal(lr.shape), 0, 1).astype(np.float32)
+    return lr, hr
+
+
+@pytest.fixture(scope="module")
+def lbnlm_model(training_pair):
+    return LBNLM.fit([training_pair], k=8, K=4, L=800, sigma="auto")
+
+
+def test_lbnlm_fit_selects_sigma_and_beats_bicubic(lbnlm_model, training_pair):
+    lr, hr = training_pair
+    assert lbnlm_model.params["sigma"] in lbnlm_model.params["sigma_selected_from"]
+    sr = lbnlm_model.predict(lr)
+    assert sr.shape == hr.shape
+    err = lambda x: np.mean((x - hr)[8:-8, 8:-8] ** 2)  # noqa: E731
+    assert err(sr) < 0.9 * err(bicubic(lr))
+
+
+def test_model_folder_round_trip(tmp_path, lbnlm_model, training_pair):
+    lr, _ = training_pair
+    folder = save_model(lbnlm_model, tmp_path / "m", extra={"registrations": [{"ncc": 0.9}]})
+    loaded = load_model(folder)
+    assert isinstance(loaded, LBNLM) and loaded.params == lbnlm_model.params
+    assert np.array_equal(loaded.predict(lr), lbnlm_model.predict(lr))
+    assert model_hash(folder) == json.loads((folder / "model.json").read_text())["hash"]
+    with pytest.raises(FileExistsError, match="overwrite"):
+        save_model(lbnlm_model, folder)
+
+
+def test_corrupt_or_mismatched_model_folder_is_a_clear_error(tmp_path, lbnlm_model):
+    folder = save_model(lbnlm_model, tmp_path / "m")
+    with pytest.raises(ModelError, match="no model.json"):
+        load_model(tmp_path / "missing")
+    # A replaced data file fails its checksum.
+    lib = folder / "library.npz"
+    data = lib.read_bytes()
+    lib.write_bytes(data[:-10] + bytes(10))
+    with pytest.raises(ModelError, match="checksum"):
+        load_model(folder)
+    lib.write_bytes(data)
+    # An edited parameter breaks the content hash.
+    cfg = json.loads((folder / "model.json").read_text())
+    cfg["params"]["sigma"] = 1.0
+    (folder / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="hash"):
+        load_model(folder)
+    (folder / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(folder)
+
+
+def test_bicubic_needs_no_folder_and_original_lbnlm_shares_the_library(lbnlm_model, training_pair):
+    lr, hr = training_pair
+    assert np.array_equal(load_model("bicubic").predict(lr), bicubic(lr))
+    assert isinstance(load_model("bicubic"), Bicubic)
+    orig = LBNLMOriginal(params={**lbnlm_model.params, "sigma": 0.05}, library=lbnlm_model.library)
+    out = orig.predict(lr)
+    assert out.shape == hr.shape and np.isfinite(out).all()
+    assert orig.halo == lbnlm_model.halo > Bicubic().halo
