@@ -54,7 +54,7 @@ def test_model_folder_round_trip(tmp_path, lbnlm_model, training_pair):
 
 def test_corrupt_or_mismatched_model_folder_is_a_clear_error(tmp_path, lbnlm_model):
     folder = save_model(lbnlm_model, tmp_path / "m")
-    with pytest.raises(ModelError, match="no model.json"):
+    with pytest.raises(ModelError, match=r"no model\.json"):
         load_model(tmp_path / "missing")
     # A replaced data file fails its checksum.
     lib = folder / "library.npz"

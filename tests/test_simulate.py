@@ -52,7 +52,7 @@ def test_truth_mapping_reproduces_hr_better_than_wrong_mappings(pair):
     exact = true_lr_coords(pair.truth)
     good = _ncc(interpolate(lr, exact), hr)
     assert good > 0.5
-    # The truth is the correlation peak: every wrong mapping scores lower, and worse the further off.
+    # The truth is the correlation peak: wrong mappings score lower, the further off the lower.
     for direction in ([1.0, 0.0], [0.0, 1.0], [-0.7, 0.7]):
         scores = [
             _ncc(interpolate(lr, exact + d * np.array(direction)[:, None, None]), hr)
@@ -102,7 +102,7 @@ def test_builtin_specimen_and_save(tmp_path):
     save_pair(p, tmp_path / "pair")
     truth = json.loads((tmp_path / "pair" / "truth.json").read_text())
     assert truth["matrix"] == p.truth["matrix"]
-    with pytest.raises(FileExistsError, match="lr.tif"):
+    with pytest.raises(FileExistsError, match=r"lr\.tif"):
         save_pair(p, tmp_path / "pair")
 
 

@@ -50,7 +50,7 @@ def bicubic(lr: np.ndarray, zoom: int = 2) -> np.ndarray:
 def interpolate(image: np.ndarray, coords: np.ndarray, order: int = 3) -> np.ndarray:
     """Sample ``image`` at fractional ``(row, col)`` coordinates ``coords`` of shape ``(2, ...)``.
 
-    Uses the same spline and boundary as :func:`bicubic`; returns float32 of shape ``coords.shape[1:]``.
+    Same spline and boundary as :func:`bicubic`; float32 of shape ``coords.shape[1:]``.
     """
     image = np.asarray(image, dtype=np.float32)
     return ndi.map_coordinates(image, coords, order=order, mode=BOUNDARY).astype(np.float32)
