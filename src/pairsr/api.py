@@ -16,7 +16,7 @@ import xarray as xr
 
 from pairsr.grid import sr_to_lr
 from pairsr.io import from_float32, to_float32
-from pairsr.methods import METHODS, SRMethod, load_model, save_model
+from pairsr.methods import SRMethod, load_model, method_class, save_model
 
 
 @dataclass
@@ -46,9 +46,7 @@ def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *
 def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path | None = None,
         overwrite: bool = False, zoom: int = 2, **params) -> SRMethod:
     """Fit ``method`` on one pair (self-training) or many (pooled); save it to ``out`` if given."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    model = METHODS[method].fit([(p.lr, p.hr) for p in pairs], zoom=zoom, **params)
+    model = method_class(method).fit([(p.lr, p.hr) for p in pairs], zoom=zoom, **params)
     if out is not None:
         records = [p.registration.to_dict() for p in pairs]
         save_model(model, out, extra={"registrations": records}, overwrite=overwrite)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,23 @@ class Bicubic(SRMethod):
 METHODS: dict[str, type[SRMethod]] = {"bicubic": Bicubic}
 
 
+#: Modules that register further methods when imported (kept lazy: torch is slow to import).
+_PROVIDERS = {"scsr": "pairsr.sparse", "srsw": "pairsr.sparse"}
+
+
 def register_method(cls: type[SRMethod]) -> type[SRMethod]:
     METHODS[cls.name] = cls
     return cls
+
+
+def method_class(name: str) -> type[SRMethod]:
+    """The class of method ``name``, importing the module that provides it if needed."""
+    if name not in METHODS and name in _PROVIDERS:
+        importlib.import_module(_PROVIDERS[name])
+    if name not in METHODS:
+        known = sorted(set(METHODS) | set(_PROVIDERS))
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(known)}")
+    return METHODS[name]
 
 
 def _sha256(path: Path) -> str:
@@ -136,8 +151,10 @@ def read_config(folder: str | Path) -> dict:
         raise ModelError(f"{path}: corrupt model.json ({err})") from None
     if config.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: not a pairsr model (format {config.get('format')!r})")
-    if config.get("method") not in METHODS:
-        raise ModelError(f"{path}: unknown method {config.get('method')!r}")
+    try:
+        method_class(config.get("method"))
+    except ValueError as err:
+        raise ModelError(f"{path}: {err}") from None
     if config.get("hash") != _content_hash(config):
         raise ModelError(f"{path}: content hash mismatch; the model was edited or is corrupt")
     for name, digest in config.get("files", {}).items():
@@ -154,7 +171,7 @@ def load_model(folder: str | Path) -> SRMethod:
         return METHODS[str(folder)]()
     folder = Path(folder)
     config = read_config(folder)
-    return METHODS[config["method"]].load_data(folder, config)
+    return method_class(config["method"]).load_data(folder, config)
 
 
 @functools.lru_cache(maxsize=4)
