@@ -247,7 +247,7 @@ class LBNLM(SRMethod):
 
         try:
             library = Library.load(folder)
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             raise ModelError(str(err)) from None
         return cls(zoom=config["zoom"], params=config["params"], library=library)
 

@@ -1,0 +1,392 @@
+"""The paired LB-NLM filter (paper Sec. III-C, Algorithm 1 steps 4-9) and Sreehari's LB-NLM.
+
+For every ``n × n`` patch ``Q`` of the upsampled image (one centred at each pixel for
+``stride=1``; half-sample symmetric padding keeps the output's shape), the filter finds the
+category whose mean upsampled patch is nearest, weighs that category's library pairs by
+
+    w_l = exp(-‖Q − P_up,l‖² / (2 n² σ²)),   normalised to sum to 1,
+
+estimates the HR patch ``Q_h = Σ_l w_l P_hr,l`` and averages the overlapping estimates per pixel.
+σ is in the [0, 1] intensity units of ``up``.
+
+The weighted average is a softmax attention and is computed as one, in float32, for all queries
+of one category at a time. With ``s = 1/(n² σ²)`` and ``μ`` the category's mean key (a shift
+that leaves every distance unchanged and keeps float32 products clear of cancellation), one
+matrix product of rows ``[Q − μ, 1, ‖Q − μ‖²]`` with columns ``[(P − μ)·s; −‖P − μ‖²·s/2; −s/2]``
+gives the logits ``−s‖Q − P‖²/2 ≤ 0`` (no overflow). A query whose largest logit is below −20
+has it subtracted (softmax is shift-invariant; the best match then weighs 1, so no underflow to
+0/0); logits more than 40 below the largest are raised to that (weights e⁻⁴⁰ change no float32
+result, and slow subnormal numbers never arise). One more product with ``[P_hr, 1]`` gives the
+weighted sums and the sums of weights. The torch path passes ``scale = s`` and
+``attn_mask = −‖P − μ‖²·s/2`` to ``scaled_dot_product_attention``: the same logits up to the
+per-query constant ``s‖Q − μ‖²/2``, which the softmax removes.
+
+Memory: each worker thread holds at most about ``block`` float32 values (``4·block`` bytes,
+32 MiB by default): the weights of a chunk of query patches against the largest set of
+``categories`` categories, and a few copies of the chunk's patches. Up to ``2·workers + 1``
+chunks of estimates wait for the overlap-add, and the image costs the input, a padded copy, the
+sums and the output (16 bytes per pixel). Measured with tracemalloc at the defaults and 2
+workers, n = 9, k = 50: a 66 MiB peak for a 1024 × 1024 image with L ≈ 20000 (71 MiB with
+L ≈ 5000); benchmarks/bench_lbnlm.py prints it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import cache
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from threadpoolctl import threadpool_limits
+
+from pairsr.grid import BICUBIC_HALO
+from pairsr.library import Library, valid_corners
+
+#: Default bound on the float32 values one worker thread holds at once (32 MiB).
+BLOCK = 2**23
+#: Logits more than this below a query's largest are raised to it (weights e⁻⁴⁰ ≈ 4e-18).
+_MIN_LOGIT = 40.0
+
+#: ``attend(q, categories)``: HR estimates ``(b, n²)`` of the ``(b, n²)`` query patches ``q``.
+Attend = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+
+
+def halo(n: int, zoom: int = 2) -> int:
+    """LR pixels of context a tile needs for an exact LB-NLM output in its interior.
+
+    An output pixel averages the estimates of the patches covering it, whose centres lie within
+    ``n // 2`` SR pixels and which each read up to ``n // 2`` further: a reach of ``n - 1`` SR
+    pixels, ``ceil((n - 1) / zoom)`` LR pixels, plus :data:`pairsr.grid.BICUBIC_HALO` for the
+    upsampling. With ``stride > 1`` tiles must also start at multiples of ``stride`` SR pixels.
+    """
+    if n < 1 or zoom < 1:
+        raise ValueError(f"halo needs n >= 1 and zoom >= 1, got n={n}, zoom={zoom}")
+    return math.ceil((n - 1) / zoom) + BICUBIC_HALO
+
+
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _axis_grid(length: int, n: int, stride: int) -> tuple[int, int]:
+    """Patch positions per axis (every ``stride``-th pixel from 0, one more if the last pixel
+    would be uncovered) and the padding after the image they need."""
+    count = (length - 1) // stride + 1
+    if (length - 1) % stride > n // 2:
+        count += 1
+    return count, max(n // 2, (count - 1) * stride + n // 2 - (length - 1))
+
+
+def _coverage(count: int, padded: int, n: int, stride: int) -> np.ndarray:
+    """How many patches of a ``count``-long ``stride`` grid cover each of ``padded`` pixels."""
+    cover = np.zeros(padded, dtype=np.float32)
+    for offset in range(n):
+        cover[offset : offset + (count - 1) * stride + 1 : stride] += 1
+    return cover
+
+
+def _numpy_attention(keys: np.ndarray, values: np.ndarray, groups: dict, scale: float) -> Attend:
+    """Softmax attention of queries over the key/value rows of a set of categories, in numpy."""
+    d = keys.shape[1]
+
+    @cache
+    def prepare(combo: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = np.concatenate([groups[c] for c in combo])
+        mean = keys[rows].mean(axis=0)
+        k = keys[rows] - mean
+        # Rows [k·s; -‖k‖²·s/2; -s/2] against [q; 1; ‖q‖²] (s = scale): one product gives the
+        # logits -s·‖q - k‖²/2, at most (about) 0.
+        k_aug = np.vstack(
+            [k.T * scale, -0.5 * scale * np.einsum("ij,ij->i", k, k), np.full(len(k), -0.5 * scale)]
+        )
+        v_aug = np.hstack([values[rows], np.ones((len(rows), 1))])
+        return mean, k_aug.astype(np.float32), v_aug.astype(np.float32)
+
+    def attend(q: np.ndarray, combo: tuple[int, ...]) -> np.ndarray:
+        mean, k_aug, v_aug = prepare(combo)
+        q_aug = np.empty((len(q), d + 2), dtype=np.float32)
+        centred = np.subtract(q, mean, out=q_aug[:, :d])
+        q_aug[:, d] = 1
+        np.einsum("ij,ij->i", centred, centred, out=q_aug[:, d + 1])
+        logits = q_aug @ k_aug
+        top = logits.max(axis=1, keepdims=True)
+        far = np.flatnonzero(top < -_MIN_LOGIT / 2)  # no patch near: shift so the best weighs 1
+        if len(far):
+            logits[far] -= top[far]
+            top[far] = 0
+        # Weights below e^-40 of the largest count as e^-40: changes no float32 result and keeps
+        # the arithmetic clear of slow subnormal numbers.
+        np.clip(logits, top - _MIN_LOGIT, None, out=logits)
+        np.exp(logits, out=logits)
+        out = logits @ v_aug  # weighted sums and, in the last column, the sums of weights
+        return out[:, :d] / out[:, d:]
+
+    return attend
+
+
+def _torch_attention(
+    keys: np.ndarray, values: np.ndarray, groups: dict, scale: float, device: str
+) -> Attend:
+    """The same attention with ``torch.nn.functional.scaled_dot_product_attention``."""
+    import torch
+    from torch.nn.functional import scaled_dot_product_attention
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but torch finds no CUDA device")
+
+    @cache
+    def prepare(combo: tuple[int, ...]) -> tuple:
+        rows = np.concatenate([groups[c] for c in combo])
+        mean = keys[rows].mean(axis=0)
+        k = torch.from_numpy(keys[rows] - mean).to(dev)
+        v = torch.from_numpy(values[rows]).to(dev)
+        return mean, k[None], v[None], (-0.5 * scale) * (k * k).sum(dim=1)
+
+    def attend(q: np.ndarray, combo: tuple[int, ...]) -> np.ndarray:
+        mean, k, v, bias = prepare(combo)
+        with torch.no_grad():
+            qt = torch.from_numpy(q - mean).to(dev)[None]
+            out = scaled_dot_product_attention(qt, k, v, attn_mask=bias, scale=scale)
+        return out[0].cpu().numpy()
+
+    return attend
+
+
+def _ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2·workers`` pending."""
+    if workers == 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _group(scores: np.ndarray, m: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Group queries by their ``m`` best-scoring categories: ``[(categories, query indices)]``."""
+    k = scores.shape[1]
+    if m == k:
+        return [(tuple(range(k)), np.arange(len(scores)))]
+    if m == 1:  # a stable sort of small unsigned ints is a radix sort
+        combos = np.argmax(scores, axis=1).astype(np.min_scalar_type(k))[:, None]
+        order = np.argsort(combos[:, 0], kind="stable")
+    else:
+        combos = np.sort(np.argpartition(-scores, m - 1, axis=1)[:, :m], axis=1)
+        order = np.lexsort(combos.T[::-1])
+    ranked = combos[order]
+    starts = np.flatnonzero(np.any(ranked[1:] != ranked[:-1], axis=1)) + 1
+    return [(tuple(combos[idx[0]].tolist()), idx) for idx in np.split(order, starts)]
+
+
+def _filter(
+    up: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    n: int,
+    *,
+    sigma: float,
+    categories: int,
+    stride: int,
+    block: int,
+    device: str | None,
+    workers: int | None,
+) -> np.ndarray:
+    """Overlap-averaged attention of every patch of ``up`` over its nearest categories' pairs."""
+    up = np.asarray(up, dtype=np.float32)
+    k, d = len(centroids), n * n
+    problems = {
+        "up": (up.ndim == 2 and np.all(np.isfinite(up)), f"a finite 2-D image, got {up.shape}"),
+        "sigma": (np.isfinite(sigma) and sigma > 0, f"> 0 in [0, 1] intensity units, got {sigma}"),
+        "categories": (1 <= categories <= k, f"in [1, {k}] (the library's), got {categories}"),
+        "stride": (1 <= stride <= n, f"in [1, n={n}] for patches to cover, got {stride}"),
+        "block": (block >= 1, f">= 1, got {block}"),
+        "workers": (workers is None or workers >= 1, f">= 1, got {workers}"),
+    }
+    for name, (ok, must) in problems.items():
+        if not ok:
+            raise ValueError(f"{name} must be {must}")
+    groups = {c: np.flatnonzero(labels == c) for c in range(k)}
+    scale = 1.0 / (d * sigma**2)
+    if device is None:
+        attend = _numpy_attention(keys, values, groups, scale)
+    else:
+        attend = _torch_attention(keys, values, groups, scale, device)
+    # Torch on the CPU runs its own threads; elsewhere our threads share the cores, with numpy's
+    # BLAS single-threaded so they don't fight over them.
+    torch_cpu = device is not None and str(device).split(":")[0] == "cpu"
+    workers = workers or (1 if torch_cpu else _cpus())
+    limits = nullcontext() if torch_cpu else threadpool_limits(limits=1, user_api="blas")
+
+    (rows, pad_r), (cols, pad_c) = (_axis_grid(length, n, stride) for length in up.shape)
+    before = (n - 1) // 2
+    padded = np.pad(up, ((before, pad_r), (before, pad_c)), mode="symmetric")
+    windows = sliding_window_view(padded, (n, n))[::stride, ::stride]
+    # Centroid scores q·c - ‖c‖²/2 rank the categories by distance to q, nearest first.
+    c_t = np.ascontiguousarray(centroids.T)
+    c_bias = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
+    # Per query a step holds at most one row of weights (the largest category set) and about
+    # four copies of its patch: ``block`` float32 values in all.
+    largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
+    chunk = max(1, block // (largest + 4 * d) // cols)  # rows of patches per step
+
+    def estimates(r0: int) -> np.ndarray:
+        """HR estimates of the patches of grid rows ``r0 .. r0+chunk``: ``(n, n, rows, cols)``."""
+        q = windows[r0 : r0 + chunk].reshape(-1, d)
+        est = np.empty_like(q)
+        for combo, idx in _group(q @ c_t + c_bias, categories):
+            est[idx] = attend(q[idx], combo)
+        return np.ascontiguousarray(est.T).reshape(n, n, -1, cols)
+
+    sums = np.zeros_like(padded)
+    starts = range(0, rows, chunk)
+    with limits:
+        for r0, est in zip(starts, _ordered_map(estimates, starts, workers), strict=True):
+            span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
+            for i in range(n):
+                for j in range(n):
+                    top = r0 * stride + i
+                    sums[top : top + span[0] : stride, j : j + span[1] : stride] += est[i, j]
+    inner_r, inner_c = slice(before, before + up.shape[0]), slice(before, before + up.shape[1])
+    out = sums[inner_r, inner_c]
+    out /= _coverage(rows, padded.shape[0], n, stride)[inner_r, None]
+    out /= _coverage(cols, padded.shape[1], n, stride)[None, inner_c]
+    return out
+
+
+def lbnlm_filter(
+    up: np.ndarray,
+    library: Library,
+    *,
+    sigma: float,
+    categories: int = 1,
+    stride: int = 1,
+    residual: bool = False,
+    block: int = BLOCK,
+    device: str | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Super-resolve an upsampled image with the paired LB-NLM filter (Algorithm 1, steps 5-9).
+
+    Parameters
+    ----------
+    up : (H, W) float array
+        Bicubic-upsampled LR image (:func:`pairsr.grid.bicubic`), intensities in [0, 1].
+    library : Library
+        Paired library (:func:`pairsr.library.build_library`) with patch side ``n``.
+    sigma : float
+        Scale σ of the weights, in [0, 1] intensity units: the RMS pixel difference between two
+        patches at which a library pair's weight drops to ``e^-1/2`` of an exact match's.
+    categories : int
+        Number ``m`` of nearest categories whose pairs are averaged (1 in the paper; ``k`` uses
+        the whole library).
+    stride : int
+        Step between patch centres, 1 to ``n`` (1: a patch at every pixel, as in the paper).
+    residual : bool
+        Average ``P_hr − P_up`` and add it back to ``up`` instead of averaging ``P_hr``.
+    block : int
+        float32 values one worker holds at most (weights and patch copies); bounds memory.
+    device : str, optional
+        ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) computes the attention
+        with ``torch.nn.functional.scaled_dot_product_attention`` there.
+    workers : int, optional
+        Threads that filter rows of patches at once (default: the CPUs this process may use; 1
+        for ``device="cpu"``, where torch runs its own threads). Except with ``device="cpu"``,
+        numpy's BLAS is single-threaded, process-wide, while the filter runs. Pass 1 when the
+        caller already runs tiles in parallel.
+
+    Returns
+    -------
+    (H, W) float32
+        The SR image, on the grid of ``up``.
+    """
+    values = library.hr - library.up if residual else library.hr
+    out = _filter(
+        up, library.up, values, library.labels, library.centroids, library.n, sigma=sigma,
+        categories=categories, stride=stride, block=block, device=device, workers=workers,
+    )  # fmt: skip
+    return out + np.asarray(up, dtype=np.float32) if residual else out
+
+
+def lbnlm_original(
+    up: np.ndarray,
+    library: Library,
+    *,
+    sigma: float,
+    stride: int = 1,
+    block: int = BLOCK,
+    device: str | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Sreehari et al.'s LB-NLM (the paper's ref. [15]) as a comparison method.
+
+    A library of HR patches only (``library.hr``): each upsampled query patch is compared with
+    the HR patches themselves, and its estimate is their weighted average over the whole library,
+    ``len(library) / L_c`` times the work of :func:`lbnlm_filter`. Parameters as there.
+    """
+    hr = library.hr
+    return _filter(
+        up, hr, hr, np.zeros(len(hr), dtype=np.int64), hr.mean(axis=0, keepdims=True), library.n,
+        sigma=sigma, categories=1, stride=stride, block=block, device=device, workers=workers,
+    )  # fmt: skip
+
+
+def select_sigma(
+    library: Library,
+    val_pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    candidates: Sequence[float],
+    *,
+    categories: int = 1,
+    residual: bool = False,
+    size: int = 96,
+    windows: int = 4,
+    seed: int = 0,
+) -> float:
+    """The σ among ``candidates`` giving the highest PSNR on held-out validation pairs.
+
+    ``val_pairs`` are aligned ``(up, hr)`` pairs as for :func:`pairsr.library.build_library`
+    (not used to build ``library``). To stay cheap, the filter runs on up to ``windows`` random
+    windows of each pair, ``size + 2n`` SR pixels wide and free of NaN, and is scored on their
+    ``size × size`` interiors (one MSE over all windows).
+    """
+    if len(candidates) == 0:
+        raise ValueError("select_sigma needs at least one candidate sigma")
+    n, rng = library.n, np.random.default_rng(seed)
+    crops = []
+    for i, (up, hr) in enumerate(val_pairs):
+        up, hr = np.asarray(up, dtype=np.float32), np.asarray(hr, dtype=np.float32)
+        if up.ndim != 2 or up.shape != hr.shape:
+            raise ValueError(f"validation pair {i}: up {up.shape} and hr {hr.shape} must match")
+        side = min(size + 2 * n, *up.shape)
+        if side <= 2 * n:
+            raise ValueError(f"validation pair {i} of shape {up.shape} is too small for n={n}")
+        rows, cols = valid_corners(~np.isfinite(up) | ~np.isfinite(hr), side)
+        for j in rng.permutation(len(rows))[:windows]:
+            window = np.s_[rows[j] : rows[j] + side, cols[j] : cols[j] + side]
+            crops.append((up[window], hr[window][n:-n, n:-n]))
+    if not crops:
+        raise ValueError(f"no NaN-free validation window of {size + 2 * n} pixels found")
+    errors = [
+        sum(
+            np.sum((lbnlm_filter(u, library, sigma=sigma, categories=categories,
+                                 residual=residual)[n:-n, n:-n] - h) ** 2, dtype=np.float64)
+            for u, h in crops
+        )
+        for sigma in candidates
+    ]  # fmt: skip
+    return float(candidates[int(np.argmin(errors))])

@@ -1,0 +1,255 @@
+"""The paired patch library of the LB-NLM method (paper Sec. III-C, Algorithm 1 steps 1-3).
+
+Training data are aligned pairs ``(up, hr)`` of float32 images of one shape on the SR grid of
+the LR field: ``up`` is the bicubic-upsampled LR image (:func:`pairsr.grid.bicubic`), ``hr`` the
+registered HR image with NaN where no HR exists. A patch is an ``n × n`` window, vectorised in
+row-major order to ``n*n`` values; a patch *pair* is the ``up`` and ``hr`` windows at the same
+position. Patches touching a NaN (in either image) or a pixel outside ``mask`` are never used.
+
+The library stratifies the patches as the paper does: it samples ``K·L`` HR patches, clusters
+them into ``k`` categories by k-means on their vectorised intensities, and keeps ``L/k`` random
+pairs per category. The filter (:mod:`pairsr.lbnlm`) compares each *upsampled* query patch with
+the category means, so :attr:`Library.centroids` are the means of the **upsampled** patches of
+each category's library members (the paper's text mixes "HR" and the upsampled symbol ``P_r``
+for this mean; comparing like with like is what makes the nearest-category test meaningful).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from sklearn.cluster import MiniBatchKMeans
+from threadpoolctl import threadpool_limits
+
+#: File name of a saved library inside its folder.
+LIBRARY_FILE = "library.npz"
+_ARRAYS = ("up", "hr", "labels", "centroids", "n", "params")
+
+
+def _check_pair(up: np.ndarray, hr: np.ndarray, n: int, where: str = "") -> None:
+    if up.ndim != 2 or up.shape != hr.shape:
+        raise ValueError(f"{where}up and hr must be 2-D of one shape, not {up.shape}, {hr.shape}")
+    if n < 1 or n > min(up.shape):
+        raise ValueError(f"{where}patch size n={n} must be in [1, {min(up.shape)}]")
+
+
+def valid_corners(invalid: np.ndarray, n: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left ``(rows, cols)`` of the ``n × n`` windows on a ``stride`` grid free of ``invalid``.
+
+    ``invalid`` is a boolean ``(H, W)`` image; a summed-area table counts the invalid pixels of
+    every window in ``O(H·W)``. Returns two int arrays of equal length, in row-major order.
+    """
+    sat = np.zeros((invalid.shape[0] + 1, invalid.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(invalid, axis=0), axis=1, out=sat[1:, 1:])
+    bad = sat[n:, n:] - sat[:-n, n:] - sat[n:, :-n] + sat[:-n, :-n]
+    rows, cols = np.nonzero(bad[::stride, ::stride] == 0)
+    return rows * stride, cols * stride
+
+
+def gather_patches(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
+    """The ``n × n`` windows of ``image`` with top-left corners ``(rows, cols)``: ``(M, n*n)``."""
+    windows = sliding_window_view(image, (n, n))
+    return windows[rows, cols].reshape(len(rows), n * n).astype(np.float32, copy=False)
+
+
+def _invalid(up: np.ndarray, hr: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    invalid = np.isnan(up) | np.isnan(hr)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != up.shape:
+            raise ValueError(f"mask has shape {mask.shape}, the images {up.shape}")
+        invalid |= ~mask
+    return invalid
+
+
+def extract_patches(
+    up: np.ndarray, hr: np.ndarray, n: int = 9, stride: int = 1, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All fully valid ``n × n`` patch pairs of an aligned pair on a ``stride`` grid.
+
+    Parameters
+    ----------
+    up, hr : (H, W) arrays
+        Upsampled LR and registered HR image on one grid; NaN marks missing pixels.
+    n : int
+        Patch side (SR pixels).
+    stride : int
+        Step between patch corners (SR pixels).
+    mask : (H, W) bool array, optional
+        Pixels allowed in a patch (True); default all.
+
+    Returns
+    -------
+    P_up, P_hr : (M, n*n) float32
+        Matched patches (row ``i`` of both comes from the same window), row-major window order.
+    """
+    up, hr = np.asarray(up, dtype=np.float32), np.asarray(hr, dtype=np.float32)
+    _check_pair(up, hr, n)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    rows, cols = valid_corners(_invalid(up, hr, mask), n, stride)
+    return gather_patches(up, rows, cols, n), gather_patches(hr, rows, cols, n)
+
+
+@dataclass
+class Library:
+    """A paired patch library.
+
+    Attributes
+    ----------
+    up, hr : (L, n*n) float32
+        Matched upsampled-LR and HR patches (intensities in [0, 1]).
+    labels : (L,) int64
+        Category of each pair, ``0 .. k-1``; every category has at least one member.
+    centroids : (k, n*n) float32
+        Mean upsampled patch of each category's members (what a query is compared with).
+    n : int
+        Patch side (SR pixels).
+    params : dict
+        JSON-serialisable record of how the library was built.
+    """
+
+    up: np.ndarray
+    hr: np.ndarray
+    labels: np.ndarray
+    centroids: np.ndarray
+    n: int
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.up = np.asarray(self.up, dtype=np.float32)
+        self.hr = np.asarray(self.hr, dtype=np.float32)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.centroids = np.asarray(self.centroids, dtype=np.float32)
+        self.n = int(self.n)
+        d = self.n * self.n
+        size = len(self.labels)
+        problems = [] if self.labels.ndim == 1 else [f"labels must be 1-D, got {self.labels.shape}"]
+        if self.up.shape != (size, d) or self.hr.shape != (size, d):
+            problems.append(
+                f"up {self.up.shape} and hr {self.hr.shape} must both be ({size}, {d}) "
+                f"for {size} labels and n={self.n}"
+            )
+        k = len(self.centroids)
+        if self.centroids.shape != (k, d):
+            problems.append(f"centroids {self.centroids.shape} must be (k, {d})")
+        if size == 0 or k == 0:
+            problems.append("the library is empty")
+        elif self.labels.min() < 0 or self.labels.max() >= k:
+            problems.append(f"labels must lie in 0..{k - 1}")
+        elif np.any(np.bincount(self.labels, minlength=k) == 0):
+            problems.append(f"every category 0..{k - 1} needs at least one member")
+        if problems:
+            raise ValueError("invalid Library: " + "; ".join(problems))
+
+    @property
+    def k(self) -> int:
+        """Number of categories."""
+        return len(self.centroids)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/library.npz`` (creating ``folder``); returns the file path."""
+        path = Path(folder) / LIBRARY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            up=self.up,
+            hr=self.hr,
+            labels=self.labels,
+            centroids=self.centroids,
+            n=np.int64(self.n),
+            params=np.array(json.dumps(self.params)),
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Library:
+        """Read a library written by :meth:`save`; ``ValueError`` naming the file if it is bad."""
+        path = Path(folder) / LIBRARY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no patch library at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [name for name in _ARRAYS if name not in data.files]
+                if missing:
+                    raise ValueError(f"missing arrays {missing}")
+                arrays = {name: data[name] for name in _ARRAYS}
+            params = json.loads(str(arrays.pop("params")))
+            return cls(**arrays, params=params)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError) as err:
+            raise ValueError(f"corrupt or mismatched patch library {path}: {err}") from err
+
+
+def build_library(
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    n: int = 9,
+    k: int = 50,
+    K: int = 10,
+    L: int = 20000,
+    seed: int = 0,
+) -> Library:
+    """Build a paired library from aligned ``(up, hr)`` pairs (Algorithm 1, steps 1-3).
+
+    Samples ``K·L`` fully valid HR patches (all if fewer) uniformly over every stride-1 window
+    of every pair, clusters them by k-means into ``k`` categories (fewer if fewer patches), and
+    keeps ``L // k`` random members of each category (all if fewer) with their matched
+    upsampled patches. Deterministic for a given ``seed``.
+    """
+    if not pairs:
+        raise ValueError("build_library needs at least one (up, hr) pair")
+    if min(k, K, L) < 1 or L < k:
+        raise ValueError(f"need k, K, L >= 1 and L >= k, got k={k}, K={K}, L={L}")
+    rng = np.random.default_rng(seed)
+    images, corners = [], []
+    for i, (up, hr) in enumerate(pairs):
+        up, hr = np.asarray(up, dtype=np.float32), np.asarray(hr, dtype=np.float32)
+        _check_pair(up, hr, n, where=f"pair {i}: ")
+        images.append((up, hr))
+        corners.append(valid_corners(_invalid(up, hr, None), n))
+    counts = np.array([len(r) for r, _ in corners])
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError(f"no fully valid {n}×{n} patch in the {len(pairs)} training pair(s)")
+    pick = np.sort(rng.choice(total, size=min(K * L, total), replace=False))
+    which = np.searchsorted(np.cumsum(counts), pick, side="right")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    p_up, p_hr = [], []
+    for i, (up, hr) in enumerate(images):
+        local = pick[which == i] - starts[i]
+        rows, cols = corners[i][0][local], corners[i][1][local]
+        p_up.append(gather_patches(up, rows, cols, n))
+        p_hr.append(gather_patches(hr, rows, cols, n))
+    p_up, p_hr = np.concatenate(p_up), np.concatenate(p_hr)
+
+    k_used = min(k, len(p_hr))
+    kmeans = MiniBatchKMeans(
+        n_clusters=k_used, random_state=seed, n_init=3, batch_size=4096, max_no_improvement=20
+    )
+    with threadpool_limits(limits=1):  # as fast as 2 threads when idle, far faster when busy
+        labels = kmeans.fit_predict(p_hr)
+    per_category = L // k
+    keep = []
+    for c in range(k_used):
+        members = np.flatnonzero(labels == c)
+        if len(members) > per_category:
+            members = np.sort(rng.choice(members, size=per_category, replace=False))
+        keep.append(members)
+    keep = np.concatenate(keep)
+    # Renumber the categories that kept members as 0..k'-1 (k-means may leave some empty).
+    present, labels = np.unique(labels[keep], return_inverse=True)
+    up_lib, hr_lib = p_up[keep], p_hr[keep]
+    centroids = np.stack([up_lib[labels == c].mean(axis=0) for c in range(len(present))])
+    params = {
+        "n": n, "k": k, "K": K, "L": L, "seed": seed,
+        "categories": len(present), "sampled": len(p_hr), "available": total,
+    }  # fmt: skip
+    return Library(up_lib, hr_lib, labels, centroids, n, params)

@@ -1,0 +1,267 @@
+"""Tests of the paired LB-NLM filter (pairsr.lbnlm) against direct references."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import draw, filters, transform
+
+from pairsr.grid import BICUBIC_HALO, bicubic
+from pairsr.lbnlm import halo, lbnlm_filter, lbnlm_original, select_sigma
+from pairsr.library import Library, build_library
+
+SHARED = Path(__file__).parents[2] / "shared"
+JEOL = SHARED / "data/real/konstanz_colloids_sem/jeol_A-2h-01_x50k_2nm.tif"
+
+
+def _reflect(i: int, size: int) -> int:
+    """Half-sample symmetric index: ... 1 0 | 0 1 ... size-1 | size-1 size-2 ..."""
+    i %= 2 * size
+    return i if i < size else 2 * size - 1 - i
+
+
+def _centres(size: int, n: int, stride: int) -> list[int]:
+    """Patch centres along an axis: every ``stride``-th pixel, one more if the end is uncovered."""
+    centres = list(range(0, size, stride))
+    if centres[-1] + n // 2 < size - 1:
+        centres.append(centres[-1] + stride)
+    return centres
+
+
+def reference(up, keys, values, labels, centroids, n, sigma, *, m=1, stride=1, residual=False):
+    """Algorithm 1 steps 5-9 in plain Python loops over pixels, library entries and categories."""
+    h, w = up.shape
+    r = (n - 1) // 2
+    sums = [[0.0] * w for _ in range(h)]
+    count = [[0] * w for _ in range(h)]
+    for ci in _centres(h, n, stride):
+        for cj in _centres(w, n, stride):
+            q = [float(up[_reflect(ci - r + a, h), _reflect(cj - r + b, w)])
+                 for a in range(n) for b in range(n)]  # fmt: skip
+            dist = [sum((x - y) ** 2 for x, y in zip(q, c, strict=True)) for c in centroids]
+            nearest = sorted(range(len(centroids)), key=dist.__getitem__)[:m]
+            total, est = 0.0, [0.0] * (n * n)
+            for key, value, label in zip(keys, values, labels, strict=True):
+                if label in nearest:
+                    d2 = sum((x - y) ** 2 for x, y in zip(q, key, strict=True))
+                    weight = math.exp(-d2 / (2 * n * n * sigma**2))
+                    total += weight
+                    est = [e + weight * v for e, v in zip(est, value, strict=True)]
+            for t in range(n * n):
+                i, j = ci - r + t // n, cj - r + t % n
+                if 0 <= i < h and 0 <= j < w:
+                    sums[i][j] += est[t] / total + (q[t] if residual else 0.0)
+                    count[i][j] += 1
+    return np.array(sums) / np.array(count)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 3×3-patch library of 40 pairs in 4 categories and a 7×6 query image."""
+    rng = np.random.default_rng(1)
+    hr = rng.random((14, 14), dtype=np.float32)
+    up = (hr + 0.2 * rng.random((14, 14))).astype(np.float32)
+    lib = build_library([(up, hr)], n=3, k=4, K=2, L=40, seed=0)
+    return lib, (0.2 + 0.6 * rng.random((7, 6))).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("sigma", "m", "stride", "residual"),
+    [(0.2, 1, 1, False), (0.05, 1, 1, False), (0.2, 2, 1, False), (0.2, 1, 2, False),
+     (0.1, 3, 3, False), (0.2, 1, 1, True), (0.1, 2, 2, True)],
+)  # fmt: skip
+def test_filter_matches_loop_reference(tiny, sigma, m, stride, residual):
+    lib, up = tiny
+    out = lbnlm_filter(up, lib, sigma=sigma, categories=m, stride=stride, residual=residual)
+    values = lib.hr - lib.up if residual else lib.hr
+    ref = reference(up, lib.up, values, lib.labels, lib.centroids, lib.n, sigma, m=m,
+                    stride=stride, residual=residual)  # fmt: skip
+    assert out.shape == up.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+def test_original_matches_loop_reference(tiny):
+    lib, up = tiny
+    out = lbnlm_original(up, lib, sigma=0.15)
+    ref = reference(up, lib.hr, lib.hr, np.zeros(len(lib)), [lib.hr.mean(0)], lib.n, 0.15)
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+def _mosaic_queries(up, n):
+    """The patches of a (n+1)×(n+1) image at stride n: centres 0 and n on each axis."""
+    r = (n - 1) // 2
+    padded = np.pad(up, ((r, n),) * 2, mode="symmetric")
+    return {(ci, cj): padded[ci : ci + n, cj : cj + n].ravel() for ci in (0, n) for cj in (0, n)}
+
+
+def _assemble(patches, n, size):
+    """Write each patch (flat, centred at its key) into a ``size²`` image: the stride-n output."""
+    r = (n - 1) // 2
+    out = np.zeros((size + n, size + n))
+    for (ci, cj), p in patches.items():
+        out[ci : ci + n, cj : cj + n] = p.reshape(n, n)
+    return out[r : r + size, r : r + size]
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_sigma_limits(tiny, residual):
+    lib, _ = tiny
+    n = lib.n
+    up = np.random.default_rng(7).random((n + 1, n + 1)).astype(np.float32)
+    values = lib.hr - lib.up if residual else lib.hr
+    nearest, means = {}, {}
+    for pos, q in _mosaic_queries(up, n).items():
+        c = np.argmin(((lib.centroids - q) ** 2).sum(1))
+        members = np.flatnonzero(lib.labels == c)
+        best = members[np.argmin(((lib.up[members] - q) ** 2).sum(1))]
+        nearest[pos] = values[best] + (q if residual else 0)
+        means[pos] = values[members].mean(0) + (q if residual else 0)
+    small = lbnlm_filter(up, lib, sigma=1e-4, stride=n, residual=residual)
+    np.testing.assert_allclose(small, _assemble(nearest, n, n + 1), atol=1e-6)
+    large = lbnlm_filter(up, lib, sigma=1e4, stride=n, residual=residual)
+    np.testing.assert_allclose(large, _assemble(means, n, n + 1), atol=1e-6)
+
+
+def test_all_categories_equal_one_category(tiny):
+    lib, up = tiny
+    single = Library(lib.up, lib.hr, np.zeros(len(lib)), lib.up.mean(0, keepdims=True), lib.n)
+    for residual in (False, True):
+        expected = lbnlm_filter(up, single, sigma=0.1, residual=residual)
+        got = lbnlm_filter(up, lib, sigma=0.1, categories=lib.k, residual=residual)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_blocks_and_workers_do_not_change_the_result(tiny):
+    lib, up = tiny
+    big = np.tile(up, (5, 6))
+    expected = lbnlm_filter(big, lib, sigma=0.1, categories=2, workers=1)
+    for block, workers in ((1, 1), (100, 2), (700, 3)):
+        got = lbnlm_filter(big, lib, sigma=0.1, categories=2, block=block, workers=workers)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_far_queries_and_tiny_sigma_stay_finite(tiny):
+    lib, _ = tiny
+    far = np.full((5, 5), 50.0, np.float32)  # every library patch is far: all logits < -1e6
+    out = lbnlm_filter(far, lib, sigma=1e-3)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("categories", [1, 2])
+def test_torch_path_matches_numpy(tiny, categories):
+    pytest.importorskip("torch")
+    lib, up = tiny
+    big = np.tile(up, (3, 3))
+    for residual in (False, True):
+        expected = lbnlm_filter(big, lib, sigma=0.1, categories=categories, residual=residual)
+        got = lbnlm_filter(big, lib, sigma=0.1, categories=categories, residual=residual,
+                           device="cpu")  # fmt: skip
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(
+        lbnlm_original(big, lib, sigma=0.1, device="cpu"),
+        lbnlm_original(big, lib, sigma=0.1),
+        atol=1e-5,
+    )
+
+
+def test_filter_errors(tiny):
+    lib, up = tiny
+    bad = {"sigma": 0.0, "categories": lib.k + 1, "stride": lib.n + 1, "block": 0, "workers": 0}
+    for name, value in bad.items():
+        with pytest.raises(ValueError, match=name):
+            lbnlm_filter(up, lib, **{"sigma": 0.1, name: value})
+    with pytest.raises(ValueError, match="finite 2-D"):
+        lbnlm_filter(np.full((5, 5), np.nan), lib, sigma=0.1)
+
+
+def _texture(shape, rng):
+    """Bright disks (nanoparticles) on a dark background, lightly smoothed."""
+    img = np.full(shape, 0.2, np.float32)
+    for _ in range(shape[0] * shape[1] // 60):
+        rr, cc = draw.disk(rng.uniform(0, shape, 2), rng.uniform(2, 4), shape=shape)
+        img[rr, cc] = rng.uniform(0.6, 0.9)
+    return filters.gaussian(img, 0.6).astype(np.float32)
+
+
+def _simulated_pair(hr, rng):
+    """``(up, hr)``: up is the bicubic ×2 of a blurred, 2×2-binned, noisy copy of ``hr``."""
+    lr = transform.downscale_local_mean(filters.gaussian(hr, 1.0), (2, 2))
+    return bicubic((lr + rng.normal(0, 0.01, lr.shape)).astype(np.float32)), hr
+
+
+def _psnr(a, b, border=6):
+    inner = np.s_[border:-border, border:-border]
+    return -10 * np.log10(np.mean((a[inner] - b[inner]) ** 2))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    rng = np.random.default_rng(0)
+    sizes = ((128, 128), (96, 96), (96, 96))
+    train, val, test = (_simulated_pair(_texture(size, rng), rng) for size in sizes)
+    return build_library([train], n=7, k=8, K=5, L=800, seed=0), val, test
+
+
+def test_lbnlm_beats_bicubic_on_a_synthetic_pair(synthetic):
+    lib, _, (up, hr) = synthetic
+    bicubic_psnr = _psnr(up, hr)
+    assert _psnr(lbnlm_filter(up, lib, sigma=0.02), hr) > bicubic_psnr + 0.8
+    assert _psnr(lbnlm_filter(up, lib, sigma=0.02, residual=True), hr) > bicubic_psnr + 2
+
+
+def test_select_sigma_picks_the_best_candidate(synthetic):
+    lib, val, (up, hr) = synthetic
+    candidates = [0.003, 0.01, 0.02, 0.05, 0.2]
+    scores = [_psnr(lbnlm_filter(up, lib, sigma=s), hr) for s in candidates]
+    chosen = select_sigma(lib, [val], candidates, size=48, windows=3)
+    assert chosen in candidates
+    assert scores[candidates.index(chosen)] > max(scores) - 0.3
+    with pytest.raises(ValueError, match="NaN-free"):
+        select_sigma(lib, [(val[0], np.full_like(val[1], np.nan))], candidates)
+
+
+def test_halo_makes_tiles_exact(tiny):
+    assert halo(9) == 4 + BICUBIC_HALO and halo(9, zoom=3) == 3 + BICUBIC_HALO
+    assert halo(8) == 4 + BICUBIC_HALO
+    lib, _ = tiny
+    lr = np.random.default_rng(4).random((40, 40)).astype(np.float32)
+    up = bicubic(lr)
+    full = lbnlm_filter(up, lib, sigma=0.1)
+    core = np.s_[34:50, 30:54]  # SR pixels of LR rows 17..25, cols 15..27
+
+    def tile(image, context, scale):
+        """Filter the core of ``image`` (``scale`` SR pixels per pixel) with ``context`` pixels
+        around it, bicubic-upsampled first if ``scale`` is 2; return the core of the result."""
+        r0, r1, c0, c1 = (v // scale for v in (34, 50, 30, 54))
+        window = image[r0 - context : r1 + context, c0 - context : c1 + context]
+        out = lbnlm_filter(window if scale == 1 else bicubic(window), lib, sigma=0.1)
+        margin = context * scale
+        return out[margin:-margin, margin:-margin]
+
+    reach = lib.n - 1  # SR pixels of context an output pixel depends on
+    np.testing.assert_allclose(tile(up, reach, scale=1), full[core], atol=1e-6)
+    assert not np.allclose(tile(up, reach - 1, scale=1), full[core], atol=1e-3)
+    np.testing.assert_allclose(tile(lr, halo(lib.n), scale=2), full[core], atol=1e-5)
+
+
+def _contrast_pair(hr, rng):
+    """``(up, hr)`` with a physical-like LR: blurred, binned, another contrast curve, noisy."""
+    lr = transform.downscale_local_mean(filters.gaussian(hr, 1.0), (2, 2))
+    lr = 0.15 + 0.6 * lr**1.5 + rng.normal(0, 0.01, lr.shape)
+    return bicubic(lr.astype(np.float32)), hr
+
+
+@pytest.mark.skipif(not JEOL.is_file(), reason=f"real EM data not found at {JEOL}")
+def test_lbnlm_learns_the_lr_to_hr_mapping_on_real_sem():
+    import tifffile
+    from skimage.util import img_as_float32
+
+    hr = img_as_float32(tifffile.imread(JEOL)[300:492, 400:656])  # colloids, above the info bar
+    up, hr = _contrast_pair(hr, np.random.default_rng(0))
+    lib = build_library([(up[:, :160], hr[:, :160])], n=7, k=10, K=5, L=1000)
+    test = np.s_[:, 176:]  # held out, beyond the reach of the training patches
+    bicubic_psnr = _psnr(up[test], hr[test])  # about 17 dB: bicubic keeps the LR contrast
+    assert _psnr(lbnlm_filter(up[test], lib, sigma=0.02), hr[test]) > bicubic_psnr + 10
