@@ -46,7 +46,10 @@ def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *
 def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path | None = None,
         overwrite: bool = False, zoom: int = 2, **params) -> SRMethod:
     """Fit ``method`` on one pair (self-training) or many (pooled); save it to ``out`` if given."""
-    model = method_class(method).fit([(p.lr, p.hr) for p in pairs], zoom=zoom, **params)
+    cls = method_class(method)
+    if getattr(cls, "trains_in_folder", False) and out is not None:
+        params.setdefault("folder", out)
+    model = cls.fit([(p.lr, p.hr) for p in pairs], zoom=zoom, **params)
     if out is not None:
         records = [p.registration.to_dict() for p in pairs]
         save_model(model, out, extra={"registrations": records}, overwrite=overwrite)

@@ -15,6 +15,8 @@ import functools
 import hashlib
 import importlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -291,3 +293,66 @@ class LBNLMOriginal(LBNLM):
         p = self.params
         return lbnlm_original(up, self.library, sigma=p["sigma"], stride=p["stride"],
                               device=p.get("device"))
+
+
+@dataclass
+class Network(SRMethod):
+    """A PyTorch SR network (:mod:`pairsr.models`) trained on the pair(s) (:mod:`pairsr.train`).
+
+    Tiled inference asks Dask for a ``GPU`` resource; the halo is the network's receptive field.
+    """
+
+    name: ClassVar[str] = "network"
+    resources: ClassVar[dict | None] = {"GPU": 1}
+    #: ``fit`` trains in the model folder itself, so an interrupted training can resume there.
+    trains_in_folder: ClassVar[bool] = True
+    net: object = None  # torch.nn.Module
+    files: tuple[str, ...] = ("weights.pt", "config.json", "train_log.json")
+
+    @property
+    def halo(self) -> int:
+        return int(self.net.receptive_field)
+
+    def predict(self, lr: np.ndarray) -> np.ndarray:
+        from pairsr.models import predict
+
+        return predict(self.net, lr, device=self.params.get("device"),
+                       amp=bool(self.params.get("amp", False)))
+
+    def save_data(self, folder: Path) -> list[str]:
+        source = Path(self.params["folder"])
+        if source.resolve() != folder.resolve():
+            for name in self.files:
+                shutil.copyfile(source / name, folder / name)
+        return list(self.files)
+
+    @classmethod
+    def load_data(cls, folder: Path, config: dict) -> SRMethod:
+        from pairsr.train import load
+
+        try:
+            net, _ = load(folder)
+        except (ValueError, OSError) as err:
+            raise ModelError(str(err)) from None
+        return cls(zoom=config["zoom"], params={**config["params"], "folder": str(folder)},
+                   net=net)
+
+    @classmethod
+    def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, folder: str | Path | None = None,
+            preset: str | None = None, device: str | None = None, amp: bool = False,
+            **train_options) -> SRMethod:
+        """Train on ``pairs`` in ``folder`` (default: a temporary folder); ``train_options`` go to
+        :func:`pairsr.train.train` (epochs, patch, batch, lr_rate, patience, seed, resume, …)."""
+        from pairsr.train import train
+
+        if zoom != 2:
+            raise ValueError(f"the networks are ×2 only, got zoom={zoom}")
+        folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="pairsr-"))
+        result = train(list(pairs), cls.name, preset, out=folder, device=device, **train_options)
+        params = {"preset": preset, "amp": amp, "folder": str(folder),
+                  **{k: v for k, v in train_options.items() if k != "resume"}}
+        return cls(zoom=zoom, params=params, net=result.model)
+
+
+for _name in ("vdsr", "edsr", "rcan"):
+    register_method(type(_name.upper(), (Network,), {"name": _name, "__doc__": Network.__doc__}))
