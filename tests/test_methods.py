@@ -82,3 +82,19 @@ def test_bicubic_needs_no_folder_and_original_lbnlm_shares_the_library(lbnlm_mod
     out = orig.predict(lr)
     assert out.shape == hr.shape and np.isfinite(out).all()
     assert orig.halo == lbnlm_model.halo > Bicubic().halo
+
+
+def test_network_model_folder_round_trip(tmp_path, training_pair):
+    from pairsr.methods import method_class
+
+    lr, hr = training_pair
+    folder = tmp_path / "net"
+    model = method_class("edsr").fit([(lr, hr)], preset="edsr-tiny", folder=folder, epochs=1,
+                                     steps=2, patch=16, batch=4, progress=False)
+    save_model(model, folder)
+    loaded = load_model(folder)
+    assert loaded.name == "edsr" and loaded.resources == {"GPU": 1}
+    assert loaded.halo == model.net.receptive_field > 0
+    out = loaded.predict(lr)
+    assert out.shape == hr.shape
+    assert np.array_equal(out, model.predict(lr))
