@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -173,37 +175,137 @@ def fit_cmd(
                   f"{time.perf_counter() - t0:.1f} s → {out}")
 
 
+Workers = Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")]
+Threads = Annotated[int | None, typer.Option(help="Threads per worker (default 1).")]
+Memory = Annotated[str | None, typer.Option(help="Memory limit per worker, e.g. 4GiB.")]
+Scheduler = Annotated[str | None, typer.Option(help="Address of a running Dask scheduler.")]
+ClusterKind = Annotated[str, typer.Option("--cluster", help="local, slurm, or none (in-process).")]
+JobqueueConfig = Annotated[Path | None, typer.Option(help="dask-jobqueue YAML (--cluster slurm).")]
+Gpu = Annotated[str, typer.Option(help="Network tasks: auto (GPU workers if any, else CPU), "
+                                   "require, or never.")]
+
+
+@contextlib.contextmanager
+def _client(lr: Path | None, scheduler, cluster, workers, threads, memory, jobqueue_config):
+    """The Dask client the options ask for (None: run in-process), dashboard link printed."""
+    from pairsr.cluster import dashboard_link, get_client
+
+    if scheduler is None and cluster == "none":
+        yield None
+        return
+    if lr is not None and not _is_zarr(lr):
+        console.print(f"{lr} is not zarr: running in-process (use `pairsr convert` for a cluster)")
+        yield None
+        return
+    options = {"workers": workers, "threads_per_worker": threads, "memory_limit": memory,
+               "jobqueue_config": jobqueue_config}
+    kwargs = {"scheduler": scheduler} if scheduler else {"cluster": cluster, **options}
+    with get_client(**kwargs) as client:
+        console.print(f"dashboard: {dashboard_link(client)}")
+        yield client
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
+
+
 @app.command("apply")
 def apply_cmd(
     model: Annotated[str, typer.Argument(help="Model folder, or 'bicubic'.")],
     lr: Annotated[Path, typer.Argument(help="LR image (zarr/OME-Zarr for large fields).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output OME-Zarr.")],
-    tile: Annotated[int, typer.Option(help="Tile edge in LR pixels.")] = 1024,
-    chunk: Annotated[int, typer.Option(help="Output chunk edge in pixels.")] = 1024,
-    pixel_size: PixelSize = None,
-    crop: Crop = None,
+    tile: Annotated[int, typer.Option(help="Tile edge in LR pixels.")] = 2048,
+    blend: Annotated[str, typer.Option(help="none, linear or cosine.")] = "none",
+    dtype: Annotated[str | None, typer.Option(help="Output dtype (default: the input's).")] = None,
+    pyramid: Annotated[bool, typer.Option(help="Also write a multiscale pyramid.")] = False,
+    resume: Annotated[bool, typer.Option(help="Finish an interrupted run.")] = False,
+    workers: Workers = None,
+    threads_per_worker: Threads = None,
+    memory_limit: Memory = None,
+    scheduler: Scheduler = None,
+    cluster: ClusterKind = "local",
+    jobqueue_config: JobqueueConfig = None,
+    gpu: Gpu = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """Super-resolve a whole LR field with a fitted model; write OME-Zarr on the SR grid."""
-    from pairsr import __version__
-    from pairsr.api import super_resolve
-    from pairsr.io import OutputExistsError, read_image, write_ome_zarr
-    from pairsr.methods import load_model, model_hash
+    """Super-resolve a whole LR field with a fitted model, tile by tile; write OME-Zarr."""
+    from pairsr.tiles import apply_tiled
 
     try:
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
-        method = load_model(model)
-        image = read_image(lr, pixel_size=pixel_size, crop=crop)
         t0 = time.perf_counter()
-        sr = super_resolve(method, image)
-        provenance = {"pairsr_version": __version__, "model": str(model),
-                      "model_hash": model_hash(model), "method": method.name,
-                      "params": method.params, "input": str(lr), "zoom": method.zoom}
-        write_ome_zarr(out, sr, chunks=chunk, attrs=provenance, overwrite=overwrite)
-    except (ValueError, OSError) as err:
+        with _client(lr, scheduler, cluster, workers, threads_per_worker, memory_limit,
+                     jobqueue_config) as client:
+            apply_tiled(model, lr, out, tile=tile, blend=blend, client=client, resume=resume,
+                        overwrite=overwrite, out_dtype=dtype, pyramid=pyramid, gpu=gpu)
+    except (ValueError, OSError, RuntimeError) as err:
         raise _fail(err) from err
-    console.print(f"wrote {out} {sr.shape} in {time.perf_counter() - t0:.1f} s")
+    console.print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def batch(
+    manifest: Annotated[Path, typer.Argument(help="TOML manifest: [defaults], [[pair]] entries.")],
+    workers: Workers = None,
+    threads_per_worker: Threads = None,
+    memory_limit: Memory = None,
+    scheduler: Scheduler = None,
+    cluster: ClusterKind = "local",
+    jobqueue_config: JobqueueConfig = None,
+    gpu: Gpu = "auto",
+    resume: Annotated[bool, typer.Option(help="Keep models, finish partial outputs.")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fit and apply many pairs (a facility's day of survey scans) on one cluster.
+
+    Each ``[[pair]]`` has ``name``, ``lr``, ``hr``, ``out`` and optionally ``model`` (default
+    ``<out>.model``), ``method`` and ``params``; ``[defaults]`` holds shared ``method``, ``tile``,
+    ``blend`` and ``params``. Relative paths resolve against the manifest's folder.
+    """
+    from pairsr.api import fit
+    from pairsr.tiles import apply_tiled
+
+    try:
+        jobs = _read_manifest(manifest)
+        with _client(None, scheduler, cluster, workers, threads_per_worker, memory_limit,
+                     jobqueue_config) as client:
+            for job in jobs:
+                console.print(f"[bold]{job['name']}[/bold]: {job['method']} → {job['out']}")
+                if not (resume and (job["model"] / "model.json").exists()):
+                    pair = _prepare(job["lr"], job["hr"])
+                    fit([pair], job["method"], out=job["model"], overwrite=overwrite,
+                        **job["params"])
+                apply_tiled(job["model"], job["lr"], job["out"], tile=job["tile"],
+                            blend=job["blend"], client=client if _is_zarr(job["lr"]) else None,
+                            resume=resume, overwrite=overwrite, gpu=gpu)
+    except (ValueError, OSError, RuntimeError, KeyError) as err:
+        raise _fail(err) from err
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    """The jobs of a batch manifest, with defaults applied and paths resolved."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the manifest ({err})") from None
+    defaults = data.get("defaults", {})
+    pairs = data.get("pair", [])
+    if not pairs:
+        raise ValueError(f"{path}: no [[pair]] entries")
+    jobs = []
+    for i, entry in enumerate(pairs):
+        missing = [k for k in ("lr", "hr", "out") if k not in entry]
+        if missing:
+            raise ValueError(f"{path}: pair {i + 1} lacks {', '.join(missing)}")
+        job = {"name": entry.get("name", f"pair{i + 1}"),
+               "method": entry.get("method", defaults.get("method", "lbnlm")),
+               "tile": entry.get("tile", defaults.get("tile", 2048)),
+               "blend": entry.get("blend", defaults.get("blend", "none")),
+               "params": {**defaults.get("params", {}), **entry.get("params", {})}}
+        for key in ("lr", "hr", "out"):
+            job[key] = path.parent / entry[key]
+        job["model"] = path.parent / entry.get("model", f"{entry['out']}.model")
+        jobs.append(job)
+    return jobs
 
 
 def _method_params(items: list[str] | None) -> dict[str, dict]:
