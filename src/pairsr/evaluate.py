@@ -229,14 +229,14 @@ def write_panel(crops: dict, path: str | Path, *, max_pairs: int = 4) -> Path:
 
     keys = list(crops)
     names = list(dict.fromkeys(k[2] for k in keys))[:max_pairs]
-    columns = list(dict.fromkeys((k[0], k[1]) for k in keys))
+    columns = list(dict.fromkeys((k[0], k[1]) for k in keys if k[1] != "bicubic"))
     first = crops[keys[0]]
     th, tw = first["hr"].shape
     label_h = 28
     canvas = Image.new("L", (tw * (len(columns) + 3), (th + label_h) * len(names) + 16), 255)
     draw = ImageDraw.Draw(canvas)
     for r, name in enumerate(names):
-        c0 = crops[(columns[0][0], columns[0][1], name)]
+        c0 = crops[next(k for k in keys if k[2] == name)]
         ref = c0["hr"]
         tiles = [("LR", np.kron(c0["lr"], np.ones((th // c0["lr"].shape[0],) * 2)), False),
                  ("bicubic", c0["bicubic"], True)]
