@@ -139,6 +139,45 @@ def _prepare(lr_path: Path, hr_path: Path, *, lr_crop=None, hr_crop=None, local=
     return pair
 
 
+@app.command("register")
+def register_cmd(
+    lr: Annotated[Path, typer.Argument(help="LR image of the whole field.")],
+    hr: Annotated[Path, typer.Argument(help="HR image of a sub-area.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Registration JSON.")] = Path("reg.json"),
+    plot: Annotated[Path | None, typer.Option(help="PNG of footprint and arrows.")] = None,
+    zoom: Annotated[float, typer.Option(help="Nominal HR/LR pixel-density ratio.")] = 2.0,
+    lr_crop: Annotated[str | None, typer.Option(help="Crop of the LR (info bar).")] = None,
+    hr_crop: Annotated[str | None, typer.Option(help="Crop of the HR (info bar).")] = None,
+    local: Annotated[bool, typer.Option(help="Also fit the local displacement field.")] = True,
+    allow_inversion: Annotated[bool, typer.Option(help="Accept inverted contrast.")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Locate the HR field inside the LR field (global) and map its local distortions."""
+    from pairsr.io import OutputExistsError, read_image, to_float32
+    from pairsr.register import plot_registration, register_pair
+
+    try:
+        for path in (out, plot):
+            if path is not None and path.exists() and not overwrite:
+                raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        lr_img = to_float32(read_image(lr, crop=lr_crop).values)
+        hr_img = to_float32(read_image(hr, crop=hr_crop).values)
+        t0 = time.perf_counter()
+        reg = register_pair(lr_img, hr_img, zoom, local=local, allow_inversion=allow_inversion)
+        seconds = time.perf_counter() - t0
+        reg.save(out)
+        if plot is not None:
+            plot_registration(lr_img, hr_img, reg, plot)
+    except (ValueError, OSError) as err:
+        raise _fail(err) from err
+    console.print(
+        f"registered in {seconds:.2f} s: zoom {reg.zoom:.4f}, rotation {reg.rotation_deg:+.3f}°, "
+        f"NCC {reg.ncc:.3f} (peak ratio {reg.peak_ratio:.2f}), {100 * reg.inside_fraction:.0f}% "
+        f"inside; local: {reg.patches_accepted}/{reg.patches_tried} patches, RMS "
+        f"{reg.rms_displacement:.2f} HR px → {out}"
+    )
+
+
 Method = Annotated[str, typer.Option("--method", "-m", help="bicubic, lbnlm, lbnlm-original, "
                                      "vdsr, edsr, rcan, scsr, srsw.")]
 Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="Method parameter "
