@@ -220,8 +220,8 @@ Memory = Annotated[str | None, typer.Option(help="Memory limit per worker, e.g. 
 Scheduler = Annotated[str | None, typer.Option(help="Address of a running Dask scheduler.")]
 ClusterKind = Annotated[str, typer.Option("--cluster", help="local, slurm, or none (in-process).")]
 JobqueueConfig = Annotated[Path | None, typer.Option(help="dask-jobqueue YAML (--cluster slurm).")]
-Gpu = Annotated[str, typer.Option(help="Network tasks: auto (GPU workers if any, else CPU), "
-                                   "require, or never.")]
+Gpu = Annotated[str, typer.Option(help="Network tasks: auto (GPU workers if any, else CPU "
+                                   "workers with a message) or require (error without GPU).")]
 
 
 @contextlib.contextmanager
