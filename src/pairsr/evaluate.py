@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,12 +134,13 @@ def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = Tr
 
 
 def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "self",
-        zoom: int = 2, params: dict[str, dict] | None = None, whole_field: bool = True,
-        crops: dict | None = None) -> list[dict]:
+        zoom: int = 2, params: dict[str, dict] | None = None,
+        whole_field: bool | Collection[str] = True, crops: dict | None = None) -> list[dict]:
     """Fit and score every method under ``strategy`` ('self', 'pooled' or 'both').
 
     Returns one row per (strategy, method, pair, sub-image) with all :func:`pairsr.metrics.score`
-    keys plus ``fit_s`` and ``predict_s``. ``crops``, if given, is filled with one held-out
+    keys plus ``fit_s`` and ``predict_s``. ``whole_field`` (all methods, or the names of those)
+    adds the whole-field score against ``gt``. ``crops``, if given, is filled with one held-out
     sub-image per (strategy, method, pair) for :func:`write_panel`.
     """
     params = params or {}
@@ -158,8 +159,8 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
                 fit_s = time.perf_counter() - t0
                 for ep in group:
                     crop = None if crops is None else crops.setdefault((strat, method, ep.name), {})
-                    for r in evaluate_model(model, ep, zoom=zoom, whole_field=whole_field,
-                                            crops=crop):
+                    whole = whole_field if isinstance(whole_field, bool) else method in whole_field
+                    for r in evaluate_model(model, ep, zoom=zoom, whole_field=whole, crops=crop):
                         rows.append({"strategy": strat, "method": method, "fit_s": fit_s, **r})
     return rows
 
