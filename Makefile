@@ -26,8 +26,12 @@ test: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
+# Quick versions of every benchmark (minutes); run a script without --quick for the full size.
 bench: setup
-	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	$(PY) benchmarks/bench_lbnlm.py --quick
+	$(PY) benchmarks/bench_register.py --builtin 3 --real-seeds 1 --repeat 2
+	$(PY) benchmarks/bench_tiles.py --quick
+	$(PY) benchmarks/bench_networks.py --quick
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
