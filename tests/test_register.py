@@ -284,3 +284,13 @@ def test_bad_arguments(spec):
         register_pair(lr, hr[None])
     with pytest.raises(ValueError, match="zoom must be positive"):
         register_pair(lr, hr, zoom=0)
+
+
+def test_scan_line_knots_without_patches_do_not_break_the_local_fit():
+    """Regression: this pair left spline knots unconstrained (a singular normal matrix)."""
+    from pairsr.simulate import simulate_pair, true_lr_coords
+
+    sim = simulate_pair(seed=1, lr_shape=(472, 640))
+    reg = register_pair(sim.lr, sim.hr)
+    err = reg.hr_to_lr(np.indices(sim.hr.shape, dtype=float)) - true_lr_coords(sim.truth)
+    assert np.sqrt((err**2).sum(0).mean()) < 0.15

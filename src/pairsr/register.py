@@ -803,7 +803,9 @@ class _ScanLineField:
             normal = np.einsum("ipq,ik,il->pkql", rw, design, design).reshape(2 * k, 2 * k)
             rhs = np.einsum("ik,ipq,iq->pk", design, rw, shifts).ravel()
             lam = smoothing * np.trace(normal) / np.trace(penalty)
-            coef = np.linalg.solve(normal + lam * penalty, rhs).reshape(2, k).T
+            # A tiny ridge keeps knots that no accepted patch constrains well-posed.
+            ridge = 1e-9 * np.trace(normal) / len(normal) * np.eye(len(normal))
+            coef = np.linalg.solve(normal + lam * penalty + ridge, rhs).reshape(2, k).T
             err = shifts - design @ coef
             dist = np.sqrt(np.einsum("ip,ipq,iq->i", err, weight, err))  # ~px for a typical patch
             sigma = max(1.4826 * np.median(dist), 0.05)
