@@ -288,8 +288,6 @@ def test_bad_arguments(spec):
 
 def test_scan_line_knots_without_patches_do_not_break_the_local_fit():
     """Regression: this pair left spline knots unconstrained (a singular normal matrix)."""
-    from pairsr.simulate import simulate_pair, true_lr_coords
-
     sim = simulate_pair(seed=1, lr_shape=(472, 640))
     reg = register_pair(sim.lr, sim.hr)
     err = reg.hr_to_lr(np.indices(sim.hr.shape, dtype=float)) - true_lr_coords(sim.truth)
