@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def results_markdown(table: list[dict], rows: list[dict], pairs: list[EvalPair],
     out = [
         "# Results: the paper's comparison on simulated physical pairs",
         "",
-        f"Produced by `benchmarks/reproduce_paper.py` in {seconds / 60:.1f} min on "
+        f"Produced by `python benchmarks/reproduce_paper.py {' '.join(sys.argv[1:])}` in "
+        f"{seconds / 60:.1f} min on "
         f"{platform.machine()} ({platform.processor() or 'CPU'}), "
         f"{len(pairs)} pairs: {', '.join(p.name for p in pairs)}.",
         "Each pair is two independent simulated scans (own blur, dose, detector, drift) of a "

@@ -239,7 +239,8 @@ def write_panel(crops: dict, path: str | Path, *, max_pairs: int = 4) -> Path:
     for r, name in enumerate(names):
         c0 = crops[next(k for k in keys if k[2] == name)]
         ref = c0["hr"]
-        tiles = [("LR", np.kron(c0["lr"], np.ones((th // c0["lr"].shape[0],) * 2)), False),
+        zoom = ref.shape[0] // c0["lr"].shape[0]
+        tiles = [("LR", np.kron(c0["lr"], np.ones((zoom, zoom))), False),
                  ("bicubic", c0["bicubic"], True)]
         tiles += [(f"{m} ({s})", crops[(s, m, name)]["sr"], True) for s, m in columns]
         tiles.append(("HR", ref, False))
