@@ -58,8 +58,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; pair LR {shape}")
     print("| method | training (s) | epochs | out-of-sample ΔPSNR (dB) |")
     print("|---|---|---|---|")
-    print(f"| paired LB-NLM | {lb_s:.1f} | – | {held_out(lbnlm, ep):+.2f} |")
-    print(f"| {args.preset} | {net_s:.1f} | ≤ {epochs} | {held_out(net, ep):+.2f} |")
+    print(f"| paired LB-NLM | {lb_s:.1f} | – | {held_out(lbnlm, ep):+.3f} |")
+    print(f"| {args.preset} | {net_s:.1f} | ≤ {epochs} | {held_out(net, ep):+.3f} |")
 
     lr = ep.pair.lr[:128, :128]
     print("\n| model | parameters | inference (s per output MPix) |")
