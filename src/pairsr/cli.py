@@ -40,7 +40,10 @@ def _shape(text: str | None) -> tuple[int, int] | None:
 
 
 def _fail(err: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {err}")
+    hint = ""
+    if isinstance(err, FileExistsError):
+        hint = " (on the command line: --overwrite, or --resume for apply)"
+    console.print(f"[red]error:[/red] {err}{hint}")
     return typer.Exit(code=2)
 
 
