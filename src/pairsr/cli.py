@@ -231,11 +231,12 @@ Gpu = Annotated[str, typer.Option(help="Network tasks: auto (GPU workers if any,
 def _client(lr: Path | None, scheduler, cluster, workers, threads, memory, jobqueue_config):
     """The Dask client the options ask for (None: run in-process), dashboard link printed."""
     from pairsr.cluster import dashboard_link, get_client
+    from pairsr.io import is_zarr
 
     if scheduler is None and cluster == "none":
         yield None
         return
-    if lr is not None and not _is_zarr(lr):
+    if lr is not None and not is_zarr(lr):
         console.print(f"{lr} is not zarr: running in-process (use `pairsr convert` for a cluster)")
         yield None
         return
@@ -245,10 +246,6 @@ def _client(lr: Path | None, scheduler, cluster, workers, threads, memory, jobqu
     with get_client(**kwargs) as client:
         console.print(f"dashboard: {dashboard_link(client)}")
         yield client
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
 
 
 @app.command("apply")
@@ -304,6 +301,7 @@ def batch(
     ``blend`` and ``params``. Relative paths resolve against the manifest's folder.
     """
     from pairsr.api import fit
+    from pairsr.io import is_zarr
     from pairsr.tiles import apply_tiled
 
     try:
@@ -317,7 +315,7 @@ def batch(
                     fit([pair], job["method"], out=job["model"], overwrite=overwrite,
                         **job["params"])
                 apply_tiled(job["model"], job["lr"], job["out"], tile=job["tile"],
-                            blend=job["blend"], client=client if _is_zarr(job["lr"]) else None,
+                            blend=job["blend"], client=client if is_zarr(job["lr"]) else None,
                             resume=resume, overwrite=overwrite, gpu=gpu)
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         raise _fail(err) from err

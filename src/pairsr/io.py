@@ -296,17 +296,35 @@ def _ngff_geometry(multiscale: dict, dataset: dict, path: Path):
     return size, (float(translation[-2] * nm), float(translation[-1] * nm))
 
 
-def _read_zarr(path: Path, lazy: bool, stack: ExitStack):
+def _level0(path: Path) -> tuple[zarr.Array, dict | None, dict | None]:
+    """Level-0 array of a zarr store (read-only) and, for OME-Zarr, its multiscale and dataset."""
     node = zarr.open(path, mode="r")
     if isinstance(node, zarr.Array):
-        return da.from_zarr(node), lambda: (None, (0.0, 0.0))
+        return node, None, None
     attrs = node.attrs.asdict()
     multiscales = attrs.get("ome", attrs).get("multiscales")  # NGFF 0.5 nests under "ome"
     if not multiscales:
         raise ImageError(f"{path}: zarr group without OME-NGFF multiscales metadata")
-    multiscale = multiscales[0]
-    dataset = multiscale["datasets"][0]
-    return da.from_zarr(node[dataset["path"]]), lambda: _ngff_geometry(multiscale, dataset, path)
+    dataset = multiscales[0]["datasets"][0]
+    return node[dataset["path"]], multiscales[0], dataset
+
+
+def open_level0(path: str | Path) -> zarr.Array:
+    """The full-resolution array of a zarr store (plain array or OME-Zarr level 0), read-only."""
+    return _level0(Path(path))[0]
+
+
+def is_zarr(path: str | Path) -> bool:
+    """Whether ``path`` is a zarr store (v2 or v3)."""
+    path = Path(path)
+    return path.is_dir() and any((path / n).is_file() for n in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def _read_zarr(path: Path, lazy: bool, stack: ExitStack):
+    array, multiscale, dataset = _level0(path)
+    if multiscale is None:
+        return da.from_zarr(array), lambda: (None, (0.0, 0.0))
+    return da.from_zarr(array), lambda: _ngff_geometry(multiscale, dataset, path)
 
 
 _READERS = {"tiff": _read_tiff, "png": _read_png, "npy": _read_npy, "zarr": _read_zarr}
@@ -316,7 +334,7 @@ def _format(path: Path) -> str:
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
-        if any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray")):
+        if is_zarr(path):
             return "zarr"
         raise ImageError(f"{path}: a directory that is not a zarr store")
     with path.open("rb") as file:

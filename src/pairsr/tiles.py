@@ -52,6 +52,7 @@ from pairsr.io import (
     build_pyramid,
     create_ome_zarr,
     from_float32,
+    open_level0,
     read_image,
     to_float32,
 )
@@ -168,15 +169,6 @@ class Job:
     dtype: str  # output dtype
 
 
-def level0(path: str | Path) -> zarr.Array:
-    """The full-resolution array of a zarr store (a plain array or OME-Zarr level 0), read-only."""
-    node = zarr.open(path, mode="r")
-    if isinstance(node, zarr.Array):
-        return node
-    attrs = node.attrs.asdict()
-    return node[attrs.get("ome", attrs)["multiscales"][0]["datasets"][0]["path"]]
-
-
 def _worker() -> str:
     from distributed import get_worker
 
@@ -198,7 +190,7 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None) -> di
     ys = spans(job.lattice, *task.rows, job.shape[0], job.zoom, job.halo)
     xs = spans(job.lattice, *task.cols, job.shape[1], job.zoom, job.halo)
     (y0, y1), (x0, x1) = (ys[0].read[0], ys[-1].read[1]), (xs[0].read[0], xs[-1].read[1])
-    raw = np.asarray((level0(job.lr) if lr is None else lr)[y0:y1, x0:x1])
+    raw = np.asarray((open_level0(job.lr) if lr is None else lr)[y0:y1, x0:x1])
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise ImageError(f"{job.lr}: NaN/Inf values in LR rows {y0}:{y1}, cols {x0}:{x1}")
     core = raw[task.rows[0] - y0 : task.rows[1] - y0, task.cols[0] - x0 : task.cols[1] - x0]
@@ -416,7 +408,7 @@ def apply_tiled(
     done = _finished(out, run_hash)
     todo = [t for t in tasks if t.name not in done]
     if client is None:
-        source = level0(lr_path) if lazy else image.data
+        source = open_level0(lr_path) if lazy else image.data
         records = (run_task(job, t, source, group["0"]) for t in todo)
     else:
         records = _on_cluster(client, job, todo, resources)
