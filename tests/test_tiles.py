@@ -272,6 +272,12 @@ def test_a_killed_worker_does_not_change_the_output(tmp_path):
         run = ThreadPoolExecutor(1).submit(apply_tiled, "bicubic", lr, out, tile=16,
                                            client=client, progress=False)
         wait_for_markers(out, 10)
+        # Kill the victim only once it has done some of the work itself.
+        deadline = time.monotonic() + 60
+        while not any(json.loads(p.read_text())["pid"] == victim
+                      for p in (out / STATE / "done").glob("*.json")):
+            assert time.monotonic() < deadline, "the victim worker never finished a task"
+            time.sleep(0.02)
         os.kill(victim, signal.SIGKILL)
         markers = [json.loads(p.read_text()) for p in (out / STATE / "done").glob("*.json")]
         run.result(timeout=120)
