@@ -5,14 +5,13 @@ from sklearn.decomposition import sparse_encode
 from sklearn.linear_model import Lasso
 
 from pairsr.grid import BICUBIC_HALO, bicubic
-from pairsr.library import valid_corners
 from pairsr.methods import ModelError, load_model, method_class, save_model
+from pairsr.patches import valid_corners
 from pairsr.sparse import (
     FEATURE_REACH,
     SRSW,
     ScSR,
     nonneg_lasso,
-    patch_average,
     sample_patch_pairs,
     scsr_channels,
     scsr_reconstruct,
@@ -55,30 +54,6 @@ def test_yang_features_are_first_and_second_differences():
     np.testing.assert_allclose(f[1], 6)
     np.testing.assert_allclose(f[2], 8)
     np.testing.assert_allclose(f[3], 0, atol=1e-4)
-
-
-@pytest.mark.parametrize(("n", "stride"), [(9, 1), (9, 2), (4, 2), (5, 3)])
-def test_patch_average_of_the_patches_themselves_is_the_image(n, stride):
-    up = np.random.default_rng(1).random((23, 30)).astype(np.float32)
-    out = patch_average(up, n, stride, lambda p: p[:, 0], batch=50)
-    np.testing.assert_allclose(out, up, atol=3e-6)  # float32 sums of up to n² estimates
-
-
-@pytest.mark.parametrize(("channels", "reach"), [(None, 0), (scsr_channels, FEATURE_REACH)])
-def test_patch_average_needs_exactly_its_reach_of_context(channels, reach):
-    """An output pixel depends on the pixels within n - 1 (+ the features' reach) of it."""
-    n = 5
-    up = np.random.default_rng(2).random((50, 50)).astype(np.float32)
-    kw = {} if channels is None else {"channels": channels}
-
-    def estimate(p):  # every output pixel depends on the whole patch and all channels
-        return p[:, 0] * (1 + p.std(axis=(1, 2)))[:, None]
-
-    full = patch_average(up, n, 1, estimate, **kw)
-    for context, equal in [(n - 1 + reach, True), (n - 2 + reach, False)]:
-        crop = up[20 - context : 30 + context, 15 - context : 35 + context]
-        out = patch_average(crop, n, 1, estimate, **kw)[context:-context, context:-context]
-        assert np.allclose(out, full[20:30, 15:35], atol=1e-6) == equal
 
 
 def test_nonneg_lasso_matches_scikit_learn():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import numpy as np
 
 from pairsr.api import TrainingPair, fit
 from pairsr.grid import bicubic
-from pairsr.methods import Bicubic
+from pairsr.methods import Bicubic, method_class
 from pairsr.metrics import score
 
 GRID = (3, 4)
@@ -110,7 +111,7 @@ def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = Tr
     box = (ep.boxes[0][0], ep.boxes[-1][1], ep.boxes[0][2], ep.boxes[-1][3])
     t0 = time.perf_counter()
     sr_box = _sr_of(model, lr, box, zoom)
-    seconds = time.perf_counter() - t0
+    seconds, mpix = time.perf_counter() - t0, sr_box.size / 1e6
     bic_box = _sr_of(Bicubic(zoom=zoom), lr, box, zoom)
     rows = []
     for i, (y0, y1, x0, x1) in enumerate(ep.boxes):
@@ -125,11 +126,11 @@ def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = Tr
     if whole_field and ep.gt is not None:
         t0 = time.perf_counter()
         sr = model.predict(lr)
-        seconds = time.perf_counter() - t0
+        seconds, mpix = time.perf_counter() - t0, sr.size / 1e6
         rows.append({"pair": ep.name, "subimage": -1, "split": "whole-field-gt",
                      **score(np.clip(sr, 0, 1), np.clip(bicubic(lr, zoom), 0, 1), ep.gt)})
     for r in rows:
-        r["predict_s"] = seconds
+        r["predict_s"], r["predict_mpix"] = seconds, mpix
     return rows
 
 
@@ -139,9 +140,12 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
     """Fit and score every method under ``strategy`` ('self', 'pooled' or 'both').
 
     Returns one row per (strategy, method, pair, sub-image) with all :func:`pairsr.metrics.score`
-    keys plus ``fit_s`` and ``predict_s``. ``whole_field`` (all methods, or the names of those)
-    adds the whole-field score against ``gt``. ``crops``, if given, is filled with one held-out
-    sub-image per (strategy, method, pair) for :func:`write_panel`.
+    keys plus ``fit_s``, ``predict_s`` and ``predict_mpix`` (the seconds and output megapixels of
+    the model's largest prediction: the whole field, else the box of all sub-images). Methods
+    that train in a folder (the networks) train in a temporary one, removed after scoring.
+    ``whole_field`` (all methods, or the names of those) adds the whole-field score against
+    ``gt``. ``crops``, if given, is filled with one held-out sub-image per (strategy, method,
+    pair) for :func:`write_panel`.
     """
     params = params or {}
     for ep in pairs:
@@ -153,15 +157,27 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
         for method in methods:
             groups = [[ep] for ep in pairs] if strat == "self" else [list(pairs)]
             for group in groups:
-                t0 = time.perf_counter()
-                model = fit([training_part(ep, zoom) for ep in group], method, zoom=zoom,
-                            **params.get(method, {}))
-                fit_s = time.perf_counter() - t0
-                for ep in group:
-                    crop = None if crops is None else crops.setdefault((strat, method, ep.name), {})
-                    whole = whole_field if isinstance(whole_field, bool) else method in whole_field
-                    for r in evaluate_model(model, ep, zoom=zoom, whole_field=whole, crops=crop):
-                        rows.append({"strategy": strat, "method": method, "fit_s": fit_s, **r})
+                with tempfile.TemporaryDirectory(prefix="pairsr-eval-") as tmp:
+                    rows += _fit_and_score(group, method, strat, zoom, params.get(method, {}),
+                                           whole_field, crops, Path(tmp))  # fmt: skip
+    return rows
+
+
+def _fit_and_score(group: list[EvalPair], method: str, strat: str, zoom: int, params: dict,
+                   whole_field: bool | Collection[str], crops: dict | None,
+                   tmp: Path) -> list[dict]:
+    """Fit ``method`` on the training parts of ``group`` and score it on each of its pairs."""
+    if getattr(method_class(method), "trains_in_folder", False):
+        params = {"folder": tmp / "model", **params}
+    t0 = time.perf_counter()
+    model = fit([training_part(ep, zoom) for ep in group], method, zoom=zoom, **params)
+    fit_s = time.perf_counter() - t0
+    rows = []
+    for ep in group:
+        crop = None if crops is None else crops.setdefault((strat, method, ep.name), {})
+        whole = whole_field if isinstance(whole_field, bool) else method in whole_field
+        for r in evaluate_model(model, ep, zoom=zoom, whole_field=whole, crops=crop):
+            rows.append({"strategy": strat, "method": method, "fit_s": fit_s, **r})
     return rows
 
 
@@ -183,6 +199,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             "dpsnr_fg": mean("dpsnr_fg"), "dpsnr_bg": mean("dpsnr_bg"),
             "canny_sim": mean("canny_sim"), "dcanny_sim": mean("dcanny_sim"),
             "fit_s": mean("fit_s"), "predict_s": mean("predict_s"),
+            "predict_s_per_mpix": mean("predict_s") / mean("predict_mpix"),
         })  # fmt: skip
     return table
 
@@ -190,14 +207,14 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown(table: list[dict]) -> str:
     """The summary table as Markdown."""
     head = ("| strategy | method | split | n | ΔPSNR (dB) | ΔSSIM | failures | ΔPSNR fg | ΔPSNR bg "
-            "| Canny sim | ΔCanny | fit (s) | predict (s) |")
+            "| Canny sim | ΔCanny | fit (s) | predict (s/MPix) |")
     lines = [head, "|" + "---|" * 13]
     for t in table:
         lines.append(
             f"| {t['strategy']} | {t['method']} | {t['split']} | {t['n']} | {t['dpsnr']:+.2f} | "
             f"{t['dssim']:+.4f} | {100 * t['failure_rate']:.1f}% | {t['dpsnr_fg']:+.2f} | "
             f"{t['dpsnr_bg']:+.2f} | {t['canny_sim']:.3f} | {t['dcanny_sim']:+.3f} | "
-            f"{t['fit_s']:.1f} | {t['predict_s']:.2f} |"
+            f"{t['fit_s']:.1f} | {t['predict_s_per_mpix']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

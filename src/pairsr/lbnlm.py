@@ -33,19 +33,16 @@ L ≈ 5000); benchmarks/bench_lbnlm.py prints it.
 from __future__ import annotations
 
 import math
-import os
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import cache
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
-from pairsr.library import Library, valid_corners
+from pairsr.library import Library
+from pairsr.patches import cpus, overlap_average, valid_corners
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
@@ -67,30 +64,6 @@ def halo(n: int, zoom: int = 2) -> int:
     if n < 1 or zoom < 1:
         raise ValueError(f"halo needs n >= 1 and zoom >= 1, got n={n}, zoom={zoom}")
     return math.ceil((n - 1) / zoom) + BICUBIC_HALO
-
-
-def _cpus() -> int:
-    """CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _axis_grid(length: int, n: int, stride: int) -> tuple[int, int]:
-    """Patch positions per axis (every ``stride``-th pixel from 0, one more if the last pixel
-    would be uncovered) and the padding after the image they need."""
-    count = (length - 1) // stride + 1
-    if (length - 1) % stride > n // 2:
-        count += 1
-    return count, max(n // 2, (count - 1) * stride + n // 2 - (length - 1))
-
-
-def _coverage(count: int, padded: int, n: int, stride: int) -> np.ndarray:
-    """How many patches of a ``count``-long ``stride`` grid cover each of ``padded`` pixels."""
-    cover = np.zeros(padded, dtype=np.float32)
-    for offset in range(n):
-        cover[offset : offset + (count - 1) * stride + 1 : stride] += 1
-    return cover
 
 
 def _numpy_attention(keys: np.ndarray, values: np.ndarray, groups: dict, scale: float) -> Attend:
@@ -161,21 +134,6 @@ def _torch_attention(
     return attend
 
 
-def _ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
-    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2·workers`` pending."""
-    if workers == 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def _group(scores: np.ndarray, m: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
     """Group queries by their ``m`` best-scoring categories: ``[(categories, query indices)]``."""
     k = scores.shape[1]
@@ -230,43 +188,26 @@ def _filter(
     # Torch on the CPU runs its own threads; elsewhere our threads share the cores, with numpy's
     # BLAS single-threaded so they don't fight over them.
     torch_cpu = device is not None and str(device).split(":")[0] == "cpu"
-    workers = workers or (1 if torch_cpu else _cpus())
+    workers = workers or (1 if torch_cpu else cpus())
     limits = nullcontext() if torch_cpu else threadpool_limits(limits=1, user_api="blas")
 
-    (rows, pad_r), (cols, pad_c) = (_axis_grid(length, n, stride) for length in up.shape)
-    before = (n - 1) // 2
-    padded = np.pad(up, ((before, pad_r), (before, pad_c)), mode="symmetric")
-    windows = sliding_window_view(padded, (n, n))[::stride, ::stride]
     # Centroid scores q·c - ‖c‖²/2 rank the categories by distance to q, nearest first.
     c_t = np.ascontiguousarray(centroids.T)
     c_bias = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
-    # Per query a step holds at most one row of weights (the largest category set) and about
-    # four copies of its patch: ``block`` float32 values in all.
-    largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
-    chunk = max(1, block // (largest + 4 * d) // cols)  # rows of patches per step
 
-    def estimates(r0: int) -> np.ndarray:
-        """HR estimates of the patches of grid rows ``r0 .. r0+chunk``: ``(n, n, rows, cols)``."""
-        q = windows[r0 : r0 + chunk].reshape(-1, d)
+    def estimate(q: np.ndarray) -> np.ndarray:
+        q = q[:, 0]
         est = np.empty_like(q)
         for combo, idx in _group(q @ c_t + c_bias, categories):
             est[idx] = attend(q[idx], combo)
-        return np.ascontiguousarray(est.T).reshape(n, n, -1, cols)
+        return est
 
-    sums = np.zeros_like(padded)
-    starts = range(0, rows, chunk)
+    # Per query a step holds at most one row of weights (the largest category set) and about
+    # four copies of its patch: ``block`` float32 values in all.
+    largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
     with limits:
-        for r0, est in zip(starts, _ordered_map(estimates, starts, workers), strict=True):
-            span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
-            for i in range(n):
-                for j in range(n):
-                    top = r0 * stride + i
-                    sums[top : top + span[0] : stride, j : j + span[1] : stride] += est[i, j]
-    inner_r, inner_c = slice(before, before + up.shape[0]), slice(before, before + up.shape[1])
-    out = sums[inner_r, inner_c]
-    out /= _coverage(rows, padded.shape[0], n, stride)[inner_r, None]
-    out /= _coverage(cols, padded.shape[1], n, stride)[None, inner_c]
-    return out
+        return overlap_average(up, n, stride, estimate, step=max(1, block // (largest + 4 * d)),
+                               workers=workers)  # fmt: skip
 
 
 def lbnlm_filter(

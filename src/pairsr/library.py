@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
+
+from pairsr.patches import gather_patches, sample_windows, valid_corners
 
 #: File name of a saved library inside its folder.
 LIBRARY_FILE = "library.npz"
@@ -36,25 +37,6 @@ def _check_pair(up: np.ndarray, hr: np.ndarray, n: int, where: str = "") -> None
         raise ValueError(f"{where}up and hr must be 2-D of one shape, not {up.shape}, {hr.shape}")
     if n < 1 or n > min(up.shape):
         raise ValueError(f"{where}patch size n={n} must be in [1, {min(up.shape)}]")
-
-
-def valid_corners(invalid: np.ndarray, n: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left ``(rows, cols)`` of the ``n × n`` windows on a ``stride`` grid free of ``invalid``.
-
-    ``invalid`` is a boolean ``(H, W)`` image; a summed-area table counts the invalid pixels of
-    every window in ``O(H·W)``. Returns two int arrays of equal length, in row-major order.
-    """
-    sat = np.zeros((invalid.shape[0] + 1, invalid.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(invalid, axis=0), axis=1, out=sat[1:, 1:])
-    bad = sat[n:, n:] - sat[:-n, n:] - sat[n:, :-n] + sat[:-n, :-n]
-    rows, cols = np.nonzero(bad[::stride, ::stride] == 0)
-    return rows * stride, cols * stride
-
-
-def gather_patches(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
-    """The ``n × n`` windows of ``image`` with top-left corners ``(rows, cols)``: ``(M, n*n)``."""
-    windows = sliding_window_view(image, (n, n))
-    return windows[rows, cols].reshape(len(rows), n * n).astype(np.float32, copy=False)
 
 
 def _invalid(up: np.ndarray, hr: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -209,26 +191,13 @@ def build_library(
     if min(k, K, L) < 1 or L < k:
         raise ValueError(f"need k, K, L >= 1 and L >= k, got k={k}, K={K}, L={L}")
     rng = np.random.default_rng(seed)
-    images, corners = [], []
+    stacks = []
     for i, (up, hr) in enumerate(pairs):
         up, hr = np.asarray(up, dtype=np.float32), np.asarray(hr, dtype=np.float32)
         _check_pair(up, hr, n, where=f"pair {i}: ")
-        images.append((up, hr))
-        corners.append(valid_corners(_invalid(up, hr, None), n))
-    counts = np.array([len(r) for r, _ in corners])
-    total = int(counts.sum())
-    if total == 0:
-        raise ValueError(f"no fully valid {n}×{n} patch in the {len(pairs)} training pair(s)")
-    pick = np.sort(rng.choice(total, size=min(K * L, total), replace=False))
-    which = np.searchsorted(np.cumsum(counts), pick, side="right")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    p_up, p_hr = [], []
-    for i, (up, hr) in enumerate(images):
-        local = pick[which == i] - starts[i]
-        rows, cols = corners[i][0][local], corners[i][1][local]
-        p_up.append(gather_patches(up, rows, cols, n))
-        p_hr.append(gather_patches(hr, rows, cols, n))
-    p_up, p_hr = np.concatenate(p_up), np.concatenate(p_hr)
+        stacks.append(np.stack([up, hr]))
+    sample, total = sample_windows(stacks, n, K * L, rng)
+    p_up, p_hr = np.ascontiguousarray(sample[:, 0]), np.ascontiguousarray(sample[:, 1])
 
     k_used = min(k, len(p_hr))
     kmeans = MiniBatchKMeans(

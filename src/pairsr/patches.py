@@ -1,0 +1,156 @@
+"""Patch grids shared by the patch-based methods (paired library, LB-NLM, ScSR, SRSW).
+
+A patch is an ``n × n`` window vectorised row-major to ``n*n`` values. Training samples windows
+free of invalid pixels (:func:`valid_corners`, :func:`sample_windows`); inference takes the
+window centred on every ``stride``-th pixel of an image, maps each to an HR patch estimate and
+averages the overlapping estimates per pixel (:func:`overlap_average`), in parallel threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+#: ``estimate(q)``: HR estimates ``(M, n*n)`` of the windows ``q`` ``(M, C, n*n)``.
+Estimate = Callable[[np.ndarray], np.ndarray]
+#: ``channels(padded)``: the ``(C, H, W)`` maps a window is read from (default ``padded[None]``).
+Channels = Callable[[np.ndarray], np.ndarray]
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def valid_corners(invalid: np.ndarray, n: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left ``(rows, cols)`` of the ``n × n`` windows on a ``stride`` grid free of ``invalid``.
+
+    ``invalid`` is a boolean ``(H, W)`` image; a summed-area table counts the invalid pixels of
+    every window in ``O(H·W)``. Returns two int arrays of equal length, in row-major order.
+    """
+    sat = np.zeros((invalid.shape[0] + 1, invalid.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(invalid, axis=0), axis=1, out=sat[1:, 1:])
+    bad = sat[n:, n:] - sat[:-n, n:] - sat[n:, :-n] + sat[:-n, :-n]
+    rows, cols = np.nonzero(bad[::stride, ::stride] == 0)
+    return rows * stride, cols * stride
+
+
+def gather_patches(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
+    """The ``n × n`` windows of ``image`` with top-left corners ``(rows, cols)``: ``(M, n*n)``."""
+    windows = sliding_window_view(image, (n, n))
+    return windows[rows, cols].reshape(len(rows), n * n).astype(np.float32, copy=False)
+
+
+def sample_windows(
+    stacks: Sequence[np.ndarray], n: int, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """``size`` random ``n × n`` windows (all if fewer) free of non-finite values in any channel.
+
+    ``stacks`` are ``(C, H_i, W_i)`` float32 images (one per training pair, same ``C``). The
+    windows are drawn without replacement, uniformly over every stride-1 window of every stack,
+    and returned in stack and row-major order: ``(M, C, n*n)`` float32, with the number of valid
+    windows there were. ``ValueError`` if none is valid.
+    """
+    corners = [valid_corners(~np.isfinite(s).all(axis=0), n) for s in stacks]
+    counts = np.array([len(r) for r, _ in corners])
+    if counts.sum() == 0:
+        raise ValueError(f"no fully valid {n}×{n} patch in the {len(stacks)} training pair(s)")
+    pick = np.sort(rng.choice(counts.sum(), size=min(size, counts.sum()), replace=False))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    out = []
+    for stack, (rows, cols), lo, hi in zip(stacks, corners, bounds[:-1], bounds[1:]):
+        local = pick[(pick >= lo) & (pick < hi)] - lo
+        out.append(np.stack([gather_patches(c, rows[local], cols[local], n) for c in stack], 1))
+    return np.concatenate(out), int(counts.sum())
+
+
+def ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2·workers`` pending."""
+    if workers == 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _axis_grid(length: int, n: int, stride: int) -> tuple[int, int]:
+    """Patch positions per axis (every ``stride``-th pixel from 0, one more if the last pixel
+    would be uncovered) and the padding after the image they need."""
+    count = (length - 1) // stride + 1
+    if (length - 1) % stride > n // 2:
+        count += 1
+    return count, max(n // 2, (count - 1) * stride + n // 2 - (length - 1))
+
+
+def _coverage(count: int, padded: int, n: int, stride: int) -> np.ndarray:
+    """How many patches of a ``count``-long ``stride`` grid cover each of ``padded`` pixels."""
+    cover = np.zeros(padded, dtype=np.float32)
+    for offset in range(n):
+        cover[offset : offset + (count - 1) * stride + 1 : stride] += 1
+    return cover
+
+
+def overlap_average(
+    image: np.ndarray,
+    n: int,
+    stride: int,
+    estimate: Estimate,
+    *,
+    channels: Channels | None = None,
+    step: int = 4096,
+    workers: int = 1,
+) -> np.ndarray:
+    """Overlap-averaged HR patch estimates of every ``stride``-th window of an image.
+
+    ``image`` (H, W) is padded half-sample symmetrically by ``(n-1)//2`` before (and as needed
+    after); the ``n × n`` windows centred on every ``stride``-th pixel from ``(0, 0)`` (one more
+    per axis where the last pixels would be uncovered) are read from ``channels(padded)`` and go
+    to ``estimate`` a step at a time: the windows of ``max(1, step // patches per row)`` rows.
+    ``workers`` threads run the steps (``estimate`` must be thread-safe; numpy releases the GIL
+    in its array work). Returns the float32 (H, W) image whose pixels are the means of the
+    estimates covering them.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2 or not np.isfinite(image).all():
+        raise ValueError(f"image must be a finite 2-D array, got shape {image.shape}")
+    if not 1 <= stride <= n:
+        raise ValueError(f"stride must be in [1, n={n}] for patches to cover, got {stride}")
+    (rows, pad_r), (cols, pad_c) = (_axis_grid(length, n, stride) for length in image.shape)
+    before = (n - 1) // 2
+    padded = np.pad(image, ((before, pad_r), (before, pad_c)), mode="symmetric")
+    stack = padded[None] if channels is None else channels(padded)
+    windows = sliding_window_view(stack, (n, n), axis=(1, 2))[:, ::stride, ::stride]
+    chunk = max(1, step // cols)
+
+    def estimates(r0: int) -> np.ndarray:
+        """Estimates of the patches of grid rows ``r0 .. r0+chunk``: ``(n, n, rows, cols)``."""
+        q = np.moveaxis(windows[:, r0 : r0 + chunk], 0, 2).reshape(-1, len(stack), n * n)
+        return np.ascontiguousarray(estimate(q).T).reshape(n, n, -1, cols)
+
+    sums = np.zeros_like(padded)
+    starts = range(0, rows, chunk)
+    for r0, est in zip(starts, ordered_map(estimates, starts, workers), strict=True):
+        span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
+        for i in range(n):
+            for j in range(n):
+                top = r0 * stride + i
+                sums[top : top + span[0] : stride, j : j + span[1] : stride] += est[i, j]
+    h, w = image.shape
+    inner_r, inner_c = slice(before, before + h), slice(before, before + w)
+    out = sums[inner_r, inner_c]
+    out /= _coverage(rows, padded.shape[0], n, stride)[inner_r, None]
+    out /= _coverage(cols, padded.shape[1], n, stride)[None, inner_c]
+    return out

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from pairsr.patches import overlap_average, sample_windows, valid_corners
+from pairsr.sparse import FEATURE_REACH, scsr_channels
+
+
+@pytest.mark.parametrize(("n", "stride"), [(9, 1), (9, 2), (4, 2), (5, 3), (5, 5)])
+def test_overlap_average_of_the_patches_themselves_is_the_image(n, stride):
+    up = np.random.default_rng(1).random((23, 30)).astype(np.float32)
+    out = overlap_average(up, n, stride, lambda p: p[:, 0], step=50)
+    np.testing.assert_allclose(out, up, atol=3e-6)  # float32 sums of up to n² estimates
+
+
+@pytest.mark.parametrize(("channels", "reach"), [(None, 0), (scsr_channels, FEATURE_REACH)])
+def test_overlap_average_needs_exactly_its_reach_of_context(channels, reach):
+    """An output pixel depends on the pixels within n - 1 (+ the features' reach) of it."""
+    n = 5
+    up = np.random.default_rng(2).random((50, 50)).astype(np.float32)
+
+    def estimate(p):  # every output pixel depends on the whole patch and all channels
+        return p[:, 0] * (1 + p.std(axis=(1, 2)))[:, None]
+
+    full = overlap_average(up, n, 1, estimate, channels=channels)
+    for context, equal in [(n - 1 + reach, True), (n - 2 + reach, False)]:
+        crop = up[20 - context : 30 + context, 15 - context : 35 + context]
+        out = overlap_average(crop, n, 1, estimate, channels=channels)
+        assert np.allclose(out[context:-context, context:-context], full[20:30, 15:35],
+                           atol=1e-6) == equal  # fmt: skip
+
+
+def test_overlap_average_is_the_same_on_any_number_of_threads_and_steps():
+    up = np.random.default_rng(3).random((41, 37)).astype(np.float32)
+    seen = []
+
+    def estimate(p):
+        seen.append(len(p))
+        return np.sqrt(p[:, 0]) * p[:, 0].mean(axis=1, keepdims=True)
+
+    one = overlap_average(up, 7, 1, estimate, step=10**6)
+    assert seen == [41 * 37]
+    many = overlap_average(up, 7, 1, estimate, step=3 * 37, workers=3)
+    assert max(seen[1:]) == 3 * 37 and sum(seen[1:]) == 41 * 37
+    np.testing.assert_allclose(many, one, rtol=1e-6)
+
+
+def test_overlap_average_rejects_bad_input():
+    with pytest.raises(ValueError, match="finite 2-D"):
+        overlap_average(np.full((9, 9), np.nan), 3, 1, lambda p: p[:, 0])
+    with pytest.raises(ValueError, match="stride"):
+        overlap_average(np.zeros((9, 9)), 3, 4, lambda p: p[:, 0])
+
+
+def test_sample_windows_draws_valid_windows_without_replacement():
+    rng = np.random.default_rng(4)
+    a = rng.random((2, 20, 30)).astype(np.float32)
+    a[1, 5:8, 10:12] = np.nan
+    b = rng.random((2, 12, 12)).astype(np.float32)
+    available = len(valid_corners(np.isnan(a[1]), 4)[0]) + 9 * 9
+    windows, total = sample_windows([a, b], 4, 10**6, np.random.default_rng(0))
+    assert total == available and windows.shape == (available, 2, 16)
+    assert np.isfinite(windows).all()
+    assert len(np.unique(windows[:, 0], axis=0)) == available  # each window once
+    some, _ = sample_windows([a, b], 4, 50, np.random.default_rng(0))
+    again, _ = sample_windows([a, b], 4, 50, np.random.default_rng(0))
+    np.testing.assert_array_equal(some, again)
+    assert some.shape == (50, 2, 16)
+    with pytest.raises(ValueError, match="no fully valid"):
+        sample_windows([np.full((2, 5, 5), np.nan, np.float32)], 4, 10, rng)
