@@ -12,12 +12,15 @@ in-memory ``method.predict`` of a ``--overhead-size``² image against ``apply_ti
 image from zarr to zarr in this process (one tile, and 1024 px tiles), best of 2 each, in wall
 and in CPU seconds (the latter hardly depends on other programs' load).
 
-``--method lbnlm`` fits LB-NLM (library defaults, σ = 0.05) on a small simulated pair; LB-NLM
-runs its patches on as many threads as its process may use, so by default every worker is
-pinned to its own core (``--no-pin`` to compare without).
+``--method lbnlm`` fits LB-NLM (library defaults, σ = 0.05) on a small simulated pair. In a
+worker, LB-NLM runs one thread per task (Dask sets ``OMP_NUM_THREADS=1`` there, see
+:func:`pairsr.patches.threads`); by default every worker is also pinned to its own core
+(``--no-pin`` to compare without).
 
-Run: ``.venv/bin/python benchmarks/bench_tiles.py`` (16384² LR, LB-NLM: hours on 2 cores);
-``--method bicubic`` (minutes); ``--quick`` (4096² LR, bicubic, about a minute).
+Run: ``.venv/bin/python benchmarks/bench_tiles.py`` (16384² LR, LB-NLM, 1 then 2 workers: more
+than an hour on 2 cores); ``--workers 2 --overhead-size 0`` (the 16384² run on 2 workers only);
+``--size 4096`` (the speed-up on a smaller field); ``--method bicubic`` (minutes); ``--quick``
+(4096² LR, bicubic, about a minute).
 """
 
 from __future__ import annotations
@@ -150,6 +153,8 @@ def main(size: int, method: str, workers: list[int], tile: int, overhead_size: i
                   f"{run['cpu'] / seconds:>10.2f} {run['busy'] / count / seconds:>5.0%} "
                   f"{run['peak'] / 2**30:>12.2f}")
 
+        if overhead_size < 1:
+            return
         small = make_lr(tmp / "small.zarr", overhead_size)
         values = to_float32(read_image(small).values)
         predictor = load_model(model)
@@ -174,7 +179,7 @@ if __name__ == "__main__":
                              "(none: only the overhead comparison)")
     parser.add_argument("--tile", type=int, default=2048, help="LR px per task (default 2048)")
     parser.add_argument("--overhead-size", type=int, default=2048,
-                        help="LR edge of the overhead comparison (default 2048)")
+                        help="LR edge of the overhead comparison (default 2048; 0: none)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin each worker to its own core")
     parser.add_argument("--quick", action="store_true", help="--size 4096 --method bicubic")

@@ -224,6 +224,38 @@ def test_apply_on_a_running_scheduler(local_cluster, models, lr_zarr, pair, tmp_
         assert ran["cpu-0"] and ran["gpu-0"] and recorded == {"cpu-0", "gpu-0"}
 
 
+def test_batch_trains_networks_on_the_gpu_worker(local_cluster, tmp_path):
+    """``pairsr batch --scheduler`` with a network: its model trains on the GPU-tagged worker
+    (as one task), its tiles run there too, and the output is complete."""
+    _, client = local_cluster
+    save_pair(simulate_pair(lr_shape=(160, 200), seed=5), tmp_path / "pair")
+    convert(tmp_path / "pair/lr.tif", tmp_path / "lr.zarr", chunk=64)
+    (tmp_path / "day.toml").write_text(
+        '[defaults]\nmethod = "edsr"\ntile = 64\n'
+        'params = { preset = "edsr-tiny", epochs = 1, steps = 2, patch = 16, batch = 4, '
+        'progress = false }\n'
+        '[[pair]]\nname = "a"\nlr = "lr.zarr"\nhr = "pair/hr.tif"\nout = "a.zarr"\n')
+    before = fit_keys(client)
+    done = subprocess.run([BIN / "pairsr", "batch", tmp_path / "day.toml", "--scheduler",
+                           client.scheduler.address], env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = fit_keys(client)
+    assert after.get("gpu-0", set()) - before.get("gpu-0", set()) == {"pairsr-fit-0-a"}
+    assert after.get("cpu-0", set()) == before.get("cpu-0", set())
+    assert json.loads((tmp_path / "a.zarr.model/model.json").read_text())["method"] == "edsr"
+    assert zarr.open_group(tmp_path / "a.zarr", mode="r").attrs["pairsr"]["complete"]
+
+
+def fit_keys(client: Client) -> dict[str, set[str]]:
+    """Per worker name, the keys of the batch fits it executed (a fit that computes dask arrays
+    may secede from its thread and finish as a long-running task)."""
+    return dict(client.run(lambda dask_worker: (dask_worker.name, {
+        e[0] for e in dask_worker.state.log
+        if len(e) == 7 and e[1] in ("executing", "long-running") and e[3] == "memory"
+        and str(e[0]).startswith("pairsr-fit")})).values())
+
+
 # ----------------------------------------------------------------------------- SLURM
 
 

@@ -307,6 +307,17 @@ def test_convert_multi_chunk_tiff_matches_source(tmp_path, compression):
     np.testing.assert_array_equal(level0[:], image[1:])
 
 
+def test_convert_runs_locally_when_a_distributed_client_is_the_default(tmp_path):
+    """The source is open in this process; a default Client must not take the tasks."""
+    distributed = pytest.importorskip("distributed")
+    image = random_image((200, 150), np.uint8)
+    src = tmp_path / "scan.tif"
+    tifffile.imwrite(src, image, compression="lzw", rowsperstrip=16)
+    with distributed.Client(n_workers=1, threads_per_worker=1, dashboard_address=None):
+        dst = convert(src, tmp_path / "scan.zarr", chunk=64)
+    np.testing.assert_array_equal(zarr.open_group(dst, mode="r")["0"][:], image)
+
+
 def test_convert_crop_and_pixel_size_override(tmp_path):
     image = random_image((100, 90), np.uint8)
     src = tmp_path / "a.npy"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pairsr.patches import overlap_average, sample_windows, valid_corners
+from pairsr.patches import cpus, overlap_average, sample_windows, threads, valid_corners
 from pairsr.sparse import FEATURE_REACH, scsr_channels
 
 
@@ -67,3 +67,13 @@ def test_sample_windows_draws_valid_windows_without_replacement():
     assert some.shape == (50, 2, 16)
     with pytest.raises(ValueError, match="no fully valid"):
         sample_windows([np.full((2, 5, 5), np.nan, np.float32)], 4, 10, rng)
+
+
+def test_threads_follow_omp_num_threads_as_dask_workers_set_it(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads() == 3
+    for unusable in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert threads() == cpus()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads() == cpus()

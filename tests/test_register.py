@@ -11,6 +11,7 @@ from pairsr.grid import interpolate
 from pairsr.register import (
     Registration,
     RegistrationError,
+    _angle_peaks,
     _ncc_maps,
     plot_registration,
     register_pair,
@@ -193,6 +194,21 @@ def test_chunked_dask_hr_gives_the_same_registration(simulated):
     assert np.abs(tiled.disp - reg.disp).max() < 1e-4
     assert (tiled.patches_tried, tiled.patches_accepted) == (reg.patches_tried,
                                                              reg.patches_accepted)
+
+
+def test_coarse_search_as_dask_tasks_finds_the_same_match(spec, monkeypatch):
+    """The angles of the coarse search run as dask tasks on large images: same result."""
+    import pairsr.register as register
+
+    lr, hr, _, _ = _pair(spec, zoom=2.02, angle=1.3)
+    serial = register_pair(lr, hr, local=False)
+    calls = []
+    monkeypatch.setattr(register, "PARALLEL_SEARCH_PIXELS", 0)
+    monkeypatch.setattr(register, "_angle_peaks",
+                        lambda *a: calls.append(a[2]) or _angle_peaks(*a))  # fmt: skip
+    parallel = register_pair(lr, hr, local=False)
+    assert len(calls) > 3  # every angle went through the dask path
+    assert parallel.to_dict() == serial.to_dict()
 
 
 # --- helpers and figure -----------------------------------------------------------------------

@@ -8,7 +8,6 @@ from pairsr.grid import BICUBIC_HALO, bicubic
 from pairsr.methods import ModelError, load_model, method_class, save_model
 from pairsr.patches import valid_corners
 from pairsr.sparse import (
-    FEATURE_REACH,
     SRSW,
     ScSR,
     nonneg_lasso,

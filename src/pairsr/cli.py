@@ -298,27 +298,48 @@ def batch(
 
     Each ``[[pair]]`` has ``name``, ``lr``, ``hr``, ``out`` and optionally ``model`` (default
     ``<out>.model``), ``method`` and ``params``; ``[defaults]`` holds shared ``method``, ``tile``,
-    ``blend`` and ``params``. Relative paths resolve against the manifest's folder.
+    ``blend`` and ``params``. Relative paths resolve against the manifest's folder. Models of
+    methods that ask for a resource (the networks: ``GPU=1``) train on a worker offering it, all
+    at once; the others are fitted here, pair by pair, before their tiles run.
     """
-    from pairsr.api import fit
+    from pairsr.cluster import task_resources
     from pairsr.io import is_zarr
+    from pairsr.methods import method_class
     from pairsr.tiles import apply_tiled
 
     try:
         jobs = _read_manifest(manifest)
         with _client(None, scheduler, cluster, workers, threads_per_worker, memory_limit,
                      jobqueue_config) as client:
-            for job in jobs:
+            todo = [not (resume and (j["model"] / "model.json").exists()) for j in jobs]
+            remote = {}  # job index → future of its fit on a resource-tagged worker
+            for i, job in enumerate(jobs):
+                needs = method_class(job["method"]).resources
+                resources = task_resources(client, needs, gpu) if client and needs else None
+                if todo[i] and resources:
+                    remote[i] = client.submit(_fit_job, job, overwrite, resources=resources,
+                                              key=f"pairsr-fit-{i}-{job['name']}", pure=False)
+            for i, job in enumerate(jobs):
                 console.print(f"[bold]{job['name']}[/bold]: {job['method']} → {job['out']}")
-                if not (resume and (job["model"] / "model.json").exists()):
-                    pair = _prepare(job["lr"], job["hr"])
-                    fit([pair], job["method"], out=job["model"], overwrite=overwrite,
-                        **job["params"])
+                if i in remote:
+                    console.print("  waiting for its model (training on a worker offering "
+                                  f"{method_class(job['method']).resources})")
+                    remote[i].result()
+                elif todo[i]:
+                    _fit_job(job, overwrite)
                 apply_tiled(job["model"], job["lr"], job["out"], tile=job["tile"],
                             blend=job["blend"], client=client if is_zarr(job["lr"]) else None,
                             resume=resume, overwrite=overwrite, gpu=gpu)
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         raise _fail(err) from err
+
+
+def _fit_job(job: dict, overwrite: bool) -> None:
+    """Register a manifest entry's pair and fit its model into ``job["model"]``."""
+    from pairsr.api import fit
+
+    pair = _prepare(job["lr"], job["hr"])
+    fit([pair], job["method"], out=job["model"], overwrite=overwrite, **job["params"])
 
 
 def _read_manifest(path: Path) -> list[dict]:

@@ -29,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import tifffile
@@ -704,7 +705,8 @@ def convert(
     strips/tiles); NPY through a memory map. ``pixel_size`` and ``crop`` are as in
     :func:`read_image`; the source path and crop offset go to the ``"pairsr"`` attributes.
     Colour and NaN/Inf checks run chunk by chunk. The store is written beside ``dst`` and moved
-    into place when complete, so a failed conversion leaves no (partial) output.
+    into place when complete, so a failed conversion leaves no (partial) output. It runs on
+    local threads, also where a ``distributed.Client`` is the default scheduler.
     """
     src, dst = Path(src), Path(dst)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
@@ -714,8 +716,9 @@ def convert(
     with ExitStack() as stack:
         image = _load(src, pixel_size, crop, lazy=True, stack=stack)
         provenance = {key: image.attrs[key] for key in ("source", "dtype", "origin_px")}
-        try:
-            write_ome_zarr(partial, image, chunks=chunk, attrs=provenance, overwrite=True)
+        try:  # the source is open in this process: read it here even if a Client is default
+            with dask.config.set(scheduler="threads"):
+                write_ome_zarr(partial, image, chunks=chunk, attrs=provenance, overwrite=True)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -748,6 +751,9 @@ def from_float32(x: np.ndarray, dtype: Any) -> np.ndarray:
         return x >= 0.5
     if dtype.kind not in "iu":
         raise ValueError(f"from_float32: unsupported dtype {dtype}")
-    low = -1.0 if dtype.kind == "i" else 0.0
-    scaled = np.clip(x.astype(np.float64), low, 1.0) * np.iinfo(dtype).max
-    return np.rint(scaled).astype(dtype)
+    top = np.iinfo(dtype).max
+    # float32 holds every level of a ≤ 16-bit type exactly and rounds x·top within 0.004.
+    scaled = x.astype(np.float32 if top < 2**24 else np.float64)
+    np.clip(scaled, -1.0 if dtype.kind == "i" else 0.0, 1.0, out=scaled)
+    scaled *= top
+    return np.rint(scaled, out=scaled).astype(dtype)

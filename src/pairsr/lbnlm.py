@@ -13,13 +13,14 @@ The weighted average is a softmax attention and is computed as one, in float32, 
 of one category at a time. With ``s = 1/(n² σ²)`` and ``μ`` the category's mean key (a shift
 that leaves every distance unchanged and keeps float32 products clear of cancellation), one
 matrix product of rows ``[Q − μ, 1, ‖Q − μ‖²]`` with columns ``[(P − μ)·s; −‖P − μ‖²·s/2; −s/2]``
-gives the logits ``−s‖Q − P‖²/2 ≤ 0`` (no overflow). A query whose largest logit is below −20
-has it subtracted (softmax is shift-invariant; the best match then weighs 1, so no underflow to
-0/0); logits more than 40 below the largest are raised to that (weights e⁻⁴⁰ change no float32
-result, and slow subnormal numbers never arise). One more product with ``[P_hr, 1]`` gives the
-weighted sums and the sums of weights. The torch path passes ``scale = s`` and
-``attn_mask = −‖P − μ‖²·s/2`` to ``scaled_dot_product_attention``: the same logits up to the
-per-query constant ``s‖Q − μ‖²/2``, which the softmax removes.
+gives the logits ``−s‖Q − P‖²/2 ≤ 0`` (no overflow), exponentiated in place. A query whose
+weights sum to less than e⁻²⁰ (no library patch near) is computed again with its logits shifted
+by their largest (softmax is shift-invariant; the best match then weighs 1, so no underflow to
+0/0) and those more than 40 below it raised to that (weights e⁻⁴⁰ change no float32 result).
+The weights (ordinary or subnormal floats or 0) times ``[P_hr, 1]`` give the weighted sums and
+the sums of weights. The torch path passes ``scale = s`` and ``attn_mask = −‖P − μ‖²·s/2`` to
+``scaled_dot_product_attention``: the same logits up to the per-query constant ``s‖Q − μ‖²/2``,
+which the softmax removes.
 
 Memory: each worker thread holds at most about ``block`` float32 values (``4·block`` bytes,
 32 MiB by default): the weights of a chunk of query patches against the largest set of
@@ -42,11 +43,14 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.library import Library
-from pairsr.patches import cpus, overlap_average, valid_corners
+from pairsr.patches import overlap_average, threads, valid_corners
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
-#: Logits more than this below a query's largest are raised to it (weights e⁻⁴⁰ ≈ 4e-18).
+#: A query whose weights sum to less (all its logits below about −20) is computed again with
+#: its logits shifted by their largest, and those more than :data:`_MIN_LOGIT` below it raised.
+_FAR = math.exp(-20.0)
+#: For such queries: weights below e⁻⁴⁰ (≈ 4e-18) of the largest count as e⁻⁴⁰.
 _MIN_LOGIT = 40.0
 
 #: ``attend(q, categories)``: HR estimates ``(b, n²)`` of the ``(b, n²)`` query patches ``q``.
@@ -89,17 +93,15 @@ def _numpy_attention(keys: np.ndarray, values: np.ndarray, groups: dict, scale: 
         centred = np.subtract(q, mean, out=q_aug[:, :d])
         q_aug[:, d] = 1
         np.einsum("ij,ij->i", centred, centred, out=q_aug[:, d + 1])
-        logits = q_aug @ k_aug
-        top = logits.max(axis=1, keepdims=True)
-        far = np.flatnonzero(top < -_MIN_LOGIT / 2)  # no patch near: shift so the best weighs 1
-        if len(far):
-            logits[far] -= top[far]
-            top[far] = 0
-        # Weights below e^-40 of the largest count as e^-40: changes no float32 result and keeps
-        # the arithmetic clear of slow subnormal numbers.
-        np.clip(logits, top - _MIN_LOGIT, None, out=logits)
-        np.exp(logits, out=logits)
-        out = logits @ v_aug  # weighted sums and, in the last column, the sums of weights
+        weights = q_aug @ k_aug  # the logits, then (in place) their exponentials
+        np.exp(weights, out=weights)
+        out = weights @ v_aug  # weighted sums and, in the last column, the sums of weights
+        far = np.flatnonzero(out[:, d] < _FAR)
+        if len(far):  # no library patch near: shift the logits so that the best weighs 1
+            logits = q_aug[far] @ k_aug
+            logits -= logits.max(axis=1, keepdims=True)
+            np.clip(logits, -_MIN_LOGIT, None, out=logits)
+            out[far] = np.exp(logits, out=logits) @ v_aug
         return out[:, :d] / out[:, d:]
 
     return attend
@@ -188,7 +190,7 @@ def _filter(
     # Torch on the CPU runs its own threads; elsewhere our threads share the cores, with numpy's
     # BLAS single-threaded so they don't fight over them.
     torch_cpu = device is not None and str(device).split(":")[0] == "cpu"
-    workers = workers or (1 if torch_cpu else cpus())
+    workers = workers or (1 if torch_cpu else threads())
     limits = nullcontext() if torch_cpu else threadpool_limits(limits=1, user_api="blas")
 
     # Centroid scores q·c - ‖c‖²/2 rank the categories by distance to q, nearest first.
@@ -246,10 +248,11 @@ def lbnlm_filter(
         ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) computes the attention
         with ``torch.nn.functional.scaled_dot_product_attention`` there.
     workers : int, optional
-        Threads that filter rows of patches at once (default: the CPUs this process may use; 1
-        for ``device="cpu"``, where torch runs its own threads). Except with ``device="cpu"``,
-        numpy's BLAS is single-threaded, process-wide, while the filter runs. Pass 1 when the
-        caller already runs tiles in parallel.
+        Threads that filter rows of patches at once (default :func:`pairsr.patches.threads`:
+        ``OMP_NUM_THREADS``, as Dask sets it in its workers, else the CPUs this process may
+        use; 1 for ``device="cpu"``, where torch runs its own threads). Except with
+        ``device="cpu"``, numpy's BLAS is single-threaded, process-wide, while the filter runs.
+        Pass 1 when the caller already runs tiles in parallel.
 
     Returns
     -------

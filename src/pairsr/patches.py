@@ -29,6 +29,14 @@ def cpus() -> int:
     return os.cpu_count() or 1
 
 
+def threads() -> int:
+    """Threads a patch method runs on by default: ``OMP_NUM_THREADS`` where set to a positive
+    int (Dask sets it to 1 in its worker processes, each of whose threads runs a task), else
+    :func:`cpus`."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else cpus()
+
+
 def valid_corners(invalid: np.ndarray, n: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Top-left ``(rows, cols)`` of the ``n × n`` windows on a ``stride`` grid free of ``invalid``.
 
@@ -135,19 +143,22 @@ def overlap_average(
     windows = sliding_window_view(stack, (n, n), axis=(1, 2))[:, ::stride, ::stride]
     chunk = max(1, step // cols)
 
-    def estimates(r0: int) -> np.ndarray:
-        """Estimates of the patches of grid rows ``r0 .. r0+chunk``: ``(n, n, rows, cols)``."""
+    def band(r0: int) -> np.ndarray:
+        """The summed estimates of the patches of grid rows ``r0 .. r0+chunk``: a band of
+        ``padded`` from row ``r0·stride`` on."""
         q = np.moveaxis(windows[:, r0 : r0 + chunk], 0, 2).reshape(-1, len(stack), n * n)
-        return np.ascontiguousarray(estimate(q).T).reshape(n, n, -1, cols)
+        est = np.ascontiguousarray(estimate(q).T).reshape(n, n, -1, cols)
+        span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
+        sums = np.zeros((span[0] + n - 1, padded.shape[1]), dtype=np.float32)
+        for i in range(n):
+            for j in range(n):
+                sums[i : i + span[0] : stride, j : j + span[1] : stride] += est[i, j]
+        return sums
 
     sums = np.zeros_like(padded)
     starts = range(0, rows, chunk)
-    for r0, est in zip(starts, ordered_map(estimates, starts, workers), strict=True):
-        span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
-        for i in range(n):
-            for j in range(n):
-                top = r0 * stride + i
-                sums[top : top + span[0] : stride, j : j + span[1] : stride] += est[i, j]
+    for r0, part in zip(starts, ordered_map(band, starts, workers), strict=True):
+        sums[r0 * stride : r0 * stride + len(part)] += part
     h, w = image.shape
     inner_r, inner_c = slice(before, before + h), slice(before, before + w)
     out = sums[inner_r, inner_c]

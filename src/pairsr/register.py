@@ -320,45 +320,68 @@ def _box_sums(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return c[..., h:, w:] - c[..., :-h, w:] - c[..., h:, :-w] + c[..., :-h, :-w]
 
 
+#: LR pixels (at the coarse level) from which the coarse search's angles run as dask tasks.
+PARALLEL_SEARCH_PIXELS = 1024**2
+
+
+def _angle_search(lr_c: np.ndarray, tmpl: np.ndarray, angle: float,
+                  pad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The search at one angle: NCC map, score map (NCC·√overlap) and the rotated grid's origin.
+
+    The LR image is resampled on a grid rotated by ``angle`` (degrees), padded by ``pad`` with
+    its mean (so an HR sticking out of the LR can still be found), and searched.
+    """
+    rot = _rotation(angle)
+    corners = np.array([[0, 0], [0, lr_c.shape[1] - 1], [lr_c.shape[0] - 1, 0],
+                        np.array(lr_c.shape) - 1], dtype=float)
+    v = corners @ rot  # rotated-grid coords u of the LR corners (y = rot @ u)
+    umin = v.min(0) - pad
+    shape = tuple(np.ceil(v.max(0) + pad - umin).astype(int) + 1)
+    image, inside = (ndi.affine_transform(im, rot, offset=rot @ umin, output_shape=shape,
+                                          order=1, cval=cval)
+                     for im, cval in ((lr_c, float(lr_c.mean())), (np.ones_like(lr_c), 0.0)))
+    ncc = match_template(image, tmpl)
+    return ncc, ncc * np.sqrt(np.clip(_box_sums(inside, tmpl.shape) / tmpl.size, 0, 1)), umin
+
+
+def _angle_peaks(lr_c: np.ndarray, tmpl: np.ndarray, angle: float,
+                 pad: np.ndarray) -> tuple[float, float]:
+    """The best positive and negative (inverted-contrast) score at one angle."""
+    score = _angle_search(lr_c, tmpl, angle, pad)[1]
+    return float(score.max()), float(-score.min())
+
+
 def _coarse_search(lr_c: np.ndarray, tmpl: np.ndarray,
                    max_rotation_deg: float) -> dict[int, _Match]:
     """NCC template search of ``tmpl`` in ``lr_c`` over a sweep of rotations.
 
-    For each angle θ the LR image is resampled on a grid rotated by θ, padded by 3/4 of the
-    template with its mean (so an HR sticking out of the LR can still be found), and searched.
-    Positions are scored by NCC·√overlap (the overlap: the template's fraction inside the LR),
-    the significance of a correlation over that many pixels, so that a small overlap that
-    happens to correlate does not compete with a full one. Returns the best positive (key 1)
-    and negative (key −1: inverted contrast) match.
+    Each angle is searched by :func:`_angle_search`. Positions are scored by NCC·√overlap (the
+    overlap: the template's fraction inside the LR), the significance of a correlation over
+    that many pixels, so that a small overlap that happens to correlate does not compete with a
+    full one. The angles run as dask tasks (on the current scheduler: threads, or a
+    distributed cluster) when ``lr_c`` has :data:`PARALLEL_SEARCH_PIXELS` or more, and only
+    their best scores come back. Returns the best positive (key 1) and negative (key −1:
+    inverted contrast) match.
     """
     half_diag = 0.5 * np.hypot(*tmpl.shape)
     step = float(np.clip(np.rad2deg(1.0 / half_diag), 0.1, 2.0))  # ≤ 1 px at the corners
     n = int(np.ceil(max_rotation_deg / step)) + 1  # one step beyond the range: edge test
     angles = np.linspace(-n * step, n * step, 2 * n + 1)
     pad = 3 * np.array(tmpl.shape) // 4
-    corners = np.array([[0, 0], [0, lr_c.shape[1] - 1], [lr_c.shape[0] - 1, 0],
-                        np.array(lr_c.shape) - 1], dtype=float)
-    fill = float(lr_c.mean())
-    scores = np.empty((2, len(angles)))  # best score per sign and angle
-    best = {}  # sign → (angle index, signed NCC map, score map, grid origin)
-    for i, angle in enumerate(angles):
-        rot = _rotation(angle)
-        v = corners @ rot  # rotated-grid coords u of the LR corners (y = rot @ u)
-        umin = v.min(0) - pad
-        shape = tuple(np.ceil(v.max(0) + pad - umin).astype(int) + 1)
-        image, inside = (ndi.affine_transform(im, rot, offset=rot @ umin, output_shape=shape,
-                                              order=1, cval=cval)
-                         for im, cval in ((lr_c, fill), (np.ones_like(lr_c), 0.0)))
-        ncc = match_template(image, tmpl)
-        weight = np.sqrt(np.clip(_box_sums(inside, tmpl.shape) / tmpl.size, 0, 1))
-        for k, sign in enumerate((1, -1)):
-            score = sign * ncc * weight
-            scores[k, i] = score.max()
-            if scores[k, i] >= scores[k, : i + 1].max():
-                best[sign] = (i, sign * ncc, score, umin)
+    if lr_c.size >= PARALLEL_SEARCH_PIXELS:
+        import dask
+
+        lazy_lr, lazy_tmpl = dask.delayed(lr_c), dask.delayed(tmpl)  # one task each, not per angle
+        peaks = dask.compute(*[dask.delayed(_angle_peaks)(lazy_lr, lazy_tmpl, a, pad)
+                               for a in angles])  # fmt: skip
+    else:
+        peaks = [_angle_peaks(lr_c, tmpl, a, pad) for a in angles]
+    scores = np.array(peaks).T  # (sign, angle): best score per sign and angle
     matches = {}
     for k, sign in enumerate((1, -1)):
-        i, ncc, score, umin = best[sign]
+        i = int(np.argmax(scores[k]))
+        ncc, score, umin = _angle_search(lr_c, tmpl, angles[i], pad)
+        ncc, score = sign * ncc, sign * score
         at_edge = i in (0, len(angles) - 1)
         angle = angles[i]
         if not at_edge:  # parabola through the neighbouring angles' scores

@@ -6,7 +6,7 @@ valid patch pairs drawn uniformly at random from the training pairs (:func:`samp
 no clustering). At inference a patch is taken at every ``stride``-th SR pixel from ``(0, 0)``
 (the image padded half-sample symmetrically), each is mapped to an HR patch estimate, and every
 output pixel is the mean of the estimates of the patches covering it
-(:func:`pairsr.patches.overlap_average`, one thread per CPU).
+(:func:`pairsr.patches.overlap_average`, on :func:`pairsr.patches.threads` threads).
 Neither method has the original back-projection step: the paper shows it hurts physical pairs.
 
 * **ScSR** (Yang et al., TIP 2010): a coupled dictionary ``(D_l, D_h)`` learned by
@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO, BOUNDARY, bicubic, sr_shape
 from pairsr.methods import ModelError, SRMethod, TrainingPairs, register_method
-from pairsr.patches import Channels, cpus, overlap_average, sample_windows
+from pairsr.patches import Channels, overlap_average, sample_windows, threads
 
 #: Patches handed to one estimate call. It bounds the memory of a step: ScSR's solver holds a few
 #: ``BATCH × 2·atoms`` float64 arrays (8 MiB each for 256 atoms), SRSW ``BATCH × neighbours × n²``
@@ -343,7 +343,7 @@ class _PatchMethod(SRMethod):
         with threadpool_limits(limits=1):  # our threads share the cores
             return overlap_average(bicubic(lr, self.zoom), self.params["n"],
                                    self.params["stride"], self._estimate,
-                                   channels=self._channels, step=BATCH, workers=cpus())
+                                   channels=self._channels, step=BATCH, workers=threads())
 
     def save_data(self, folder: Path) -> list[str]:
         name = f"{self.name}.npz"
