@@ -260,7 +260,9 @@ class LBNLM(SRMethod):
         """Build the library from ``pairs``; ``sigma="auto"`` picks σ on a held-out 20 % strip."""
         from pairsr.lbnlm import select_sigma
         from pairsr.library import build_library
+        from pairsr.patches import check_grid
 
+        check_grid(n, stride, zoom)
         ups = [bicubic(lr, zoom) for lr, _ in pairs]
         params = {"n": n, "k": k, "K": K, "L": L, "categories": categories, "stride": stride,
                   "residual": residual, "seed": seed, "device": device}

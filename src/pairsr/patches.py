@@ -37,6 +37,17 @@ def threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else cpus()
 
 
+def check_grid(n: int, stride: int, zoom: int) -> None:
+    """``ValueError`` unless ``n × n`` patches every ``stride`` SR pixels suit the tile engine:
+    ``n >= 2`` and ``stride`` a divisor of ``zoom`` (tiles start on even SR pixels for ×2, so
+    their patch grids line up) and at most ``n`` (patches cover every pixel)."""
+    if n < 2:
+        raise ValueError(f"patch size n must be >= 2, got {n}")
+    if stride < 1 or zoom % stride or stride > n:
+        raise ValueError(f"stride must divide zoom={zoom} (tiles start on its grid) and be at "
+                         f"most n={n}, got {stride}")  # fmt: skip
+
+
 def valid_corners(invalid: np.ndarray, n: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Top-left ``(rows, cols)`` of the ``n × n`` windows on a ``stride`` grid free of ``invalid``.
 

@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO, BOUNDARY, bicubic, sr_shape
 from pairsr.methods import ModelError, SRMethod, TrainingPairs, register_method
-from pairsr.patches import Channels, overlap_average, sample_windows, threads
+from pairsr.patches import Channels, check_grid, overlap_average, sample_windows, threads
 
 #: Patches handed to one estimate call. It bounds the memory of a step: ScSR's solver holds a few
 #: ``BATCH × 2·atoms`` float64 arrays (8 MiB each for 256 atoms), SRSW ``BATCH × neighbours × n²``
@@ -361,14 +361,6 @@ class _PatchMethod(SRMethod):
             raise ModelError(f"{path}: corrupt or mismatched {cls.name} data ({err})") from None
 
 
-def _check_grid(n: int, stride: int, zoom: int) -> None:
-    if n < 2:
-        raise ValueError(f"patch size n must be >= 2, got {n}")
-    if stride < 1 or zoom % stride or stride > n - (n - 1) // 2:
-        raise ValueError(f"stride must divide zoom={zoom} (tiles start on its grid) and be at "
-                         f"most {n - (n - 1) // 2} for n={n}, got {stride}")  # fmt: skip
-
-
 @register_method
 @dataclass(eq=False)
 class ScSR(_PatchMethod):
@@ -409,7 +401,7 @@ class ScSR(_PatchMethod):
         from sklearn.decomposition import MiniBatchDictionaryLearning
         from sklearn.exceptions import ConvergenceWarning
 
-        _check_grid(n, stride, zoom)
+        check_grid(n, stride, zoom)
         lr_side, hr = sample_patch_pairs(pairs, zoom=zoom, n=n, size=L, seed=seed,
                                          channels=scsr_channels)  # fmt: skip
         x_h = hr - hr.mean(axis=1, keepdims=True)
@@ -465,7 +457,7 @@ class SRSW(_PatchMethod):
         :func:`srsw_reconstruct`; ``stride`` the step between inference patches (1 or a divisor
         of ``zoom``).
         """
-        _check_grid(n, stride, zoom)
+        check_grid(n, stride, zoom)
         up, hr = sample_patch_pairs(pairs, zoom=zoom, n=n, size=L, seed=seed)
         params = {"n": n, "L": L, "neighbours": neighbours, "alpha": alpha, "stride": stride,
                   "seed": seed, "sampled": len(hr)}  # fmt: skip
