@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from pairsr.api import prepare_pair
-from pairsr.evaluate import EvalPair, run, summarise, write_panel, write_report
+from pairsr.evaluate import (
+    EvalPair,
+    run,
+    summarise,
+    timing_markdown,
+    write_panel,
+    write_report,
+)
 from pairsr.io import read_image, to_float32
 from pairsr.simulate import simulate_pair
 
@@ -133,14 +140,7 @@ def results_markdown(table: list[dict], rows: list[dict], run_info: dict) -> str
         if t:
             out.append(f"| {m} | {t['canny_sim']:.3f} | {t['dcanny_sim']:+.3f} |")
     out += ["", "## Table II analogue: training and inference time on this machine", "",
-            "| method | self-training (s per pair) | pooled training (s) | "
-            "inference (s per output MPix) |", "|---|---|---|---|"]
-    for m in methods:
-        self_t, pooled_t = pick("self", m, "in-sample"), pick("pooled", m, "in-sample")
-        if self_t:
-            pooled = f"{pooled_t['fit_s']:.1f}" if pooled_t else "–"
-            out.append(f"| {m} | {self_t['fit_s']:.1f} | {pooled} | "
-                       f"{self_t['predict_s_per_mpix']:.2f} |")
+            timing_markdown(table).rstrip()]
     out += ["", "## Ranking against the paper's Table I (self-training, out-of-sample ΔPSNR)", ""]
     out += ranking(table, methods)
     out += ["", "## Per pair (self, out-of-sample ΔPSNR, dB)", "",

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,7 +83,14 @@ def test_protocol_scores_every_subimage_and_writes_a_report(eval_pair, tmp_path)
     table = write_report(rows, tmp_path / "rep")
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["summary"] == json.loads(json.dumps(table))
-    assert "| self | lbnlm | out-of-sample | 3 |" in (tmp_path / "rep" / "report.md").read_text()
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| self | lbnlm | out-of-sample | 3 |" in text
+    # Table II: fit seconds and inference s/MPix of the whole-field prediction (2H × 2W pixels).
+    timing = re.search(r"^\| lbnlm \| ([\d.]+) \| – \| ([\d.]+) \|$", text, re.M)
+    whole = next(r for r in lb if r["split"] == "whole-field-gt")
+    assert float(timing[1]) == pytest.approx(lb[0]["fit_s"], abs=0.05)
+    assert whole["predict_mpix"] == 4 * eval_pair.pair.lr.size / 1e6
+    assert float(timing[2]) == pytest.approx(whole["predict_s"] / whole["predict_mpix"], abs=0.005)
     with pytest.raises(FileExistsError):
         write_report(rows, tmp_path / "rep")
     panel = write_panel(crops, tmp_path / "rep" / "panel.png")

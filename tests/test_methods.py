@@ -104,5 +104,5 @@ def test_network_model_folder_round_trip(tmp_path, training_pair):
 def test_lbnlm_patch_grid_must_suit_the_tiles(training_pair, n, stride):
     """A stride that does not divide the zoom would misalign the patch grids of adjacent tiles."""
     lr, hr = training_pair
-    with pytest.raises(ValueError, match="stride must divide zoom=2|patch size n"):
+    with pytest.raises(ValueError, match=r"stride must divide zoom=2|patch size n"):
         LBNLM.fit([(lr, hr)], n=n, stride=stride, sigma=0.05)

@@ -219,6 +219,20 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def timing_markdown(table: list[dict]) -> str:
+    """The paper's Table II analogue: training seconds (per self-trained pair; pooled: the one
+    model) and inference seconds per output megapixel, per method, on this machine."""
+    lines = ["| method | self-training (s per pair) | pooled training (s) | "
+             "inference (s per output MPix) |", "|---|---|---|---|"]
+    for method in dict.fromkeys(t["method"] for t in table):
+        rows = {t["strategy"]: t for t in table
+                if t["method"] == method and t["split"] == "in-sample"}  # fmt: skip
+        cells = [f"{rows[s]['fit_s']:.1f}" if s in rows else "–" for s in ("self", "pooled")]
+        speed = next(iter(rows.values()))["predict_s_per_mpix"]
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {speed:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(rows: list[dict], out: str | Path, *, overwrite: bool = False) -> list[dict]:
     """Write ``report.md``, ``rows.csv``, ``summary.csv`` and ``report.json`` into ``out``."""
     out = Path(out)
@@ -227,7 +241,8 @@ def write_report(rows: list[dict], out: str | Path, *, overwrite: bool = False) 
         raise FileExistsError(f"{out}: a report exists there; pass overwrite=True to replace it")
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(rows)
-    (out / "report.md").write_text(markdown(table))
+    (out / "report.md").write_text(markdown(table) + "\n## Timing (Table II)\n\n"
+                                   + timing_markdown(table))
     for name, data in (("rows.csv", rows), ("summary.csv", table)):
         with open(out / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(data[0]))
