@@ -93,11 +93,12 @@ def results_markdown(table: list[dict], rows: list[dict], run_info: dict) -> str
                      == (strategy, method, split)), None)
 
     methods, pairs = run_info["methods"], run_info["pairs"]
+    command = f"python benchmarks/reproduce_paper.py {run_info['args']}".strip()
     strategies = sorted({t["strategy"] for t in table}, reverse=True)
     out = [
         "# Results: the paper's comparison on simulated physical pairs",
         "",
-        f"Produced by `python benchmarks/reproduce_paper.py {run_info['args']}` in "
+        f"Produced by `{command}` in "
         f"{run_info['seconds'] / 60:.1f} min on {run_info['machine']}, "
         f"{len(pairs)} pairs (LR width × height): "
         + ", ".join(f"{name} ({w}×{h})" for name, (h, w) in pairs.items()) + ".",

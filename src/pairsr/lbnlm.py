@@ -25,8 +25,8 @@ which the softmax removes.
 Memory: each worker thread holds at most about ``block`` float32 values (``4·block`` bytes,
 32 MiB by default): the weights of a chunk of query patches against the largest set of
 ``categories`` categories, and a few copies of the chunk's patches. Up to ``2·workers + 1``
-chunks of estimates wait for the overlap-add, and the image costs the input, a padded copy, the
-sums and the output (16 bytes per pixel). Measured with tracemalloc at the defaults and 2
+bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the overlap-add, and the
+image costs the input, a padded copy, the sums and the output (16 bytes per pixel). Measured with tracemalloc at the defaults and 2
 workers, n = 9, k = 50: a 66 MiB peak for a 1024 × 1024 image with L ≈ 20000 (71 MiB with
 L ≈ 5000); benchmarks/bench_lbnlm.py prints it.
 """
