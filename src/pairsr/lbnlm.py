@@ -22,13 +22,14 @@ the sums of weights. The torch path passes ``scale = s`` and ``attn_mask = −�
 ``scaled_dot_product_attention``: the same logits up to the per-query constant ``s‖Q − μ‖²/2``,
 which the softmax removes.
 
-Memory: each worker thread holds at most about ``block`` float32 values (``4·block`` bytes,
+Memory: each worker thread holds about ``block`` float32 values (``4·block`` bytes,
 32 MiB by default): the weights of a chunk of query patches against the largest set of
 ``categories`` categories, and a few copies of the chunk's patches. Up to ``2·workers + 1``
 bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the overlap-add, and the
-image costs the input, a padded copy, the sums and the output (16 bytes per pixel). Measured with tracemalloc at the defaults and 2
-workers, n = 9, k = 50: a 66 MiB peak for a 1024 × 1024 image with L ≈ 20000 (71 MiB with
-L ≈ 5000); benchmarks/bench_lbnlm.py prints it.
+image costs the input, a padded copy, the sums and the output (16 bytes per pixel). Measured
+with tracemalloc at the defaults and 2 workers, n = 9, k = 50: a 100 MiB peak for a 1024 × 1024
+image with L ≈ 20000 (116 MiB with L ≈ 5000); benchmarks/bench_lbnlm.py prints it. The work
+arrays are kept per thread for the call (:class:`pairsr.patches.Scratch`), not reallocated.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.library import Library
-from pairsr.patches import overlap_average, threads, valid_corners
+from pairsr.patches import Scratch, overlap_average, threads, valid_corners
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
@@ -53,8 +54,9 @@ _FAR = math.exp(-20.0)
 #: For such queries: weights below e⁻⁴⁰ (≈ 4e-18) of the largest count as e⁻⁴⁰.
 _MIN_LOGIT = 40.0
 
-#: ``attend(q, categories)``: HR estimates ``(b, n²)`` of the ``(b, n²)`` query patches ``q``.
-Attend = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+#: ``attend(q, categories, out)``: HR estimates of the ``(b, n²)`` query patches ``q`` into
+#: ``out`` ``(b, n²)``.
+Attend = Callable[[np.ndarray, tuple[int, ...], np.ndarray], None]
 
 
 def halo(n: int, zoom: int = 2) -> int:
@@ -87,22 +89,26 @@ def _numpy_attention(keys: np.ndarray, values: np.ndarray, groups: dict, scale: 
         v_aug = np.hstack([values[rows], np.ones((len(rows), 1))])
         return mean, k_aug.astype(np.float32), v_aug.astype(np.float32)
 
-    def attend(q: np.ndarray, combo: tuple[int, ...]) -> np.ndarray:
+    scratch = Scratch()
+
+    def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
         mean, k_aug, v_aug = prepare(combo)
-        q_aug = np.empty((len(q), d + 2), dtype=np.float32)
+        q_aug = scratch("queries", (len(q), d + 2))
         centred = np.subtract(q, mean, out=q_aug[:, :d])
         q_aug[:, d] = 1
         np.einsum("ij,ij->i", centred, centred, out=q_aug[:, d + 1])
-        weights = q_aug @ k_aug  # the logits, then (in place) their exponentials
+        # The logits, then (in place) their exponentials.
+        weights = np.matmul(q_aug, k_aug, out=scratch("weights", (len(q), k_aug.shape[1])))
         np.exp(weights, out=weights)
-        out = weights @ v_aug  # weighted sums and, in the last column, the sums of weights
-        far = np.flatnonzero(out[:, d] < _FAR)
+        # Weighted sums and, in the last column, the sums of weights.
+        sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), d + 1)))
+        far = np.flatnonzero(sums[:, d] < _FAR)
         if len(far):  # no library patch near: shift the logits so that the best weighs 1
             logits = q_aug[far] @ k_aug
             logits -= logits.max(axis=1, keepdims=True)
             np.clip(logits, -_MIN_LOGIT, None, out=logits)
-            out[far] = np.exp(logits, out=logits) @ v_aug
-        return out[:, :d] / out[:, d:]
+            sums[far] = np.exp(logits, out=logits) @ v_aug
+        np.divide(sums[:, :d], sums[:, d:], out=out)
 
     return attend
 
@@ -126,12 +132,11 @@ def _torch_attention(
         v = torch.from_numpy(values[rows]).to(dev)
         return mean, k[None], v[None], (-0.5 * scale) * (k * k).sum(dim=1)
 
-    def attend(q: np.ndarray, combo: tuple[int, ...]) -> np.ndarray:
+    def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
         mean, k, v, bias = prepare(combo)
         with torch.no_grad():
             qt = torch.from_numpy(q - mean).to(dev)[None]
-            out = scaled_dot_product_attention(qt, k, v, attn_mask=bias, scale=scale)
-        return out[0].cpu().numpy()
+            out[:] = scaled_dot_product_attention(qt, k, v, attn_mask=bias, scale=scale)[0].cpu()
 
     return attend
 
@@ -197,11 +202,24 @@ def _filter(
     c_t = np.ascontiguousarray(centroids.T)
     c_bias = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
 
+    scratch = Scratch()
+
     def estimate(q: np.ndarray) -> np.ndarray:
+        """HR estimates of the queries, computed category set by category set on the queries
+        sorted by it (contiguous slices: no temporaries)."""
         q = q[:, 0]
-        est = np.empty_like(q)
-        for combo, idx in _group(q @ c_t + c_bias, categories):
-            est[idx] = attend(q[idx], combo)
+        scores = np.matmul(q, c_t, out=scratch("scores", (len(q), len(c_t[0]))))
+        scores += c_bias
+        groups = _group(scores, categories)
+        order = np.concatenate([idx for _, idx in groups])
+        ranked = np.take(q, order, axis=0, out=scratch("ranked", q.shape))
+        done = scratch("done", q.shape)
+        start = 0
+        for combo, idx in groups:
+            attend(ranked[start : start + len(idx)], combo, done[start : start + len(idx)])
+            start += len(idx)
+        est = scratch("estimates", q.shape)
+        est[order] = done
         return est
 
     # Per query a step holds at most one row of weights (the largest category set) and about
@@ -249,8 +267,8 @@ def lbnlm_filter(
         with ``torch.nn.functional.scaled_dot_product_attention`` there.
     workers : int, optional
         Threads that filter rows of patches at once (default :func:`pairsr.patches.threads`:
-        ``OMP_NUM_THREADS``, as Dask sets it in its workers, else the CPUs this process may
-        use; 1 for ``device="cpu"``, where torch runs its own threads). Except with
+        1 in a Dask worker, else the CPUs this process may use; 1 for ``device="cpu"``, where
+        torch runs its own threads). Except with
         ``device="cpu"``, numpy's BLAS is single-threaded, process-wide, while the filter runs.
         Pass 1 when the caller already runs tiles in parallel.
 
