@@ -75,3 +75,19 @@ def test_threads_are_one_per_task_in_a_dask_worker_and_all_cores_elsewhere():
     with distributed.Client(n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
         assert client.submit(threads).result() == 1
         assert threads() == cpus()  # in the client process, even with OMP_NUM_THREADS=1 set
+
+
+def test_scratch_reuses_one_growing_buffer_per_name_and_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pairsr.patches import Scratch
+
+    scratch = Scratch()
+    a = scratch("x", (2, 3))
+    assert a.shape == (2, 3) and a.dtype == np.float32
+    assert np.shares_memory(a, scratch("x", (3, 2)))  # fits: the same buffer
+    assert not np.shares_memory(a, scratch("y", (2, 3)))  # another name
+    big = scratch("x", (4, 4))  # grows
+    assert not np.shares_memory(a, big) and np.shares_memory(big, scratch("x", (1, 5)))
+    with ThreadPoolExecutor(1) as pool:  # another thread has its own
+        assert not np.shares_memory(big, pool.submit(scratch, "x", (4, 4)).result())
