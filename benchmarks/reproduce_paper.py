@@ -128,18 +128,15 @@ def results_markdown(table: list[dict], rows: list[dict], run_info: dict) -> str
         w = pick("self", m, "whole-field-gt")
         cells.append("–" if w is None else f"{w['dpsnr']:+.2f} dB / {w['dssim']:+.3f}")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
-    out += ["", "## Table III analogue: foreground / background ΔPSNR (self, out-of-sample)", "",
-            "| method | ΔPSNR fg (dB) | ΔPSNR bg (dB) |", "|---|---|---|"]
-    for m in methods:
-        t = pick("self", m, "out-of-sample")
-        if t:
-            out.append(f"| {m} | {t['dpsnr_fg']:+.2f} | {t['dpsnr_bg']:+.2f} |")
-    out += ["", "## Table IV analogue: Canny edge similarity (self, out-of-sample)", "",
-            "| method | sim | Δ vs bicubic |", "|---|---|---|"]
-    for m in methods:
-        t = pick("self", m, "out-of-sample")
-        if t:
-            out.append(f"| {m} | {t['canny_sim']:.3f} | {t['dcanny_sim']:+.3f} |")
+    for title, head, cells in [
+        ("Table III analogue: foreground / background ΔPSNR", "ΔPSNR fg (dB) | ΔPSNR bg (dB)",
+         lambda t: f"{t['dpsnr_fg']:+.2f} | {t['dpsnr_bg']:+.2f}"),
+        ("Table IV analogue: Canny edge similarity", "sim | Δ vs bicubic",
+         lambda t: f"{t['canny_sim']:.3f} | {t['dcanny_sim']:+.3f}"),
+    ]:  # fmt: skip
+        out += ["", f"## {title} (self, out-of-sample)", "", f"| method | {head} |",
+                "|---|---|---|"]
+        out += [f"| {m} | {cells(t)} |" for m in methods if (t := pick("self", m, "out-of-sample"))]
     out += ["", "## Table II analogue: training and inference time on this machine", "",
             timing_markdown(table).rstrip()]
     out += ["", "## Ranking against the paper's Table I (self-training, out-of-sample ΔPSNR)", ""]

@@ -176,14 +176,12 @@ def _filter(
     up = np.asarray(up, dtype=np.float32)
     k, d = len(centroids), n * n
     problems = {
-        "up": (up.ndim == 2 and np.all(np.isfinite(up)), f"a finite 2-D image, got {up.shape}"),
         "sigma": (np.isfinite(sigma) and sigma > 0, f"> 0 in [0, 1] intensity units, got {sigma}"),
         "categories": (1 <= categories <= k, f"in [1, {k}] (the library's), got {categories}"),
-        "stride": (1 <= stride <= n, f"in [1, n={n}] for patches to cover, got {stride}"),
         "block": (block >= 1, f">= 1, got {block}"),
         "workers": (workers is None or workers >= 1, f">= 1, got {workers}"),
     }
-    for name, (ok, must) in problems.items():
+    for name, (ok, must) in problems.items():  # the image and stride: overlap_average checks
         if not ok:
             raise ValueError(f"{name} must be {must}")
     groups = {c: np.flatnonzero(labels == c) for c in range(k)}
@@ -208,7 +206,7 @@ def _filter(
         """HR estimates of the queries, computed category set by category set on the queries
         sorted by it (contiguous slices: no temporaries)."""
         q = q[:, 0]
-        scores = np.matmul(q, c_t, out=scratch("scores", (len(q), len(c_t[0]))))
+        scores = np.matmul(q, c_t, out=scratch("scores", (len(q), k)))
         scores += c_bias
         groups = _group(scores, categories)
         order = np.concatenate([idx for _, idx in groups])
@@ -268,9 +266,9 @@ def lbnlm_filter(
     workers : int, optional
         Threads that filter rows of patches at once (default :func:`pairsr.patches.threads`:
         1 in a Dask worker, else the CPUs this process may use; 1 for ``device="cpu"``, where
-        torch runs its own threads). Except with
-        ``device="cpu"``, numpy's BLAS is single-threaded, process-wide, while the filter runs.
-        Pass 1 when the caller already runs tiles in parallel.
+        torch runs its own threads). Except with ``device="cpu"``, numpy's BLAS is
+        single-threaded, process-wide, while the filter runs. Pass 1 when the caller already runs
+        tiles in parallel.
 
     Returns
     -------

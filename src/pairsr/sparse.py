@@ -211,8 +211,8 @@ def nonneg_lasso(gram: np.ndarray, cov: np.ndarray, alpha: float) -> np.ndarray:
     gram = gram + 1e-12 * np.multiply.outer(scale, np.eye(m))
     tol = 1e-10 * np.max(scale)
     # The free atoms of each problem in slots 0 .. nfree-1 of ``atoms``, coefficients in ``coef``.
-    atoms = np.zeros((count, m + 1), dtype=np.intp)
-    coef = np.zeros((count, m + 1))
+    atoms = np.zeros((count, m), dtype=np.intp)
+    coef = np.zeros((count, m))
     nfree = np.zeros(count, dtype=np.intp)
 
     def state(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
