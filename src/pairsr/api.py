@@ -76,6 +76,11 @@ def _conflicts(z: Zoom) -> bool:
     return z.metadata is not None and abs(z.nominal / z.metadata - 1) > ZOOM_CONFLICT
 
 
+def _nearest(zoom: float) -> int:
+    """The nearest integer, halves rounded up (an SR grid finer than the HR loses nothing)."""
+    return int(np.floor(zoom + 0.5))
+
+
 def pair_zoom(lr_pixel_nm: float | None, hr_pixel_nm: float | None,
               zoom: float | None = None) -> Zoom:
     """Choose a pair's zoom from the two pixel sizes (nm) and/or a given ``zoom`` (``--zoom``).
@@ -84,7 +89,7 @@ def pair_zoom(lr_pixel_nm: float | None, hr_pixel_nm: float | None,
     more than :data:`ZOOM_CONFLICT`: metadata can be wrong, the registration then tells); else the
     ratio LR pixel / HR pixel when both are known (ratios under 1.5 are not a pair's and are
     ignored with a warning); else 2. The registration starts from this nominal value, fractional
-    or not. The SR grid's factor is its nearest integer (at least 2), with a warning when the
+    or not. The SR grid's factor is its nearest integer (halves up), with a warning when the
     nominal value is more than :data:`ZOOM_SNAP` from it: the HR is then resampled onto that grid.
     """
     ratio = None
@@ -98,13 +103,13 @@ def pair_zoom(lr_pixel_nm: float | None, hr_pixel_nm: float | None,
         if not (np.isfinite(zoom) and zoom >= 1.5):
             raise ValueError(f"--zoom must be an HR/LR pixel-size ratio of at least 1.5, "
                              f"got {zoom}")
-        choice = Zoom(float(zoom), int(round(zoom)), "option", ratio)
+        choice = Zoom(float(zoom), _nearest(zoom), "option", ratio)
         if _conflicts(choice):
             warnings.warn(f"--zoom {zoom:g} contradicts the files' pixel sizes (LR {lr_pixel_nm:g} "
                           f"nm / HR {hr_pixel_nm:g} nm = {ratio:.3g}); using --zoom {zoom:g}",
                           stacklevel=2)
     elif ratio is not None:
-        choice = Zoom(ratio, max(2, int(round(ratio))), "metadata", ratio)
+        choice = Zoom(ratio, _nearest(ratio), "metadata", ratio)
     else:
         choice = Zoom(2.0, 2, "default")
     if abs(choice.nominal / choice.sr - 1) > ZOOM_SNAP:

@@ -97,7 +97,7 @@ def _fingerprint(pairs: list[Pair]) -> str:
 
 
 def _split(
-    pairs: list[Pair], block: int, val_fraction: float, rng: np.random.Generator, zoom: int
+    pairs: list[Pair], block: int, val_fraction: float, rng: np.random.Generator, zoom: int = 2
 ) -> tuple[list[Pair], list[Block]]:
     """Hold out validation blocks: (pairs with their HR NaN there, the blocks)."""
     z = zoom
@@ -127,7 +127,7 @@ def _split(
     return train_pairs, val_blocks
 
 
-def _downsize(lr: np.ndarray, hr: np.ndarray, scale: float, zoom: int) -> Pair:
+def _downsize(lr: np.ndarray, hr: np.ndarray, scale: float, zoom: int = 2) -> Pair:
     """The pair downsized by ``scale``, LR and HR alike, HR staying on the SR grid of the LR.
 
     Bilinear with skimage's anti-aliasing, each image in its own pixels: as if both were scanned
@@ -144,8 +144,8 @@ def _downsize(lr: np.ndarray, hr: np.ndarray, scale: float, zoom: int) -> Pair:
 class _PatchSampler:
     """Random LR patches and their fully valid HR patches from the pairs downsized by ``scales``."""
 
-    def __init__(self, pairs: list[Pair], patch: int, zoom: int,
-                 scales: tuple[float, ...] = SCALES) -> None:
+    def __init__(self, pairs: list[Pair], patch: int, scales: tuple[float, ...] = SCALES,
+                 zoom: int = 2) -> None:
         self.patch, self.zoom = patch, zoom
         self.images: list[Pair] = []
         self.positions: list[np.ndarray] = []  # (2, n): valid top-left LR corners per image
@@ -186,7 +186,8 @@ def _all_in_window(valid: np.ndarray, size: int) -> np.ndarray:
     return (s[size:, size:] - s[:-size, size:] - s[size:, :-size] + s[:-size, :-size]) == 0
 
 
-def _val_psnr(upsample, halo: int, pairs: list[Pair], blocks: list[Block], zoom: int) -> float:
+def _val_psnr(upsample, halo: int, pairs: list[Pair], blocks: list[Block],
+              zoom: int = 2) -> float:
     """PSNR (dB) of ``upsample`` (LR → SR) over the valid HR pixels of all validation blocks."""
     preds, refs, z = [], [], zoom
     for k, rows, cols in blocks:
@@ -277,7 +278,7 @@ def train(
     architecture = preset_params(method, preset)
     train_pairs, val_blocks = _split(pairs, 2 * patch, val_fraction, np.random.default_rng(seed),
                                      zoom)
-    sampler = _PatchSampler(train_pairs, patch, zoom)
+    sampler = _PatchSampler(train_pairs, patch, zoom=zoom)
     steps = steps or max(1, math.ceil(8 * sampler.n_positions / (patch * patch * batch)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
