@@ -66,9 +66,10 @@ class Zoom:
             return (f" (zoom {self.nominal:g} assumed: the files carry no pixel sizes; pass "
                     "--zoom with the HR/LR pixel-size ratio if it differs)")
         if self.source == "option" and self.metadata is not None and _conflicts(self):
-            return (f" (the files' pixel sizes give a ratio of {self.metadata:.3g}, not the "
-                    f"--zoom {self.nominal:g}: try --zoom {self.metadata:.3g}, or leave --zoom "
-                    "out to use them)")
+            m = self.metadata
+            near = _nearest(m) if abs(m / _nearest(m) - 1) <= ZOOM_SNAP else round(m, 2)
+            return (f" (the files' pixel sizes give a ratio of {m:.3g}, not the --zoom "
+                    f"{self.nominal:g}: try --zoom {near:g}, or leave --zoom out to use them)")
         return ""
 
 
