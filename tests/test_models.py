@@ -164,10 +164,11 @@ def test_predict_rejects_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("zoom", [2, 3, 4])
 @pytest.mark.parametrize("preset", TINY)
-def test_cuda_prediction_with_and_without_amp_matches_the_cpu(preset):
+def test_cuda_prediction_with_and_without_amp_matches_the_cpu(preset, zoom):
     torch.manual_seed(0)
-    model = build_model(PRESETS[preset]["method"], preset)
+    model = build_model(PRESETS[preset]["method"], preset, zoom=zoom)
     lr = np.random.default_rng(3).random((40, 52)).astype(np.float32)
     cpu = predict(model, lr, device="cpu")
     assert np.abs(predict(model, lr, device="cuda") - cpu).max() < 2e-3  # TF32 convolutions
