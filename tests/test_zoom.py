@@ -17,6 +17,7 @@ from pairsr.grid import bicubic
 from pairsr.io import from_float32, read_image, to_float32, write_ome_zarr
 from pairsr.methods import load_model, save_model
 from pairsr.register import RegistrationError
+from pairsr.simulate import save_pair, simulate_pair
 from pairsr.tiles import apply_tiled
 
 PSSR = Path(__file__).parents[2] / "shared" / "data" / "real" / "pssr_napari"
@@ -127,7 +128,8 @@ def test_fit_refuses_pairs_of_two_zooms(pair3):
 
 @pytest.mark.parametrize("zoom", [3, 4])
 def test_tiled_equals_in_memory_and_grid_transform(tmp_path, zoom):
-    """LB-NLM and EDSR (×4: two pixel-shuffle stages) through the tiled engine, with tiles that
+    """LB-NLM, SRSW (default stride 3 at ×3, 2 at ×4) and EDSR (×4: two pixel-shuffle stages)
+    through the tiled engine, with tiles that
     neither divide the image nor exceed the halo; OME-Zarr scale pixel/z, translation
     t − pixel·(z−1)/(2z)."""
     rng = np.random.default_rng(zoom)
@@ -136,6 +138,7 @@ def test_tiled_equals_in_memory_and_grid_transform(tmp_path, zoom):
     lr = ndi.gaussian_filter(hr, zoom / 2).reshape(32, zoom, 36, zoom).mean((1, 3))
     pair = TrainingPair(lr, hr, None)
     models = {"lbnlm": fit([pair], "lbnlm", n=5, k=4, K=2, L=200, sigma=0.05),
+              "srsw": fit([pair], "srsw", n=5, L=300),
               "edsr": fit([pair], "edsr", folder=tmp_path / "edsr", **SMALL["edsr"])}
     values = from_float32(np.clip(lr + 0.05 * rng.random(lr.shape), 0, 1)[:29, :31], np.uint8)
     write_ome_zarr(tmp_path / "lr.zarr", values, chunks=8, pixel_size_nm=6.0,
@@ -204,3 +207,20 @@ def test_manifest_registration_keys_are_checked(tmp_path):
         '[[pair]]\nlr = "a.tif"\nhr = "b.tif"\nout = "o.zarr"\nzoom = "four"\n')
     assert "zoom = 'four' is not a number" in fail_cli("batch", tmp_path / "bad.toml")
 
+
+
+def test_a_fractional_zoom_registers_and_trains_on_the_nearest_integer_grid(tmp_path):
+    """HR pixels 2.5× finer (from the files): registration at 2.5, SR grid ×2 (2.5 × 0.995 here),
+    with a warning; the HR resampled onto the ×2 grid matches the simulator's ×2 truth as well
+    as at an integer zoom (0.81 vs 0.81 for this seed at zoom 2; HR noise, gamma and drift
+    keep it below 1)."""
+    pair = simulate_pair(lr_shape=(120, 160), zoom=2.5, hr_fraction=0.5, max_rotation_deg=0.3,
+                         seed=3)
+    save_pair(pair, tmp_path)
+    lr, hr = read_image(tmp_path / "lr.tif"), read_image(tmp_path / "hr.tif")
+    with pytest.warns(UserWarning, match="not close to an integer: the SR output is ×2"):
+        prepared = prepare_pair(lr, hr, local=False)
+    assert prepared.zoom == 2 and prepared.hr.shape == pair.gt.shape == (240, 320)
+    assert prepared.registration.zoom == pytest.approx(pair.truth["zoom"], rel=3e-3)
+    valid = np.isfinite(prepared.hr)
+    assert np.corrcoef(prepared.hr[valid], pair.gt[valid])[0, 1] > 0.75
