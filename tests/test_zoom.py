@@ -206,6 +206,9 @@ def test_manifest_registration_keys_are_checked(tmp_path):
     (tmp_path / "bad.toml").write_text(
         '[[pair]]\nlr = "a.tif"\nhr = "b.tif"\nout = "o.zarr"\nzoom = "four"\n')
     assert "zoom = 'four' is not a number" in fail_cli("batch", tmp_path / "bad.toml")
+    (tmp_path / "bad.toml").write_text(
+        '[defaults]\nallow_inversion = 1\n[[pair]]\nlr = "a"\nhr = "b"\nout = "o.zarr"\n')
+    assert "allow_inversion = 1 is not true or false" in fail_cli("batch", tmp_path / "bad.toml")
 
 
 

@@ -408,9 +408,8 @@ def _fit_job(job: dict, overwrite: bool) -> None:
     fit([pair], job["method"], out=job["model"], overwrite=overwrite, **job["params"])
 
 
-#: Manifest keys of the registration, and their types.
-REGISTER_KEYS = {"zoom": (int, float), "max_rotation": (int, float), "allow_inversion": bool,
-                 "min_ncc": (int, float), "min_peak_ratio": (int, float)}
+#: Manifest keys of the registration (``allow_inversion`` true/false, the others numbers).
+REGISTER_KEYS = ("zoom", "max_rotation", "allow_inversion", "min_ncc", "min_peak_ratio")
 
 
 def _read_manifest(path: Path, options: dict | None = None) -> list[dict]:
@@ -440,10 +439,11 @@ def _read_manifest(path: Path, options: dict | None = None) -> list[dict]:
         job["model"] = path.parent / entry.get("model", f"{entry['out']}.model")
         reg = {k: entry.get(k, defaults.get(k, (options or {}).get(k))) for k in REGISTER_KEYS}
         for key, value in reg.items():
-            if value is not None and (not isinstance(value, REGISTER_KEYS[key])
-                                      or isinstance(value, bool) != (key == "allow_inversion")):
-                raise ValueError(f"{path}: pair {i + 1}: {key} = {value!r} is not a "
-                                 f"{'true/false' if key == 'allow_inversion' else 'number'}")
+            flag = key == "allow_inversion"
+            if value is not None and (isinstance(value, bool) != flag
+                                      or not isinstance(value, bool | int | float)):
+                raise ValueError(f"{path}: pair {i + 1}: {key} = {value!r} is not "
+                                 f"{'true or false' if flag else 'a number'}")
         job["zoom"] = reg.pop("zoom")
         job["register"] = _register_options(reg["max_rotation"],
                                             reg["allow_inversion"] is not False,
