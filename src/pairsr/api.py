@@ -65,6 +65,9 @@ class Zoom:
         if self.source == "default":
             return (f" (zoom {self.nominal:g} assumed: the files carry no pixel sizes; pass "
                     "--zoom with the HR/LR pixel-size ratio if it differs)")
+        if self.source == "metadata":
+            return (f" (zoom {self.nominal:.3g} from the files' pixel sizes; pass --zoom if they "
+                    "are wrong)")
         if self.source == "option" and self.metadata is not None and _conflicts(self):
             m = self.metadata
             near = _nearest(m) if abs(m / _nearest(m) - 1) <= ZOOM_SNAP else round(m, 2)

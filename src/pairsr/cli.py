@@ -474,8 +474,12 @@ def _eval_pairs(specs: list[str], local: bool = True, zoom: float | None = None,
         gt = next(iter(sorted(lr.parent.glob("gt.*"))), None) if "," not in spec else None
         name = Path(spec).name if "," not in spec else lr.stem
         prepared = _prepare(lr, hr, local=local, zoom=zoom, **register_options)
-        pairs.append(EvalPair(name, prepared,
-                              None if gt is None else to_float32(read_image(gt).values)))
+        truth = None if gt is None else to_float32(read_image(gt).values)
+        if truth is not None and truth.shape != prepared.hr.shape:
+            console.print(f"[yellow]warning:[/yellow] {gt} has shape {truth.shape}, not the ×"
+                          f"{prepared.zoom} SR grid {prepared.hr.shape}: no whole-field scores")
+            truth = None
+        pairs.append(EvalPair(name, prepared, truth))
     return pairs
 
 
