@@ -63,8 +63,8 @@ class Zoom:
     def hint(self) -> str:
         """What to try when the registration fails at this zoom (command-line terms)."""
         if self.source == "default":
-            return (f" (zoom {self.nominal:g} assumed: the files carry no pixel sizes; pass "
-                    "--zoom with the HR/LR pixel-size ratio if it differs)")
+            return (f" (zoom {self.nominal:g} assumed: the files do not both carry a pixel "
+                    "size; pass --zoom with the LR/HR pixel-size ratio if it differs)")
         if self.source == "metadata":
             return (f" (zoom {self.nominal:.3g} from the files' pixel sizes; pass --zoom if they "
                     "are wrong)")
@@ -138,20 +138,23 @@ def register_images(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray
 
     ``register_options`` go to :func:`pairsr.register.register_pair` (``max_rotation_deg``,
     ``allow_inversion``, ``min_ncc``, ``min_peak_ratio``, …). A registration error gets a hint
-    about the zoom appended when the zoom was assumed or contradicts the pixel sizes.
+    about the zoom appended (:meth:`Zoom.hint`).
     """
-    choice = pair_zoom(_pixel(lr), _pixel(hr), zoom)
-    lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
-    return _register(lr_f, hr_f, choice, local, register_options), choice
+    _, _, reg, choice = _register(lr, hr, zoom, local, register_options)
+    return reg, choice
 
 
-def _register(lr: np.ndarray, hr: np.ndarray, choice: Zoom, local: bool, options: dict):
+def _register(lr, hr, zoom: float | None, local: bool, options: dict):
+    """``(lr, hr)`` as float32, the registration and the zoom chosen."""
     from pairsr.register import RegistrationError, register_pair
 
+    choice = pair_zoom(_pixel(lr), _pixel(hr), zoom)
+    lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
     try:
-        return register_pair(lr, hr, zoom=choice.nominal, local=local, **options)
+        reg = register_pair(lr_f, hr_f, zoom=choice.nominal, local=local, **options)
     except RegistrationError as err:
         raise RegistrationError(f"{err}{choice.hint()}") from None
+    return lr_f, hr_f, reg, choice
 
 
 def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *,
@@ -161,9 +164,7 @@ def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *
     grid of ``lr`` at the integer zoom chosen (:func:`pair_zoom`; ``TrainingPair.zoom``)."""
     from pairsr.register import warp_hr_to_sr
 
-    choice = pair_zoom(_pixel(lr), _pixel(hr), zoom)
-    lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
-    reg = _register(lr_f, hr_f, choice, local, register_options)
+    lr_f, hr_f, reg, choice = _register(lr, hr, zoom, local, register_options)
     return TrainingPair(lr_f, warp_hr_to_sr(hr_f, reg, lr_f.shape, zoom=choice.sr, local=local),
                         reg)
 
