@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pairsr.api import TrainingPair, fit, pair_zoom, prepare_pair
 from pairsr.cli import app
 from pairsr.grid import bicubic
-from pairsr.io import from_float32, read_image, to_float32, write_ome_zarr
+from pairsr.io import from_float32, read_image, to_float32, write_image, write_ome_zarr
 from pairsr.methods import load_model, save_model
 from pairsr.register import RegistrationError
 from pairsr.simulate import save_pair, simulate_pair
@@ -47,8 +47,7 @@ def test_the_zoom_rule():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         z = pair_zoom(8.0, 2.0)
-        assert (z.nominal, z.sr, z.source) == (4, 4, "metadata")
-        assert "from the files' pixel sizes; pass --zoom if they are wrong" in z.hint()
+        assert (z.nominal, z.sr, z.source, z.hint()) == (4, 4, "metadata", "")
         z = pair_zoom(8.0, 2.02)  # a calibration off by 1 %: registration starts from 3.96
         assert z.sr == 4 and z.nominal == pytest.approx(3.96, abs=1e-3)
         assert (pair_zoom(None, 2.0).sr, pair_zoom(None, 2.0).source) == (2, "default")
@@ -86,6 +85,26 @@ def test_prepare_pair_takes_the_zoom_from_the_pixel_sizes(sim3):
         prepare_pair(lr.values, hr.values, local=False)
 
 
+def test_registration_options_reach_the_registration(sim3, tmp_path):
+    """--max-rotation, --min-ncc and --allow/--refuse-inversion on the ×3 pair; inverted
+    contrast is accepted by default with a warning."""
+    lr, hr, out = sim3 / "lr.tif", sim3 / "hr.tif", tmp_path / "r.json"
+    run_cli("register", lr, hr, "-o", out, "--no-local")
+    found = json.loads(out.read_text())
+    assert "rotation" in fail_cli("register", lr, hr, "-o", out, "--no-local", "--overwrite",
+                                  "--max-rotation", abs(found["rotation_deg"]) / 3)
+    assert "NCC" in fail_cli("register", lr, hr, "-o", out, "--no-local", "--overwrite",
+                             "--min-ncc", (1 + found["ncc"]) / 2)
+    inverted = tmp_path / "hr_inverted.tif"
+    write_image(inverted, 255 - read_image(hr).values, pixel_size_nm=read_image(hr).attrs[
+        "pixel_size_nm"])
+    said = run_cli("register", lr, inverted, "-o", out, "--no-local", "--overwrite")
+    assert "contrast is inverted" in " ".join(said.split())
+    assert json.loads(out.read_text())["inverted"]
+    assert "inverted" in fail_cli("register", lr, inverted, "-o", out, "--no-local",
+                                  "--overwrite", "--refuse-inversion")
+
+
 @pytest.fixture(scope="module")
 def pair3():
     """An aligned ×3 pair: LR the blurred 3×3 mean of the HR texture, contrast-changed and noisy;
@@ -103,7 +122,8 @@ def pair3():
 @pytest.mark.parametrize("method", ["bicubic", *SMALL])
 def test_every_method_fits_and_applies_at_x3(pair3, method, tmp_path):
     lr, hr, train = pair3
-    model = fit([TrainingPair(lr, train, None)], method, **SMALL.get(method, {}))
+    folder = {"folder": tmp_path / "net"} if "preset" in SMALL.get(method, {}) else {}
+    model = fit([TrainingPair(lr, train, None)], method, **SMALL.get(method, {}), **folder)
     sr = model.predict(lr)
     assert model.zoom == 3 and sr.shape == (144, 192) and np.isfinite(sr).all()
     assert load_model(save_model(model, tmp_path / "m")).zoom == 3

@@ -61,13 +61,11 @@ class Zoom:
     metadata: float | None = None
 
     def hint(self) -> str:
-        """What to try when the registration fails at this zoom (command-line terms)."""
+        """What to try when the registration fails at this zoom (command-line terms), where the
+        zoom is in doubt: assumed, or given against the pixel sizes."""
         if self.source == "default":
             return (f" (zoom {self.nominal:g} assumed: the files do not both carry a pixel "
                     "size; pass --zoom with the LR/HR pixel-size ratio if it differs)")
-        if self.source == "metadata":
-            return (f" (zoom {self.nominal:.3g} from the files' pixel sizes; pass --zoom if they "
-                    "are wrong)")
         if self.source == "option" and self.metadata is not None and _conflicts(self):
             m = self.metadata
             near = _nearest(m) if abs(m / _nearest(m) - 1) <= ZOOM_SNAP else round(m, 2)
