@@ -103,7 +103,7 @@ def pair_zoom(lr_pixel_nm: float | None, hr_pixel_nm: float | None,
             ratio = None
     if zoom is not None:
         if not (np.isfinite(zoom) and zoom >= 1.5):
-            raise ValueError(f"--zoom must be an HR/LR pixel-size ratio of at least 1.5, "
+            raise ValueError(f"--zoom must be an LR/HR pixel-size ratio of at least 1.5, "
                              f"got {zoom}")
         choice = Zoom(float(zoom), _nearest(zoom), "option", ratio)
         if _conflicts(choice):

@@ -59,7 +59,7 @@ def simulate(
         str | None, typer.Option(help="LR field ROWSxCOLS (default 944x1280 built-in).")
     ] = None,
     zoom: Annotated[float | None, typer.Option(
-        "--zoom", help="HR/LR pixel-size ratio, e.g. 2, 3 or 4 (default 2).")] = None,
+        "--zoom", help="LR/HR pixel-size ratio, e.g. 2, 3 or 4 (default 2).")] = None,
     hr_fraction: Annotated[float | None, typer.Option(
         "--hr-fraction", help="HR field area as a fraction of the LR field.")] = None,
     max_rotation: Annotated[float | None, typer.Option(
@@ -138,9 +138,9 @@ def _pair_paths(spec: str) -> tuple[Path, Path]:
 
 
 ZoomOption = Annotated[float | None, typer.Option(
-    "--zoom", help="HR/LR pixel-size ratio, e.g. 2, 3 or 4 (fractional is fine for the "
-    "registration; the SR output is ×its nearest integer). Default: the ratio of the files' "
-    "pixel sizes when both carry one, else 2.")]
+    "--zoom", help="LR/HR pixel-size ratio (HR pixels per LR pixel along an axis), e.g. 2, 3 "
+    "or 4; fractional is fine for the registration, the SR output is ×its nearest integer. "
+    "Default: the ratio of the files' pixel sizes when both carry one, else 2.")]
 MaxRotation = Annotated[float | None, typer.Option(
     "--max-rotation", metavar="DEG", help="Search rotations within ±DEG degrees "
     "(default: the registration's).")]
