@@ -77,12 +77,31 @@ def test_build_model_presets_and_errors():
         build_model("rcan", "rcan-tiny", ca_window=4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_bicubic_layer_is_pairsr_bicubic(dtype):
+@pytest.mark.parametrize(("dtype", "zoom"), [(torch.float32, 2), (torch.float64, 2),
+                                           (torch.float32, 3), (torch.float32, 4)])
+def test_bicubic_layer_is_pairsr_bicubic(dtype, zoom):
     lr = np.random.default_rng(0).random((29, 41)).astype(np.float32)
-    out = Bicubic().to(dtype)(torch.from_numpy(lr).to(dtype)[None, None])
-    assert out.dtype == dtype
-    assert np.abs(out[0, 0].numpy() - bicubic(lr)).max() < 2e-6
+    out = Bicubic(zoom).to(dtype)(torch.from_numpy(lr).to(dtype)[None, None])
+    assert out.dtype == dtype and out.shape == (1, 1, 29 * zoom, 41 * zoom)
+    assert np.abs(out[0, 0].numpy() - bicubic(lr, zoom)).max() < 2e-6
+
+
+@pytest.mark.parametrize("zoom", [3, 4])
+def test_networks_at_x3_and_x4(zoom):
+    """×3: one PixelShuffle(3) stage; ×4: two ×2 stages (EDSR paper); VDSR any zoom. Receptive
+    fields by hand: the ×4 upsampler's second conv runs at ×2, its 1 px is < 1 LR px."""
+    torch.manual_seed(0)
+    for preset in TINY:
+        model = build_model(PRESETS[preset]["method"], preset, zoom=zoom)
+        assert model(torch.rand(1, 1, 7, 9)).shape == (1, 1, 7 * zoom, 9 * zoom)
+    edsr = build_model("edsr", "edsr-baseline", zoom=zoom)
+    shuffles = [m.upscale_factor for m in edsr.upsample if isinstance(m, nn.PixelShuffle)]
+    assert shuffles == ([3] if zoom == 3 else [2, 2])
+    assert edsr.receptive_field == 1 + 2 * 16 + 1 + 2  # head, blocks, body conv, upsampler+tail
+    vdsr = build_model("vdsr", zoom=zoom)  # 20 3×3 convs at the SR scale: 20 SR px
+    assert vdsr.receptive_field == BICUBIC_HALO + -(-20 // zoom)
+    with pytest.raises(ValueError, match="zoom 2, 3, 4 or 8, got 5"):
+        build_model("rcan", "rcan-tiny", zoom=5)
 
 
 def test_skip_paths_give_exactly_bicubic_when_the_network_is_silenced():
@@ -98,15 +117,16 @@ def test_skip_paths_give_exactly_bicubic_when_the_network_is_silenced():
         assert np.abs(predict(model, lr, device="cpu") - bicubic(lr)).max() < 2e-6
 
 
+@pytest.mark.parametrize("zoom", [2, 3, 4])
 @pytest.mark.parametrize(("method", "params"), SMALL)
-def test_receptive_field_is_exact(method, params):
+def test_receptive_field_is_exact(method, params, zoom):
     """The SR pixels of LR pixel j depend on exactly the LR pixels within receptive_field of j.
 
     Gradients in float64 show every dependency, however weak. Positive biases keep all ReLUs
     active, so that no path is cut by chance at initialisation.
     """
     torch.manual_seed(0)
-    model = build_model(method, None, **params).double().eval()
+    model = build_model(method, None, zoom=zoom, **params).double().eval()
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.constant_(m.bias, 0.5)
@@ -114,20 +134,21 @@ def test_receptive_field_is_exact(method, params):
     n = 2 * rf + 9
     j = n // 2
     x = torch.rand(1, 1, n, n, dtype=torch.float64, requires_grad=True)
-    model(x)[0, 0, 2 * j : 2 * j + 2, 2 * j : 2 * j + 2].sum().backward()
+    model(x)[0, 0, zoom * j : zoom * (j + 1), zoom * j : zoom * (j + 1)].sum().backward()
     depends = x.grad[0, 0].numpy() != 0
     inside = np.zeros_like(depends)
     inside[j - rf : j + rf + 1, j - rf : j + rf + 1] = True
     np.testing.assert_array_equal(depends, inside)
 
 
+@pytest.mark.parametrize("zoom", [2, 3])
 @pytest.mark.parametrize(("method", "params"), SMALL)
-def test_tiles_with_halo_reproduce_the_whole_image(method, params):
+def test_tiles_with_halo_reproduce_the_whole_image(method, params, zoom):
     torch.manual_seed(0)
-    model = build_model(method, None, **params)
+    model = build_model(method, None, zoom=zoom, **params)
     lr = np.random.default_rng(2).random((56, 69)).astype(np.float32)
     whole = predict(model, lr, device="cpu")
-    assert whole.shape == (112, 138) and whole.dtype == np.float32
+    assert whole.shape == (56 * zoom, 69 * zoom) and whole.dtype == np.float32
     tiled = predict(model, lr, device="cpu", tile=28, batch=2)
     assert np.abs(tiled - whole).max() < 1e-5
 
@@ -143,10 +164,11 @@ def test_predict_rejects_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("zoom", [2, 3, 4])
 @pytest.mark.parametrize("preset", TINY)
-def test_cuda_prediction_with_and_without_amp_matches_the_cpu(preset):
+def test_cuda_prediction_with_and_without_amp_matches_the_cpu(preset, zoom):
     torch.manual_seed(0)
-    model = build_model(PRESETS[preset]["method"], preset)
+    model = build_model(PRESETS[preset]["method"], preset, zoom=zoom)
     lr = np.random.default_rng(3).random((40, 52)).astype(np.float32)
     cpu = predict(model, lr, device="cpu")
     assert np.abs(predict(model, lr, device="cuda") - cpu).max() < 2e-3  # TF32 convolutions

@@ -201,3 +201,31 @@ def test_training_uses_cuda_when_available(pair, tmp_path):
     lr = pair[0][:24, :30]
     cpu, gpu = predict(model, lr, device="cpu"), predict(result.model, lr, device="cuda")
     assert np.abs(cpu - gpu).max() < 2e-3  # TF32 convolutions on the GPU
+
+
+@pytest.mark.parametrize("zoom", [3, 4])
+def test_patches_and_downsizing_at_x3_and_x4(zoom):
+    """The sampler and the downsized copies keep HR = bicubic×zoom(LR) on the ×zoom grid."""
+    rng = np.random.default_rng(0)
+    lr = ndi.gaussian_filter(rng.random((60, 70)), 2).astype(np.float32)
+    lr_s, hr_s = _downsize(lr, bicubic(lr, zoom), 0.5, zoom)
+    assert lr_s.shape == (30, 35) and hr_s.shape == (30 * zoom, 35 * zoom)
+    sampler = _PatchSampler([(lr, bicubic(lr, zoom))], 32, scales=(1.0,), zoom=zoom)
+    lr_patches, hr_patches = sampler.sample(rng, 8)
+    assert hr_patches.shape == (8, 1, 32 * zoom, 32 * zoom)
+    inner = slice(12 * zoom, -12 * zoom)  # beyond the spline's reach from the patch border
+    for x, y in zip(lr_patches[:, 0], hr_patches[:, 0], strict=True):
+        assert np.abs(bicubic(x, zoom) - y)[inner, inner].max() < 1e-6
+
+
+def test_training_at_x3_stores_and_reloads_the_zoom(tmp_path):
+    rng = np.random.default_rng(1)
+    hr = ndi.gaussian_filter(rng.random((96, 120)), 1.5).astype(np.float32)
+    lr = ndi.gaussian_filter(hr, 1.0).reshape(32, 3, 40, 3).mean(axis=(1, 3))
+    result = train([(lr, hr)], "edsr", "edsr-tiny", out=tmp_path, zoom=3, epochs=1, **FAST)
+    model, config = load(tmp_path)
+    assert config["zoom"] == model.zoom == 3
+    assert predict(model, lr[:10, :12], device="cpu").shape == (30, 36)
+    assert result.config["result"]["bicubic_val_psnr"] > 20  # scored on the ×3 grid
+    with pytest.raises(ValueError, match="3× the 2-D lr"):
+        train([(lr, hr[:, :-3])], "vdsr", "vdsr-tiny", out=tmp_path / "b", zoom=3, **FAST)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pairsr.grid import sr_to_lr
+from pairsr.grid import sr_shape, sr_to_lr
 from pairsr.io import from_float32, to_float32
 from pairsr.methods import SRMethod, load_model, method_class, save_model
+
+#: A pixel-size ratio within this relative distance of an integer is that integer's zoom.
+ZOOM_SNAP = 0.05
+#: A given zoom further than this (relative) from the files' pixel-size ratio contradicts them.
+ZOOM_CONFLICT = 0.1
 
 
 @dataclass
@@ -28,28 +34,154 @@ class TrainingPair:
     hr: np.ndarray
     registration: object  # pairsr.register.Registration
 
+    def __post_init__(self) -> None:
+        zoom = self.hr.shape[0] // max(self.lr.shape[0], 1)
+        if self.lr.ndim != 2 or zoom < 1 or self.hr.shape != sr_shape(self.lr.shape, zoom):
+            raise ValueError(f"hr of shape {self.hr.shape} is not on an integer SR grid of the "
+                             f"lr of shape {self.lr.shape}")
+
+    @property
+    def zoom(self) -> int:
+        """The SR grid's integer factor (``hr.shape == zoom * lr.shape``)."""
+        return self.hr.shape[0] // self.lr.shape[0]
+
+
+@dataclass(frozen=True)
+class Zoom:
+    """The zoom of a pair, as :func:`pair_zoom` chose it.
+
+    ``nominal``: HR/LR pixel-density ratio the registration starts from (may be fractional);
+    ``sr``: the SR grid's integer factor; ``source``: "metadata", "option" or "default";
+    ``metadata``: the LR/HR pixel-size ratio when both files carry a pixel size, else None.
+    """
+
+    nominal: float
+    sr: int
+    source: str
+    metadata: float | None = None
+
+    def hint(self) -> str:
+        """What to try when the registration fails at this zoom (command-line terms), where the
+        zoom is in doubt: assumed, or given against the pixel sizes."""
+        if self.source == "default":
+            return (f" (zoom {self.nominal:g} assumed: the files do not both carry a pixel "
+                    "size; pass --zoom with the LR/HR pixel-size ratio if it differs)")
+        if self.source == "option" and self.metadata is not None and _conflicts(self):
+            m = self.metadata
+            near = _nearest(m) if abs(m / _nearest(m) - 1) <= ZOOM_SNAP else round(m, 2)
+            return (f" (the files' pixel sizes give a ratio of {m:.3g}, not the --zoom "
+                    f"{self.nominal:g}: try --zoom {near:g}, or leave --zoom out to use them)")
+        return ""
+
+
+def _conflicts(z: Zoom) -> bool:
+    return z.metadata is not None and abs(z.nominal / z.metadata - 1) > ZOOM_CONFLICT
+
+
+def _nearest(zoom: float) -> int:
+    """The nearest integer, halves rounded up (an SR grid finer than the HR loses nothing)."""
+    return int(np.floor(zoom + 0.5))
+
+
+def pair_zoom(lr_pixel_nm: float | None, hr_pixel_nm: float | None,
+              zoom: float | None = None) -> Zoom:
+    """Choose a pair's zoom from the two pixel sizes (nm) and/or a given ``zoom`` (``--zoom``).
+
+    The rule: a given ``zoom`` wins (with a warning when it differs from the pixel-size ratio by
+    more than :data:`ZOOM_CONFLICT`: metadata can be wrong, the registration then tells); else the
+    ratio LR pixel / HR pixel when both are known (ratios under 1.5 are not a pair's and are
+    ignored with a warning); else 2. The registration starts from this nominal value, fractional
+    or not. The SR grid's factor is its nearest integer (halves up), with a warning when the
+    nominal value is more than :data:`ZOOM_SNAP` from it: the HR is then resampled onto that grid.
+    """
+    ratio = None
+    if lr_pixel_nm and hr_pixel_nm and lr_pixel_nm > 0 and hr_pixel_nm > 0:
+        ratio = float(lr_pixel_nm) / float(hr_pixel_nm)
+        if ratio < 1.5:
+            warnings.warn(f"the pixel sizes (LR {lr_pixel_nm:g} nm, HR {hr_pixel_nm:g} nm) do not "
+                          "describe an LR/HR pair; ignoring them (pass --zoom)", stacklevel=2)
+            ratio = None
+    if zoom is not None:
+        if not (np.isfinite(zoom) and zoom >= 1.5):
+            raise ValueError(f"--zoom must be an LR/HR pixel-size ratio of at least 1.5, "
+                             f"got {zoom}")
+        choice = Zoom(float(zoom), _nearest(zoom), "option", ratio)
+        if _conflicts(choice):
+            warnings.warn(f"--zoom {zoom:g} contradicts the files' pixel sizes (LR {lr_pixel_nm:g} "
+                          f"nm / HR {hr_pixel_nm:g} nm = {ratio:.3g}); using --zoom {zoom:g}",
+                          stacklevel=2)
+    elif ratio is not None:
+        choice = Zoom(ratio, _nearest(ratio), "metadata", ratio)
+    else:
+        choice = Zoom(2.0, 2, "default")
+    if abs(choice.nominal / choice.sr - 1) > ZOOM_SNAP:
+        warnings.warn(f"the zoom {choice.nominal:.3g} is not close to an integer: the SR output is "
+                      f"×{choice.sr} (pass --zoom to choose)", stacklevel=2)
+    return choice
+
 
 def _values(image: np.ndarray | xr.DataArray) -> np.ndarray:
     return np.asarray(image.values if isinstance(image, xr.DataArray) else image)
 
 
-def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *, zoom: int = 2,
-                 local: bool = True, **register_options) -> TrainingPair:
-    """Register ``hr`` inside ``lr`` and resample it onto the SR grid of ``lr``."""
-    from pairsr.register import register_pair, warp_hr_to_sr
+def _pixel(image: np.ndarray | xr.DataArray) -> float | None:
+    return image.attrs.get("pixel_size_nm") if isinstance(image, xr.DataArray) else None
 
+
+def register_images(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *,
+                    zoom: float | None = None, local: bool = True,
+                    **register_options) -> tuple[object, Zoom]:
+    """Register ``hr`` inside ``lr`` at the zoom :func:`pair_zoom` chooses from their
+    ``pixel_size_nm`` attributes (DataArrays) and ``zoom``; return the registration and it.
+
+    ``register_options`` go to :func:`pairsr.register.register_pair` (``max_rotation_deg``,
+    ``allow_inversion``, ``min_ncc``, ``min_peak_ratio``, …). A registration error gets a hint
+    about the zoom appended (:meth:`Zoom.hint`).
+    """
+    _, _, reg, choice = _register(lr, hr, zoom, local, register_options)
+    return reg, choice
+
+
+def _register(lr, hr, zoom: float | None, local: bool, options: dict):
+    """``(lr, hr)`` as float32, the registration and the zoom chosen."""
+    from pairsr.register import RegistrationError, register_pair
+
+    choice = pair_zoom(_pixel(lr), _pixel(hr), zoom)
     lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
-    reg = register_pair(lr_f, hr_f, zoom=float(zoom), local=local, **register_options)
-    return TrainingPair(lr_f, warp_hr_to_sr(hr_f, reg, lr_f.shape, zoom=zoom, local=local), reg)
+    try:
+        reg = register_pair(lr_f, hr_f, zoom=choice.nominal, local=local, **options)
+    except RegistrationError as err:
+        raise RegistrationError(f"{err}{choice.hint()}") from None
+    return lr_f, hr_f, reg, choice
+
+
+def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *,
+                 zoom: float | None = None, local: bool = True,
+                 **register_options) -> TrainingPair:
+    """Register ``hr`` inside ``lr`` (as :func:`register_images`) and resample it onto the SR
+    grid of ``lr`` at the integer zoom chosen (:func:`pair_zoom`; ``TrainingPair.zoom``)."""
+    from pairsr.register import warp_hr_to_sr
+
+    lr_f, hr_f, reg, choice = _register(lr, hr, zoom, local, register_options)
+    return TrainingPair(lr_f, warp_hr_to_sr(hr_f, reg, lr_f.shape, zoom=choice.sr, local=local),
+                        reg)
 
 
 def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path | None = None,
-        overwrite: bool = False, zoom: int = 2, **params) -> SRMethod:
-    """Fit ``method`` on one pair (self-training) or many (pooled); save it to ``out`` if given."""
+        overwrite: bool = False, zoom: int | None = None, **params) -> SRMethod:
+    """Fit ``method`` on one pair (self-training) or many (pooled) at the pairs' zoom (``zoom``,
+    if given, must agree); save it to ``out`` if given. The model stores the zoom."""
+    zooms = sorted({p.zoom for p in pairs})
+    if len(zooms) > 1:
+        raise ValueError(f"pairs of different zooms ({', '.join(f'×{z}' for z in zooms)}) cannot "
+                         "train one model; fit one model per zoom")
+    if zoom is not None and zooms and zoom != zooms[0]:
+        raise ValueError(f"zoom {zoom} does not match the pairs' SR grid (×{zooms[0]})")
     cls = method_class(method)
     if getattr(cls, "trains_in_folder", False) and out is not None:
         params.setdefault("folder", out)
-    model = cls.fit([(p.lr, p.hr) for p in pairs], zoom=zoom, **params)
+    model = cls.fit([(p.lr, p.hr) for p in pairs], zoom=zooms[0] if zooms else zoom or 2,
+                    **params)
     if out is not None:
         records = [p.registration.to_dict() for p in pairs]
         save_model(model, out, extra={"registrations": records}, overwrite=overwrite)

@@ -58,17 +58,25 @@ def simulate(
     lr_shape: Annotated[
         str | None, typer.Option(help="LR field ROWSxCOLS (default 944x1280 built-in).")
     ] = None,
+    zoom: Annotated[float | None, typer.Option(
+        "--zoom", help="LR/HR pixel-size ratio, e.g. 2, 3 or 4 (default 2).")] = None,
+    hr_fraction: Annotated[float | None, typer.Option(
+        "--hr-fraction", help="HR field area as a fraction of the LR field.")] = None,
+    max_rotation: Annotated[float | None, typer.Option(
+        "--max-rotation", metavar="DEG", help="HR scan rotation drawn from ±DEG degrees.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Simulate a physical LR/HR pair (two independent scans of one specimen)."""
     from pairsr.io import read_image, to_float32
     from pairsr.simulate import save_pair, simulate_pair
 
+    options = {k: v for k, v in {"zoom": zoom, "hr_fraction": hr_fraction,
+                                 "max_rotation_deg": max_rotation}.items() if v is not None}
     try:
         spec = None
         if specimen is not None:
             spec = to_float32(read_image(specimen, crop=crop).values)
-        pair = simulate_pair(spec, lr_shape=_shape(lr_shape), seed=seed)
+        pair = simulate_pair(spec, lr_shape=_shape(lr_shape), seed=seed, **options)
         save_pair(pair, outdir, overwrite=overwrite)
     except (ValueError, OSError) as err:
         raise _fail(err) from err
@@ -129,16 +137,52 @@ def _pair_paths(spec: str) -> tuple[Path, Path]:
     return _find(folder, "lr"), _find(folder, "hr")
 
 
-def _prepare(lr_path: Path, hr_path: Path, *, lr_crop=None, hr_crop=None, local=True):
+ZoomOption = Annotated[float | None, typer.Option(
+    "--zoom", help="LR/HR pixel-size ratio (HR pixels per LR pixel along an axis), e.g. 2, 3 "
+    "or 4; fractional is fine for the registration, the SR output is ×its nearest integer. "
+    "Default: the ratio of the files' pixel sizes when both carry one, else 2.")]
+MaxRotation = Annotated[float | None, typer.Option(
+    "--max-rotation", metavar="DEG", help="Search rotations within ±DEG degrees "
+    "(default: the registration's).")]
+Inversion = Annotated[bool, typer.Option(
+    "--allow-inversion/--refuse-inversion", help="Accept an HR whose contrast is inverted with "
+    "respect to the LR (e.g. TSEM or BSE vs SE), with a warning; or refuse such a pair.")]
+MinNcc = Annotated[float | None, typer.Option(
+    "--min-ncc", help="Least NCC of the coarse match (default: the registration's).")]
+MinPeakRatio = Annotated[float | None, typer.Option(
+    "--min-peak-ratio", help="Least ratio of the best to the second-best match peak "
+    "(default: the registration's).")]
+
+
+def _register_options(max_rotation: float | None = None, allow_inversion: bool = True,
+                      min_ncc: float | None = None, min_peak_ratio: float | None = None) -> dict:
+    """The registration keywords the command-line options ask for (unset ones left out)."""
+    options = {"max_rotation_deg": max_rotation, "min_ncc": min_ncc,
+               "min_peak_ratio": min_peak_ratio}
+    return {"allow_inversion": allow_inversion,
+            **{k: v for k, v in options.items() if v is not None}}
+
+
+def _report_inversion(reg) -> None:
+    if getattr(reg, "inverted", False):
+        console.print("[yellow]warning:[/yellow] the HR contrast is inverted with respect to the "
+                      "LR; accepted (pass --refuse-inversion to refuse such pairs)")
+
+
+def _prepare(lr_path: Path, hr_path: Path, *, lr_crop=None, hr_crop=None, local=True,
+             zoom: float | None = None, **register_options):
     from pairsr.api import prepare_pair
     from pairsr.io import read_image
 
     lr = read_image(lr_path, crop=lr_crop)
     hr = read_image(hr_path, crop=hr_crop)
     console.print(f"registering {hr_path.name} inside {lr_path.name} …")
-    pair = prepare_pair(lr, hr, local=local)
+    pair = prepare_pair(lr, hr, zoom=zoom, local=local,
+                        **(register_options or _register_options()))
     r = pair.registration
-    console.print(f"  zoom {r.zoom:.4f}, rotation {r.rotation_deg:+.3f}°, NCC {r.ncc:.3f}")
+    console.print(f"  zoom {r.zoom:.4f} (SR ×{pair.zoom}), rotation {r.rotation_deg:+.3f}°, "
+                  f"NCC {r.ncc:.3f}")
+    _report_inversion(r)
     return pair
 
 
@@ -148,31 +192,36 @@ def register_cmd(
     hr: Annotated[Path, typer.Argument(help="HR image of a sub-area.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Registration JSON.")] = Path("reg.json"),
     plot: Annotated[Path | None, typer.Option(help="PNG of footprint and arrows.")] = None,
-    zoom: Annotated[float, typer.Option(help="Nominal HR/LR pixel-density ratio.")] = 2.0,
+    zoom: ZoomOption = None,
     lr_crop: Annotated[str | None, typer.Option(help="Crop of the LR (info bar).")] = None,
     hr_crop: Annotated[str | None, typer.Option(help="Crop of the HR (info bar).")] = None,
     local: Annotated[bool, typer.Option(help="Also fit the local displacement field.")] = True,
-    allow_inversion: Annotated[bool, typer.Option(help="Accept inverted contrast.")] = False,
+    max_rotation: MaxRotation = None,
+    allow_inversion: Inversion = True,
+    min_ncc: MinNcc = None,
+    min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Locate the HR field inside the LR field (global) and map its local distortions."""
+    from pairsr.api import register_images
     from pairsr.io import OutputExistsError, read_image, to_float32
-    from pairsr.register import plot_registration, register_pair
+    from pairsr.register import plot_registration
 
     try:
         for path in (out, plot):
             if path is not None and path.exists() and not overwrite:
                 raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-        lr_img = to_float32(read_image(lr, crop=lr_crop).values)
-        hr_img = to_float32(read_image(hr, crop=hr_crop).values)
+        lr_img, hr_img = read_image(lr, crop=lr_crop), read_image(hr, crop=hr_crop)
         t0 = time.perf_counter()
-        reg = register_pair(lr_img, hr_img, zoom, local=local, allow_inversion=allow_inversion)
+        reg, _ = register_images(lr_img, hr_img, zoom=zoom, local=local, **_register_options(
+            max_rotation, allow_inversion, min_ncc, min_peak_ratio))
         seconds = time.perf_counter() - t0
         reg.save(out)
         if plot is not None:
-            plot_registration(lr_img, hr_img, reg, plot)
+            plot_registration(to_float32(lr_img.values), to_float32(hr_img.values), reg, plot)
     except (ValueError, OSError) as err:
         raise _fail(err) from err
+    _report_inversion(reg)
     console.print(
         f"registered in {seconds:.2f} s: zoom {reg.zoom:.4f}, rotation {reg.rotation_deg:+.3f}°, "
         f"NCC {reg.ncc:.3f} (peak ratio {reg.peak_ratio:.2f}), {100 * reg.inside_fraction:.0f}% "
@@ -199,21 +248,28 @@ def fit_cmd(
     lr_crop: Annotated[str | None, typer.Option(help="Crop of the LR (info bar).")] = None,
     hr_crop: Annotated[str | None, typer.Option(help="Crop of the HR (info bar).")] = None,
     local: Annotated[bool, typer.Option(help="Also fit the local displacement field.")] = True,
+    zoom: ZoomOption = None,
+    max_rotation: MaxRotation = None,
+    allow_inversion: Inversion = True,
+    min_ncc: MinNcc = None,
+    min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Register the pair(s) and fit a method on the overlap; write a model folder."""
+    """Register the pair(s) and fit a method on the overlap; write a model folder (×zoom)."""
     from pairsr.api import fit
 
+    options = {"local": local, "zoom": zoom,
+               **_register_options(max_rotation, allow_inversion, min_ncc, min_peak_ratio)}
     try:
         if (out / "model.json").exists() and not overwrite:
             raise FileExistsError(f"{out}: a model exists there; pass --overwrite to replace it")
-        pairs = [_prepare(lr, hr, lr_crop=lr_crop, hr_crop=hr_crop, local=local)]
-        pairs += [_prepare(*_pair_paths(p), local=local) for p in pair or []]
+        pairs = [_prepare(lr, hr, lr_crop=lr_crop, hr_crop=hr_crop, **options)]
+        pairs += [_prepare(*_pair_paths(p), **options) for p in pair or []]
         t0 = time.perf_counter()
         model = fit(pairs, method, out=out, overwrite=overwrite, **_params(param))
     except (ValueError, OSError, TypeError) as err:
         raise _fail(err) from err
-    console.print(f"fitted {model.name} on {len(pairs)} pair(s) in "
+    console.print(f"fitted {model.name} ×{model.zoom} on {len(pairs)} pair(s) in "
                   f"{time.perf_counter() - t0:.1f} s → {out}")
 
 
@@ -292,15 +348,23 @@ def batch(
     jobqueue_config: JobqueueConfig = None,
     gpu: Gpu = "auto",
     resume: Annotated[bool, typer.Option(help="Keep models, finish partial outputs.")] = False,
+    zoom: ZoomOption = None,
+    max_rotation: MaxRotation = None,
+    allow_inversion: Inversion = True,
+    min_ncc: MinNcc = None,
+    min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Fit and apply many pairs (a facility's day of survey scans) on one cluster.
 
     Each ``[[pair]]`` has ``name``, ``lr``, ``hr``, ``out`` and optionally ``model`` (default
     ``<out>.model``), ``method`` and ``params``; ``[defaults]`` holds shared ``method``, ``tile``,
-    ``blend`` and ``params``. Relative paths resolve against the manifest's folder. Models of
-    methods that ask for a resource (the networks: ``GPU=1``) train on a worker offering it, all
-    at once; the others are fitted here, pair by pair, before their tiles run.
+    ``blend`` and ``params``. The registration keys ``zoom``, ``max_rotation``,
+    ``allow_inversion``, ``min_ncc`` and ``min_peak_ratio`` may stand in either, as the options
+    of the same names do on the command line, which give them for pairs that don't. Relative
+    paths resolve against the manifest's folder. Models of methods that ask for a resource (the
+    networks: ``GPU=1``) train on a worker offering it, all at once; the others are fitted here,
+    pair by pair, before their tiles run.
     """
     from pairsr.cluster import task_resources
     from pairsr.io import is_zarr
@@ -308,7 +372,9 @@ def batch(
     from pairsr.tiles import apply_tiled
 
     try:
-        jobs = _read_manifest(manifest)
+        jobs = _read_manifest(manifest, {"zoom": zoom, "max_rotation": max_rotation,
+                                         "allow_inversion": allow_inversion, "min_ncc": min_ncc,
+                                         "min_peak_ratio": min_peak_ratio})
         with _client(None, scheduler, cluster, workers, threads_per_worker, memory_limit,
                      jobqueue_config) as client:
             todo = [not (resume and (j["model"] / "model.json").exists()) for j in jobs]
@@ -338,12 +404,18 @@ def _fit_job(job: dict, overwrite: bool) -> None:
     """Register a manifest entry's pair and fit its model into ``job["model"]``."""
     from pairsr.api import fit
 
-    pair = _prepare(job["lr"], job["hr"])
+    pair = _prepare(job["lr"], job["hr"], zoom=job["zoom"], **job["register"])
     fit([pair], job["method"], out=job["model"], overwrite=overwrite, **job["params"])
 
 
-def _read_manifest(path: Path) -> list[dict]:
-    """The jobs of a batch manifest, with defaults applied and paths resolved."""
+#: Manifest keys of the registration (``allow_inversion`` true/false, the others numbers).
+REGISTER_KEYS = ("zoom", "max_rotation", "allow_inversion", "min_ncc", "min_peak_ratio")
+
+
+def _read_manifest(path: Path, options: dict | None = None) -> list[dict]:
+    """The jobs of a batch manifest, with defaults applied and paths resolved; ``options`` are
+    the command line's registration options (see :data:`REGISTER_KEYS`), for pairs whose entry
+    and ``[defaults]`` don't set them."""
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -365,6 +437,17 @@ def _read_manifest(path: Path) -> list[dict]:
         for key in ("lr", "hr", "out"):
             job[key] = path.parent / entry[key]
         job["model"] = path.parent / entry.get("model", f"{entry['out']}.model")
+        reg = {k: entry.get(k, defaults.get(k, (options or {}).get(k))) for k in REGISTER_KEYS}
+        for key, value in reg.items():
+            flag = key == "allow_inversion"
+            if value is not None and (isinstance(value, bool) != flag
+                                      or not isinstance(value, bool | int | float)):
+                raise ValueError(f"{path}: pair {i + 1}: {key} = {value!r} is not "
+                                 f"{'true or false' if flag else 'a number'}")
+        job["zoom"] = reg.pop("zoom")
+        job["register"] = _register_options(reg["max_rotation"],
+                                            reg["allow_inversion"] is not False,
+                                            reg["min_ncc"], reg["min_peak_ratio"])
         jobs.append(job)
     return jobs
 
@@ -380,7 +463,8 @@ def _method_params(items: list[str] | None) -> dict[str, dict]:
     return out
 
 
-def _eval_pairs(specs: list[str], local: bool = True):
+def _eval_pairs(specs: list[str], local: bool = True, zoom: float | None = None,
+                **register_options):
     from pairsr.evaluate import EvalPair
     from pairsr.io import read_image, to_float32
 
@@ -389,8 +473,13 @@ def _eval_pairs(specs: list[str], local: bool = True):
         lr, hr = _pair_paths(spec)
         gt = next(iter(sorted(lr.parent.glob("gt.*"))), None) if "," not in spec else None
         name = Path(spec).name if "," not in spec else lr.stem
-        pairs.append(EvalPair(name, _prepare(lr, hr, local=local),
-                              None if gt is None else to_float32(read_image(gt).values)))
+        prepared = _prepare(lr, hr, local=local, zoom=zoom, **register_options)
+        truth = None if gt is None else to_float32(read_image(gt).values)
+        if truth is not None and truth.shape != prepared.hr.shape:
+            console.print(f"[yellow]warning:[/yellow] {gt} has shape {truth.shape}, not the ×"
+                          f"{prepared.zoom} SR grid {prepared.hr.shape}: no whole-field scores")
+            truth = None
+        pairs.append(EvalPair(name, prepared, truth))
     return pairs
 
 
@@ -413,9 +502,15 @@ def evaluate_cmd(
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="method.key=value, e.g. -p lbnlm.L=5000.")] = None,
     local: Annotated[bool, typer.Option(help="Use the local displacement field.")] = True,
+    zoom: ZoomOption = None,
+    max_rotation: MaxRotation = None,
+    allow_inversion: Inversion = True,
+    min_ncc: MinNcc = None,
+    min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Score methods with the paper's 3×4 sub-image protocol (9 train / 3 held out)."""
+    """Score methods with the paper's 3×4 sub-image protocol (9 train / 3 held out), each pair
+    at its zoom (pooled training needs one zoom for all pairs)."""
     from pairsr.evaluate import run
 
     if strategy not in ("self", "pooled", "both"):
@@ -424,7 +519,9 @@ def evaluate_cmd(
         if (out / "report.md").exists() and not overwrite:
             raise FileExistsError(f"{out}: a report exists there; pass --overwrite")
         crops: dict = {}
-        rows = run(_eval_pairs(pairs, local), [m.strip() for m in methods.split(",")],
+        eval_pairs = _eval_pairs(pairs, local, zoom, **_register_options(
+            max_rotation, allow_inversion, min_ncc, min_peak_ratio))
+        rows = run(eval_pairs, [m.strip() for m in methods.split(",")],
                    strategy=strategy, params=_method_params(param), crops=crops)
         _report(rows, crops, out, overwrite)
     except (ValueError, OSError) as err:

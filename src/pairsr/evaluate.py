@@ -80,9 +80,9 @@ def is_train(index: int, grid: tuple[int, int] = GRID) -> bool:
     return index % grid[1] < TRAIN_COLS
 
 
-def training_part(ep: EvalPair, zoom: int = 2) -> TrainingPair:
+def training_part(ep: EvalPair) -> TrainingPair:
     """The pair with the HR kept only inside its training sub-images (NaN elsewhere)."""
-    hr = np.full_like(ep.pair.hr, np.nan)
+    hr, zoom = np.full_like(ep.pair.hr, np.nan), ep.pair.zoom
     for i, (y0, y1, x0, x1) in enumerate(ep.boxes):
         if is_train(i):
             sl = np.s_[y0 * zoom : y1 * zoom, x0 * zoom : x1 * zoom]
@@ -101,13 +101,16 @@ def _sr_of(model, lr: np.ndarray, box: Box, zoom: int) -> np.ndarray:
     return out[oy : oy + (y1 - y0) * zoom, ox : ox + (x1 - x0) * zoom]
 
 
-def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = True,
+def evaluate_model(model, ep: EvalPair, *, whole_field: bool = True,
                    crops: dict | None = None) -> list[dict]:
-    """Score ``model`` on every sub-image of ``ep`` (and the whole field when ``gt`` exists).
+    """Score ``model`` on every sub-image of ``ep`` (and the whole field when ``gt`` exists), at
+    the pair's zoom, which must be the model's.
 
     ``crops``, if given, receives the SR and bicubic of the first held-out sub-image (for panels).
     """
-    lr = ep.pair.lr
+    lr, zoom = ep.pair.lr, ep.pair.zoom
+    if model.zoom != zoom:
+        raise ValueError(f"{ep.name}: a ×{model.zoom} model cannot be scored on a ×{zoom} pair")
     box = (ep.boxes[0][0], ep.boxes[-1][1], ep.boxes[0][2], ep.boxes[-1][3])
     t0 = time.perf_counter()
     sr_box = _sr_of(model, lr, box, zoom)
@@ -135,10 +138,11 @@ def evaluate_model(model, ep: EvalPair, *, zoom: int = 2, whole_field: bool = Tr
 
 
 def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "self",
-        zoom: int = 2, params: dict[str, dict] | None = None,
+        params: dict[str, dict] | None = None,
         whole_field: bool | Collection[str] = True, crops: dict | None = None) -> list[dict]:
     """Fit and score every method under ``strategy`` ('self', 'pooled' or 'both').
 
+    Each pair is scored at its own zoom (``pair.zoom``); pooled training needs one zoom for all.
     Returns one row per (strategy, method, pair, sub-image) with all :func:`pairsr.metrics.score`
     keys plus ``fit_s``, ``predict_s`` and ``predict_mpix`` (the seconds and output megapixels of
     the model's largest prediction: the whole field, else the box of all sub-images). Methods
@@ -150,7 +154,7 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
     params = params or {}
     for ep in pairs:
         if not ep.boxes:
-            ep.boxes = subimages(overlap_box(ep.pair.hr, zoom))
+            ep.boxes = subimages(overlap_box(ep.pair.hr, ep.pair.zoom))
     strategies = ["self", "pooled"] if strategy == "both" else [strategy]
     rows: list[dict] = []
     for strat in strategies:
@@ -158,25 +162,25 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
             groups = [[ep] for ep in pairs] if strat == "self" else [list(pairs)]
             for group in groups:
                 with tempfile.TemporaryDirectory(prefix="pairsr-eval-") as tmp:
-                    rows += _fit_and_score(group, method, strat, zoom, params.get(method, {}),
+                    rows += _fit_and_score(group, method, strat, params.get(method, {}),
                                            whole_field, crops, Path(tmp))  # fmt: skip
     return rows
 
 
-def _fit_and_score(group: list[EvalPair], method: str, strat: str, zoom: int, params: dict,
+def _fit_and_score(group: list[EvalPair], method: str, strat: str, params: dict,
                    whole_field: bool | Collection[str], crops: dict | None,
                    tmp: Path) -> list[dict]:
     """Fit ``method`` on the training parts of ``group`` and score it on each of its pairs."""
     if getattr(method_class(method), "trains_in_folder", False):
         params = {"folder": tmp / "model", **params}
     t0 = time.perf_counter()
-    model = fit([training_part(ep, zoom) for ep in group], method, zoom=zoom, **params)
+    model = fit([training_part(ep) for ep in group], method, **params)
     fit_s = time.perf_counter() - t0
     rows = []
     for ep in group:
         crop = None if crops is None else crops.setdefault((strat, method, ep.name), {})
         whole = whole_field if isinstance(whole_field, bool) else method in whole_field
-        for r in evaluate_model(model, ep, zoom=zoom, whole_field=whole, crops=crop):
+        for r in evaluate_model(model, ep, whole_field=whole, crops=crop):
             rows.append({"strategy": strat, "method": method, "fit_s": fit_s, **r})
     return rows
 

@@ -1,4 +1,4 @@
-"""The super-resolution output grid and the bicubic ×2 baseline.
+"""The super-resolution output grid and the bicubic ×zoom baseline.
 
 Conventions used throughout pairsr:
 
@@ -9,7 +9,7 @@ Conventions used throughout pairsr:
 * Images are processed as float32; integer images are scaled to ``[0, 1]`` by their dtype
   (``skimage.util.img_as_float32``), one global scaling, never per tile.
 * "Bicubic" is the cubic B-spline interpolation of ``scipy.ndimage`` (``order=3``) with
-  mirror-symmetric ('reflect', half-sample) boundaries, for both the ×2 upsampling and the
+  mirror-symmetric ('reflect', half-sample) boundaries, for both the ×zoom upsampling and the
   resampling at arbitrary coordinates, so the two agree where their coordinates coincide.
 """
 

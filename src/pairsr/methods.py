@@ -336,6 +336,9 @@ class Network(SRMethod):
             net, _ = load(folder)
         except (ValueError, OSError) as err:
             raise ModelError(str(err)) from None
+        if net.zoom != config["zoom"]:
+            raise ModelError(f"{folder}: model.json says ×{config['zoom']}, the network in "
+                             f"config.json is ×{net.zoom}")
         return cls(zoom=config["zoom"], params={**config["params"], "folder": str(folder)},
                    net=net)
 
@@ -347,10 +350,9 @@ class Network(SRMethod):
         :func:`pairsr.train.train` (epochs, patch, batch, lr_rate, patience, seed, resume, …)."""
         from pairsr.train import train
 
-        if zoom != 2:
-            raise ValueError(f"the networks are ×2 only, got zoom={zoom}")
         folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="pairsr-"))
-        result = train(list(pairs), cls.name, preset, out=folder, device=device, **train_options)
+        result = train(list(pairs), cls.name, preset, out=folder, zoom=zoom, device=device,
+                       **train_options)
         params = {"preset": preset, "amp": amp, "folder": str(folder),
                   **{k: v for k, v in train_options.items() if k != "resume"}}
         return cls(zoom=zoom, params=params, net=result.model)

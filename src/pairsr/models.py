@@ -1,19 +1,21 @@
-"""Deep ×2 super-resolution networks for grey-scale EM images: VDSR, EDSR and RCAN (paper III-B).
+"""Deep super-resolution networks for grey-scale EM images: VDSR, EDSR and RCAN (paper III-B).
 
-Every model maps an LR batch ``(N, 1, H, W)`` to its SR batch ``(N, 1, 2H, 2W)`` on pairsr's SR
-grid (SR pixel ``p`` ↔ LR coordinate ``(p + 0.5)/2 − 0.5``, see :mod:`pairsr.grid`) and states
-``receptive_field``: the radius, in LR pixels, of the input context that influences one output
-pixel, measured from the output pixel's parent LR pixel ``p // 2``. It is computed from the layers
-(the radii of all spatial kernels on the longest path); a tile with that many LR pixels of halo
-gives exactly the whole-image result in its interior, which is what the tiled engine relies on.
+Every model maps an LR batch ``(N, 1, H, W)`` to its ×``zoom`` SR batch ``(N, 1, zoom·H,
+zoom·W)`` on pairsr's SR grid (SR pixel ``p`` ↔ LR coordinate ``(p + 0.5)/zoom − 0.5``, see
+:mod:`pairsr.grid`) and states ``receptive_field``: the radius, in LR pixels, of the input context
+that influences one output pixel, measured from the output pixel's parent LR pixel
+``p // zoom``. It is computed from the layers (their spatial radii along the longest path, each
+at its own scale); a tile with that many LR pixels of halo gives exactly the whole-image result
+in its interior, which is what the tiled engine relies on.
 
 * **VDSR** (Kim et al. 2016): ``n_layers`` 3×3 convolutions with ReLU on the bicubic upsampling
   of the LR, plus the bicubic (global residual). The upsampling is :class:`Bicubic`, pairsr's
   bicubic (:func:`pairsr.grid.bicubic`) as a local torch layer, identical in training and
-  inference.
+  inference; any integer zoom.
 * **EDSR** (Lim et al. 2017): residual blocks without batch norm, ``res_scale`` residual scaling,
-  a pixel-shuffle ×2 upsampler. Pixel shuffle puts SR pixels ``2i, 2i+1`` on LR pixel ``i``: the
-  SR grid by construction.
+  a pixel-shuffle upsampler as in the EDSR paper: one conv + ``PixelShuffle(3)`` for ×3, one
+  conv + ``PixelShuffle(2)`` stage per factor 2 for ×2, ×4, ×8. Pixel shuffle puts SR pixels
+  ``z·i … z·i + z − 1`` on LR pixel ``i``: the SR grid by construction.
 * **RCAN** (Zhang et al. 2018): residual groups of residual channel-attention blocks. The paper's
   channel attention pools each channel over the *whole* image, which makes the output depend on
   the image size (a training patch, a tile and the whole field would differ) and the model
@@ -76,24 +78,35 @@ def _radius(module: nn.Module) -> int:
     )
 
 
-def _sr_radius_in_lr(radius: int) -> int:
-    """LR radius, from the parent LR pixel, of an SR-scale radius: ``ceil(radius / 2)``."""
-    return (radius + 1) // 2
+def _sr_radius_in_lr(radius: int, zoom: int) -> int:
+    """LR radius, from the parent LR pixel, of a radius at the ×``zoom`` scale:
+    ``ceil(radius / zoom)``."""
+    return -(-radius // zoom)
+
+
+def _upsampler_factors(zoom: int) -> tuple[int, ...]:
+    """Pixel-shuffle stages of a ×``zoom`` upsampler, as in EDSR: ``(3,)`` or twos."""
+    if zoom == 3:
+        return (3,)
+    if zoom >= 2 and zoom & (zoom - 1) == 0:
+        return (2,) * (zoom.bit_length() - 1)
+    raise ValueError(f"the pixel-shuffle networks (EDSR, RCAN) need zoom 2, 3, 4 or 8, got {zoom}; "
+                     "VDSR and the patch methods take any integer zoom")
 
 
 @functools.cache
-def _bicubic_taps(radius: int) -> np.ndarray:
-    """Taps ``(2, 2*radius + 1)`` of :func:`pairsr.grid.bicubic` along one axis.
+def _bicubic_taps(radius: int, zoom: int = 2) -> np.ndarray:
+    """Taps ``(zoom, 2*radius + 1)`` of :func:`pairsr.grid.bicubic` ×``zoom`` along one axis.
 
-    ``sr[2i + s] = Σ_d taps[s, d + radius] · lr[i + d]``: the impulse response of the spline
+    ``sr[zoom·i + s] = Σ_d taps[s, d + radius] · lr[i + d]``: the impulse response of the spline
     (prefilter and evaluation), truncated where it has decayed below 1e-7 for ``BICUBIC_HALO``.
     """
     n = 4 * radius + 1
     impulse = np.zeros((1, n), np.float32)
     impulse[0, 2 * radius] = 1.0
-    response = bicubic(impulse)[0]
+    response = bicubic(impulse, zoom)[0]
     d = np.arange(-radius, radius + 1)
-    return np.stack([response[2 * (2 * radius - d) + s] for s in (0, 1)])
+    return np.stack([response[zoom * (2 * radius - d) + s] for s in range(zoom)])
 
 
 def _symmetric_index(n: int, pad: int) -> torch.Tensor:
@@ -103,7 +116,8 @@ def _symmetric_index(n: int, pad: int) -> torch.Tensor:
 
 
 class Bicubic(nn.Module):
-    """:func:`pairsr.grid.bicubic` ×2 as a torch layer: ``(N, 1, H, W) → (N, 1, 2H, 2W)``.
+    """:func:`pairsr.grid.bicubic` ×``zoom`` as a torch layer: ``(N, 1, H, W) → (N, 1, zoom·H,
+    zoom·W)``.
 
     Separable polyphase FIR filtering of the mirror-padded input with the spline's impulse
     response, truncated at ``radius`` = ``BICUBIC_HALO`` LR pixels (agrees with scipy to ~1e-6
@@ -114,16 +128,17 @@ class Bicubic(nn.Module):
 
     radius = BICUBIC_HALO
 
-    def __init__(self) -> None:
+    def __init__(self, zoom: int = 2) -> None:
         super().__init__()
-        taps = torch.from_numpy(_bicubic_taps(self.radius))
-        self.register_buffer("taps", taps[:, None, None, :], persistent=False)  # (2, 1, 1, K)
+        self.zoom = zoom
+        taps = torch.from_numpy(_bicubic_taps(self.radius, zoom))
+        self.register_buffer("taps", taps[:, None, None, :], persistent=False)  # (zoom, 1, 1, K)
 
     def _upsample_columns(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         padded = x[..., _symmetric_index(w, self.radius).to(x.device)]
-        phases = nn.functional.conv2d(padded, self.taps.to(x.dtype))  # (N, 2, H, W)
-        return phases.permute(0, 2, 3, 1).reshape(n, 1, h, 2 * w)
+        phases = nn.functional.conv2d(padded, self.taps.to(x.dtype))  # (N, zoom, H, W)
+        return phases.permute(0, 2, 3, 1).reshape(n, 1, h, self.zoom * w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
@@ -134,15 +149,16 @@ class Bicubic(nn.Module):
 class VDSR(nn.Module):
     """VDSR: ``n_layers`` 3×3 convs of ``n_feats`` channels on the bicubic, plus the bicubic."""
 
-    def __init__(self, n_layers: int = 20, n_feats: int = 64) -> None:
+    def __init__(self, n_layers: int = 20, n_feats: int = 64, zoom: int = 2) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv(1, n_feats), nn.ReLU(inplace=True)]
         for _ in range(n_layers - 2):
             layers += [_conv(n_feats, n_feats), nn.ReLU(inplace=True)]
         layers.append(_conv(n_feats, 1))
-        self.upsample = Bicubic()
+        self.zoom = zoom
+        self.upsample = Bicubic(zoom)
         self.body = nn.Sequential(*layers)
-        self.receptive_field = Bicubic.radius + _sr_radius_in_lr(_radius(self.body))
+        self.receptive_field = Bicubic.radius + _sr_radius_in_lr(_radius(self.body), zoom)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = self.upsample(x)
@@ -150,17 +166,25 @@ class VDSR(nn.Module):
 
 
 class _PixelShuffleSR(nn.Module):
-    """Head conv, residual ``body`` on LR features, pixel-shuffle ×2 upsampler, tail conv."""
+    """Head conv, residual ``body`` on LR features, pixel-shuffle ×``zoom`` upsampler (a conv and
+    a ``PixelShuffle(f)`` per stage, see :func:`_upsampler_factors`), tail conv."""
 
-    def __init__(self, body: nn.Module, n_feats: int, bicubic_skip: bool) -> None:
+    def __init__(self, body: nn.Module, n_feats: int, bicubic_skip: bool, zoom: int) -> None:
         super().__init__()
+        factors = _upsampler_factors(zoom)
+        self.zoom = zoom
         self.head = _conv(1, n_feats)
         self.body = body
-        self.upsample = nn.Sequential(_conv(n_feats, 4 * n_feats), nn.PixelShuffle(2))
+        self.upsample = nn.Sequential(*itertools.chain.from_iterable(
+            (_conv(n_feats, f * f * n_feats), nn.PixelShuffle(f)) for f in factors))
         self.tail = _conv(n_feats, 1)
-        self.bicubic = Bicubic() if bicubic_skip else None
-        lr_radius = _radius(self.head) + _radius(self.body) + _radius(self.upsample)
-        radius = lr_radius + _sr_radius_in_lr(_radius(self.tail))
+        self.bicubic = Bicubic(zoom) if bicubic_skip else None
+        # Walk back from the SR pixels of LR pixel 0, [0, zoom), through the tail and each
+        # upsampler stage (conv at its scale, then the shuffle's parent pixels) to the LR scale.
+        lo, hi = -_radius(self.tail), zoom - 1 + _radius(self.tail)
+        for f, conv in zip(reversed(factors), reversed(self.upsample[::2]), strict=True):
+            lo, hi = lo // f - _radius(conv), hi // f + _radius(conv)
+        radius = max(-lo, hi) + _radius(self.head) + _radius(self.body)
         self.receptive_field = max(radius, Bicubic.radius) if bicubic_skip else radius
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,14 +210,15 @@ class EDSR(_PixelShuffleSR):
 
     def __init__(
         self, n_blocks: int = 16, n_feats: int = 64, res_scale: float = 1.0,
-        bicubic_skip: bool = False,
+        bicubic_skip: bool = False, zoom: int = 2,
     ) -> None:
         blocks = [
             _Residual(_conv(n_feats, n_feats), nn.ReLU(inplace=True), _conv(n_feats, n_feats),
                       scale=res_scale)
             for _ in range(n_blocks)
         ]
-        super().__init__(nn.Sequential(*blocks, _conv(n_feats, n_feats)), n_feats, bicubic_skip)
+        super().__init__(nn.Sequential(*blocks, _conv(n_feats, n_feats)), n_feats, bicubic_skip,
+                         zoom)
 
 
 class ChannelAttention(nn.Module):
@@ -222,7 +247,7 @@ class RCAN(_PixelShuffleSR):
 
     def __init__(
         self, n_groups: int = 10, n_blocks: int = 20, n_feats: int = 64, reduction: int = 16,
-        ca_window: int = 7, bicubic_skip: bool = False,
+        ca_window: int = 7, bicubic_skip: bool = False, zoom: int = 2,
     ) -> None:
         def rcab() -> nn.Module:
             return _Residual(
@@ -234,7 +259,8 @@ class RCAN(_PixelShuffleSR):
             _Residual(*(rcab() for _ in range(n_blocks)), _conv(n_feats, n_feats))
             for _ in range(n_groups)
         ]
-        super().__init__(nn.Sequential(*groups, _conv(n_feats, n_feats)), n_feats, bicubic_skip)
+        super().__init__(nn.Sequential(*groups, _conv(n_feats, n_feats)), n_feats, bicubic_skip,
+                         zoom)
 
 
 #: Model classes by method name.
@@ -254,14 +280,15 @@ def preset_params(method: str, preset: str | None = None) -> dict:
     return params
 
 
-def build_model(method: str, preset: str | None = None, **params) -> nn.Module:
-    """A freshly initialised ``method`` network with the architecture of ``preset``.
+def build_model(method: str, preset: str | None = None, *, zoom: int = 2,
+                **params) -> nn.Module:
+    """A freshly initialised ×``zoom`` ``method`` network with the architecture of ``preset``.
 
     ``preset=None`` is the network as published; ``params`` override single architecture
     parameters (e.g. ``bicubic_skip=False``).
     """
     params = preset_params(method, preset) | params
-    return MODELS[method](**params)
+    return MODELS[method](zoom=zoom, **params)
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -271,7 +298,8 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _windows(n: int, tile: int | None, halo: int) -> list[tuple[slice, slice, slice]]:
+def _windows(n: int, tile: int | None, halo: int,
+             zoom: int) -> list[tuple[slice, slice, slice]]:
     """Tiles of ``tile`` pixels along an LR axis of length ``n`` (one tile if ``tile`` is None).
 
     Each is ``(read, write, crop)``: the LR pixels read (the tile and up to ``halo`` of context),
@@ -282,8 +310,8 @@ def _windows(n: int, tile: int | None, halo: int) -> list[tuple[slice, slice, sl
     for start in range(0, n, tile):
         stop = min(start + tile, n)
         read = slice(max(0, start - halo), min(n, stop + halo))
-        crop = slice(2 * (start - read.start), 2 * (stop - read.start))
-        out.append((read, slice(2 * start, 2 * stop), crop))
+        crop = slice(zoom * (start - read.start), zoom * (stop - read.start))
+        out.append((read, slice(zoom * start, zoom * stop), crop))
     return out
 
 
@@ -296,7 +324,8 @@ def predict(
     batch: int = 4,
     amp: bool = False,
 ) -> np.ndarray:
-    """Super-resolve a float32 LR image ``(H, W)`` to float32 ``(2H, 2W)`` on the SR grid.
+    """Super-resolve a float32 LR image ``(H, W)`` to float32 ``(zoom·H, zoom·W)`` on the SR grid
+    (``model.zoom``).
 
     The model is moved to ``device`` (default: CUDA if available, else CPU) and set to eval mode.
     With ``tile`` (LR pixels), the image is processed in tiles of ``tile``² plus
@@ -312,11 +341,11 @@ def predict(
     if amp and device.type != "cuda":
         raise ValueError(f"amp=True needs a CUDA device, got {device}")
     model.to(device).eval()
-    halo = model.receptive_field
+    halo, zoom = model.receptive_field, model.zoom
     by_shape: dict[tuple[int, int], list] = {}  # tiles of one shape run as one batch
-    for r, c in itertools.product(*(_windows(n, tile, halo) for n in lr.shape)):
+    for r, c in itertools.product(*(_windows(n, tile, halo, zoom) for n in lr.shape)):
         by_shape.setdefault((r[0].stop - r[0].start, c[0].stop - c[0].start), []).append((r, c))
-    sr = np.empty((2 * lr.shape[0], 2 * lr.shape[1]), np.float32)
+    sr = np.empty((zoom * lr.shape[0], zoom * lr.shape[1]), np.float32)
     with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
         for group in by_shape.values():
             for first in range(0, len(group), batch):

@@ -68,6 +68,12 @@ PRUNE_VARIANCE = 10 / 255**2
 #: Yang's threshold below which a feature vector is not normalised (1 grey level of 255).
 MIN_FEATURE_NORM = 1 / 255
 
+def default_stride(zoom: int) -> int:
+    """Step between inference patches when none is given: the smallest divisor of ``zoom`` above
+    1 (2 at ×2 and ×4, 3 at ×3), so the patch grid suits the tiles at every zoom."""
+    return next(d for d in range(2, zoom + 1) if zoom % d == 0) if zoom > 1 else 1
+
+
 def _identity(up: np.ndarray) -> np.ndarray:
     return up[None]
 
@@ -386,7 +392,8 @@ class ScSR(_PatchMethod):
     @classmethod
     def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, n: int = 9, atoms: int = 256,
             L: int = 20000, alpha: float = 0.1, algorithm: str = "lasso",
-            contrast: float = 1.2, stride: int = 2, epochs: int = 1, seed: int = 0) -> ScSR:
+            contrast: float = 1.2, stride: int | None = None, epochs: int = 1,
+            seed: int = 0) -> ScSR:
         """Learn the coupled dictionary from ``L`` random patch pairs (Yang's training).
 
         The paper uses ``n=9``, ``atoms=1024``, ``L=80000``; the defaults are CPU-sized.
@@ -396,11 +403,13 @@ class ScSR(_PatchMethod):
         before ``MiniBatchDictionaryLearning`` (λ = ``alpha``, ``epochs`` passes, ``seed``;
         coordinate-descent coding, twice as fast as LARS here for the same objective).
         ``algorithm``/``alpha`` are also the inference coding (:func:`scsr_reconstruct`),
-        ``stride`` the step between inference patches (1 or a divisor of ``zoom``).
+        ``stride`` the step between inference patches (1 or a divisor of ``zoom``; default
+        :func:`default_stride`).
         """
         from sklearn.decomposition import MiniBatchDictionaryLearning
         from sklearn.exceptions import ConvergenceWarning
 
+        stride = default_stride(zoom) if stride is None else stride
         check_grid(n, stride, zoom)
         lr_side, hr = sample_patch_pairs(pairs, zoom=zoom, n=n, size=L, seed=seed,
                                          channels=scsr_channels)  # fmt: skip
@@ -450,13 +459,15 @@ class SRSW(_PatchMethod):
 
     @classmethod
     def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, n: int = 9, L: int = 20000,
-            neighbours: int = 16, alpha: float = 0.01, stride: int = 2, seed: int = 0) -> SRSW:
+            neighbours: int = 16, alpha: float = 0.01, stride: int | None = None,
+            seed: int = 0) -> SRSW:
         """Sample the library: ``L`` random fully valid pairs (the paper: ``n=9``, ``L=80000``).
 
         ``neighbours`` is the active set per patch and ``alpha`` the λ of
         :func:`srsw_reconstruct`; ``stride`` the step between inference patches (1 or a divisor
-        of ``zoom``).
+        of ``zoom``; default :func:`default_stride`).
         """
+        stride = default_stride(zoom) if stride is None else stride
         check_grid(n, stride, zoom)
         up, hr = sample_patch_pairs(pairs, zoom=zoom, n=n, size=L, seed=seed)
         params = {"n": n, "L": L, "neighbours": neighbours, "alpha": alpha, "stride": stride,

@@ -1,16 +1,17 @@
 """Train a deep SR network on one physical pair (self-training) or several (pooled; paper III-B).
 
-Each pair is ``(lr, hr)``: a float32 LR image ``(h, w)`` and the HR image registered onto its SR
-grid, ``(2h, 2w)``, NaN where the HR scan did not reach. Training follows the paper:
+Each pair is ``(lr, hr)``: a float32 LR image ``(h, w)`` and the HR image registered onto its
+×``zoom`` SR grid, ``(zoom·h, zoom·w)``, NaN where the HR scan did not reach. Training follows
+the paper:
 
 * **Validation split.** The LR grid is cut into blocks of ``2 * patch`` LR pixels; a
   ``val_fraction`` of each pair's blocks that are at least half covered by HR is held out. Their
   HR never enters training; the model is scored on them (with the surrounding LR as context, as
   in inference) by the PSNR pooled over all their HR pixels.
-* **Augmentation.** Each pair is also downsized by 0.7 and 0.5 (LR and HR alike, keeping 2:1 and
-  the SR grid; NaN spreads to every pixel it touches) and every patch gets one of the 8 flips and
-  90° rotations.
-* **Samples.** Random LR ``patch``² patches whose HR ``(2 patch)²`` part is fully valid.
+* **Augmentation.** Each pair is also downsized by 0.7 and 0.5 (LR and HR alike, keeping the
+  zoom and the SR grid; NaN spreads to every pixel it touches) and every patch gets one of the 8
+  flips and 90° rotations.
+* **Samples.** Random LR ``patch``² patches whose HR ``(zoom·patch)²`` part is fully valid.
 * **Loss** as in each network's paper: L2 for VDSR, L1 for EDSR and RCAN; Adam at ``lr_rate``.
 * **Early stopping.** After ``patience`` epochs without a better validation PSNR, training stops;
   the weights of the best epoch are kept.
@@ -49,7 +50,6 @@ from pairsr import __version__
 from pairsr.grid import BICUBIC_HALO, bicubic, sr_shape
 from pairsr.models import build_model, default_device, predict, preset_params
 
-ZOOM = 2
 #: Downsizing factors of the pair (paper III-B); 1 is the pair itself.
 SCALES = (1.0, 0.7, 0.5)
 #: Loss of each method, as in its paper.
@@ -68,15 +68,17 @@ class TrainResult:
     folder: Path
 
 
-def _check_pairs(pairs: list[Pair]) -> list[Pair]:
+def _check_pairs(pairs: list[Pair], zoom: int) -> list[Pair]:
     if not pairs:
         raise ValueError("pairs is empty: training needs at least one (lr, hr) pair")
+    if not (isinstance(zoom, int | np.integer) and zoom >= 2):
+        raise ValueError(f"zoom must be an integer of at least 2, got {zoom!r}")
     out = []
     for k, (lr, hr) in enumerate(pairs):
         lr, hr = np.asarray(lr, np.float32), np.asarray(hr, np.float32)
-        if lr.ndim != 2 or hr.shape != sr_shape(lr.shape, ZOOM):
+        if lr.ndim != 2 or hr.shape != sr_shape(lr.shape, zoom):
             raise ValueError(
-                f"pair {k}: hr must be 2-D of shape {ZOOM}× the 2-D lr, got {lr.shape}, {hr.shape}"
+                f"pair {k}: hr must be 2-D of shape {zoom}× the 2-D lr, got {lr.shape}, {hr.shape}"
             )
         if not np.isfinite(lr).all():
             raise ValueError(f"pair {k}: lr has NaN or infinite pixels")
@@ -95,16 +97,17 @@ def _fingerprint(pairs: list[Pair]) -> str:
 
 
 def _split(
-    pairs: list[Pair], block: int, val_fraction: float, rng: np.random.Generator
+    pairs: list[Pair], block: int, val_fraction: float, rng: np.random.Generator, zoom: int = 2
 ) -> tuple[list[Pair], list[Block]]:
     """Hold out validation blocks: (pairs with their HR NaN there, the blocks)."""
+    z = zoom
     train_pairs, val_blocks = [], []
     for k, (lr, hr) in enumerate(pairs):
         candidates = []
         for r in range(0, lr.shape[0], block):
             for c in range(0, lr.shape[1], block):
                 rows, cols = slice(r, r + block), slice(c, c + block)
-                hr_part = hr[2 * r : 2 * (r + block), 2 * c : 2 * (c + block)]
+                hr_part = hr[z * r : z * (r + block), z * c : z * (c + block)]
                 if np.isfinite(hr_part).sum() >= hr_part.size / 2:
                     candidates.append((k, rows, cols))
         n_val = 0  # at least one block held out, and at least one left to train on
@@ -113,7 +116,7 @@ def _split(
         held = [candidates[i] for i in sorted(rng.choice(len(candidates), n_val, replace=False))]
         hr = hr.copy()
         for _, rows, cols in held:
-            hr[2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop] = np.nan
+            hr[z * rows.start : z * rows.stop, z * cols.start : z * cols.stop] = np.nan
         train_pairs.append((lr, hr))
         val_blocks += held
     if val_fraction > 0 and not val_blocks:
@@ -124,7 +127,7 @@ def _split(
     return train_pairs, val_blocks
 
 
-def _downsize(lr: np.ndarray, hr: np.ndarray, scale: float) -> Pair:
+def _downsize(lr: np.ndarray, hr: np.ndarray, scale: float, zoom: int = 2) -> Pair:
     """The pair downsized by ``scale``, LR and HR alike, HR staying on the SR grid of the LR.
 
     Bilinear with skimage's anti-aliasing, each image in its own pixels: as if both were scanned
@@ -135,21 +138,22 @@ def _downsize(lr: np.ndarray, hr: np.ndarray, scale: float) -> Pair:
     shape = (max(1, round(lr.shape[0] * scale)), max(1, round(lr.shape[1] * scale)))
     kw = {"order": 1, "mode": "symmetric", "anti_aliasing": True}
     return (resize(lr, shape, **kw).astype(np.float32),
-            resize(hr, sr_shape(shape, ZOOM), **kw).astype(np.float32))
+            resize(hr, sr_shape(shape, zoom), **kw).astype(np.float32))
 
 
 class _PatchSampler:
     """Random LR patches and their fully valid HR patches from the pairs downsized by ``scales``."""
 
-    def __init__(self, pairs: list[Pair], patch: int, scales: tuple[float, ...] = SCALES) -> None:
-        self.patch = patch
+    def __init__(self, pairs: list[Pair], patch: int, scales: tuple[float, ...] = SCALES,
+                 zoom: int = 2) -> None:
+        self.patch, self.zoom = patch, zoom
         self.images: list[Pair] = []
         self.positions: list[np.ndarray] = []  # (2, n): valid top-left LR corners per image
         for lr, hr in pairs:
             for scale in scales:
-                lr_s, hr_s = _downsize(lr, hr, scale)
+                lr_s, hr_s = _downsize(lr, hr, scale, zoom)
                 h, w = lr_s.shape
-                valid = np.isfinite(hr_s).reshape(h, ZOOM, w, ZOOM).all(axis=(1, 3))
+                valid = np.isfinite(hr_s).reshape(h, zoom, w, zoom).all(axis=(1, 3))
                 ok = _all_in_window(valid, patch)
                 if ok.any():
                     self.images.append((lr_s, hr_s))
@@ -162,15 +166,15 @@ class _PatchSampler:
         self.n_positions = int(counts.sum())
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` augmented patches: LR ``(n, 1, p, p)`` and HR ``(n, 1, 2p, 2p)`` float32."""
-        p = self.patch
+        """``n`` augmented patches: LR ``(n, 1, p, p)`` and HR ``(n, 1, zp, zp)`` float32."""
+        p, zoom = self.patch, self.zoom
         lr_out = np.empty((n, 1, p, p), np.float32)
-        hr_out = np.empty((n, 1, ZOOM * p, ZOOM * p), np.float32)
+        hr_out = np.empty((n, 1, zoom * p, zoom * p), np.float32)
         for i, k in enumerate(rng.choice(len(self.images), n, p=self.weights)):
             lr, hr = self.images[k]
             r, c = self.positions[k][:, rng.integers(self.positions[k].shape[1])]
             rot, flip = rng.integers(4), rng.integers(2)
-            for out, img, z in ((lr_out, lr, 1), (hr_out, hr, ZOOM)):
+            for out, img, z in ((lr_out, lr, 1), (hr_out, hr, zoom)):
                 x = np.rot90(img[z * r : z * (r + p), z * c : z * (c + p)], rot)
                 out[i, 0] = x[:, ::-1] if flip else x
         return lr_out, hr_out
@@ -182,15 +186,16 @@ def _all_in_window(valid: np.ndarray, size: int) -> np.ndarray:
     return (s[size:, size:] - s[:-size, size:] - s[size:, :-size] + s[:-size, :-size]) == 0
 
 
-def _val_psnr(upsample, halo: int, pairs: list[Pair], blocks: list[Block]) -> float:
+def _val_psnr(upsample, halo: int, pairs: list[Pair], blocks: list[Block],
+              zoom: int = 2) -> float:
     """PSNR (dB) of ``upsample`` (LR → SR) over the valid HR pixels of all validation blocks."""
-    preds, refs = [], []
+    preds, refs, z = [], [], zoom
     for k, rows, cols in blocks:
         lr, hr = pairs[k]
         r0, c0 = max(0, rows.start - halo), max(0, cols.start - halo)
         sr = upsample(lr[r0 : rows.stop + halo, c0 : cols.stop + halo])
-        ref = hr[2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop]
-        pred = sr[2 * (rows.start - r0) :, 2 * (cols.start - c0) :][: ref.shape[0], : ref.shape[1]]
+        ref = hr[z * rows.start : z * rows.stop, z * cols.start : z * cols.stop]
+        pred = sr[z * (rows.start - r0) :, z * (cols.start - c0) :][: ref.shape[0], : ref.shape[1]]
         valid = np.isfinite(ref)
         preds.append(pred[valid])
         refs.append(ref[valid])
@@ -233,6 +238,7 @@ def train(
     preset: str | None = None,
     *,
     out: str | Path,
+    zoom: int = 2,
     epochs: int = 50,
     patch: int = 48,
     batch: int = 16,
@@ -245,7 +251,8 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``method`` (architecture ``preset``, default as published) on ``pairs``; write ``out``.
+    """Train a ×``zoom`` ``method`` (architecture ``preset``, default as published) on ``pairs``
+    (HR on the ×``zoom`` SR grid of the LR); write ``out``.
 
     ``epochs`` is the most run (fewer if early stopping triggers after ``patience`` epochs without
     a better validation PSNR); each has ``steps`` batches of ``batch`` LR patches of ``patch``²
@@ -256,7 +263,7 @@ def train(
     present (the training parameters and data must match; ``epochs`` may grow); without it an
     existing checkpoint is an error rather than overwritten.
     """
-    pairs = _check_pairs(pairs)
+    pairs = _check_pairs(pairs, zoom)
     out = Path(out)
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists() and not resume:
@@ -269,17 +276,19 @@ def train(
             raise ValueError(f"{name} must be at least 1, got {value}")
     device = default_device(device)
     architecture = preset_params(method, preset)
-    train_pairs, val_blocks = _split(pairs, 2 * patch, val_fraction, np.random.default_rng(seed))
-    sampler = _PatchSampler(train_pairs, patch)
+    train_pairs, val_blocks = _split(pairs, 2 * patch, val_fraction, np.random.default_rng(seed),
+                                     zoom)
+    sampler = _PatchSampler(train_pairs, patch, zoom=zoom)
     steps = steps or max(1, math.ceil(8 * sampler.n_positions / (patch * patch * batch)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(method, preset).to(device)
+        model = build_model(method, preset, zoom=zoom).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr_rate)
     loss_fn = LOSSES[method]()
     # Everything a resumption must share with the run it continues.
     settings = {
-        "method": method, "preset": preset, "architecture": architecture, "patch": patch,
+        "method": method, "preset": preset, "architecture": architecture, "zoom": zoom,
+        "patch": patch,
         "batch": batch, "lr_rate": lr_rate, "val_fraction": val_fraction, "patience": patience,
         "steps": steps, "seed": seed, "data": _fingerprint(pairs),
     }
@@ -309,7 +318,7 @@ def train(
             val = None
             if val_blocks:
                 val = _val_psnr(lambda lr: predict(model, lr, device=device),
-                                model.receptive_field, pairs, val_blocks)
+                                model.receptive_field, pairs, val_blocks, zoom)
             if val is None or val > best["psnr"]:
                 weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best = {"psnr": -math.inf if val is None else val, "epoch": epoch + 1, "wait": 0,
@@ -330,7 +339,7 @@ def train(
         "preset": preset,
         "architecture": architecture,
         "receptive_field": model.receptive_field,
-        "zoom": ZOOM,
+        "zoom": zoom,
         "training": {
             "epochs": epochs, "patch": patch, "batch": batch, "lr_rate": lr_rate,
             "val_fraction": val_fraction, "patience": patience, "steps": steps,
@@ -342,8 +351,8 @@ def train(
         "result": {
             "epochs_run": len(log), "best_epoch": best["epoch"],
             "best_val_psnr": best["psnr"] if val_blocks else None,
-            "bicubic_val_psnr": _val_psnr(bicubic, BICUBIC_HALO, pairs, val_blocks)
-            if val_blocks else None,
+            "bicubic_val_psnr": _val_psnr(lambda lr: bicubic(lr, zoom), BICUBIC_HALO, pairs,
+                                          val_blocks, zoom) if val_blocks else None,
             "stopped_early": best["wait"] >= patience, "device": str(device),
         },
         "pairsr_version": __version__,
@@ -365,7 +374,8 @@ def load(folder: str | Path, device: str | torch.device | None = None) -> tuple[
             raise FileNotFoundError(f"{folder}: no {name}; not a pairsr model folder from train()")
     try:
         config = json.loads(paths["config.json"].read_text())
-        model = build_model(config["method"], config["preset"], **config["architecture"])
+        model = build_model(config["method"], config["preset"], zoom=config.get("zoom", 2),
+                            **config["architecture"])
     except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
         raise ValueError(f"{paths['config.json']}: corrupt or unknown config ({err})") from err
     try:
