@@ -601,21 +601,21 @@ def _info_bar(data, image_rows, path: Path) -> dict | None:
 
 def image_dataarray(
     data,
-    pixel_size_nm: float | None,
-    translation_nm: tuple[float, float] = (0.0, 0.0),
+    step: float | None,
+    origin: tuple[float, float] = (0.0, 0.0),
     *,
+    unit: str = "nm",
     attrs: dict | None = None,
     name: str | None = None,
-    pixel_unit: str = "pixel",
 ) -> xr.DataArray:
-    """A 2-D ``("y", "x")`` DataArray with coordinates in nm (``units="nm"``) when the pixel
-    size is known, else in ``pixel_unit`` (pixel indices scaled by ``pixel_size_nm`` ignored:
-    ``step`` 1), each with ``units`` and ``long_name`` so that ``.plot()`` labels its axes."""
-    step = 1.0 if pixel_size_nm is None else float(pixel_size_nm)
-    unit = pixel_unit if pixel_size_nm is None else "nm"
+    """A 2-D ``("y", "x")`` DataArray with coordinates ``index * step + origin`` in ``unit``
+    (``step`` None: pixel indices plus ``origin``, unit ``"pixel"``), each with ``units`` and
+    ``long_name`` so that ``.plot()`` labels its axes."""
+    unit = unit if step is not None else "pixel"
+    step = 1.0 if step is None else float(step)
     coords = {
         dim: xr.Variable(dim, np.arange(n) * step + t, {"units": unit, "long_name": dim})
-        for dim, n, t in zip(("y", "x"), data.shape, translation_nm, strict=True)
+        for dim, n, t in zip(("y", "x"), data.shape, origin, strict=True)
     }
     return xr.DataArray(data, dims=("y", "x"), coords=coords, attrs=attrs or {}, name=name)
 
@@ -757,6 +757,13 @@ def output_format(path: str | Path) -> str:
                      "(OME-TIFF), *.tif, *.png or *.npy")
 
 
+def _stem(path: Path) -> str:
+    """The file name without its output suffix (``sr.ome.tif`` → ``sr``)."""
+    name = Path(path).name
+    suffix = next((x for x in _WRITE_SUFFIXES if name.lower().endswith(x)), "")
+    return name[: len(name) - len(suffix)] or name
+
+
 #: Tile edge (px) of TIFFs streamed from dask arrays.
 TIFF_TILE = 512
 
@@ -780,7 +787,8 @@ def _remove(path: Path) -> None:
 
 
 def _write_tiff(path: Path, array, pixel_size_nm: float | None, translation_nm=(0.0, 0.0), *,
-                ome: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
+                ome: bool = False, name: str | None = None,
+                progress: Callable[[int, int], None] | None = None) -> None:
     """A zlib TIFF with resolution tags in cm; ``ome``: OME-XML with ``PhysicalSizeX/Y`` and the
     plane position in nm. Dask arrays are streamed in tiles of :data:`TIFF_TILE` (one row of
     tiles in memory at a time)."""
@@ -789,7 +797,7 @@ def _write_tiff(path: Path, array, pixel_size_nm: float | None, translation_nm=(
         per_cm = 1e7 / pixel_size_nm
         options.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
     if ome:
-        metadata: dict[str, Any] = {"axes": "YX", "Name": path.name.split(".")[0]}
+        metadata: dict[str, Any] = {"axes": "YX", "Name": name or _stem(path)}
         if pixel_size_nm is not None:
             (ty, tx), size = translation_nm, float(pixel_size_nm)
             metadata.update(PhysicalSizeX=size, PhysicalSizeXUnit="nm", PhysicalSizeY=size,
@@ -961,7 +969,7 @@ def create_ome_zarr(
     if pixel_size_nm is None and any(translation_nm):
         raise ValueError(f"{path}: translation_nm {translation_nm} needs pixel_size_nm")
     _claim(path, overwrite)
-    name = name or path.name.split(".")[0]
+    name = name or _stem(path)
     limits = _limits(dtype)
     ome = {
         "version": NGFF_VERSION,
@@ -1041,13 +1049,15 @@ def write_ome_zarr(
     attrs: dict | None = None,
     pyramid_levels: int = 1,
     overwrite: bool = False,
+    name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a whole 2-D image as OME-Zarr, streaming dask inputs one row of chunks at a time.
 
     A DataArray gives ``pixel_size_nm`` and ``translation_nm`` from its attrs unless passed.
     ``progress(rows_done, rows)`` is called after each row of chunks. See
-    :func:`create_ome_zarr` for the layout; the ``omero`` window is set from the data.
+    :func:`create_ome_zarr` for the layout and ``name``; the ``omero`` window is set from the
+    data.
     """
     array, pixel_size_nm, translation_nm = _unwrap(data, pixel_size_nm, translation_nm)
     group = create_ome_zarr(
@@ -1057,6 +1067,7 @@ def write_ome_zarr(
         chunks=chunks,
         pixel_size_nm=pixel_size_nm,
         translation_nm=translation_nm,
+        name=name,
         attrs=attrs,
         pyramid_levels=pyramid_levels,
         overwrite=overwrite,
@@ -1114,11 +1125,11 @@ def convert(
         try:
             if kind == "zarr":
                 write_ome_zarr(partial, image, chunks=chunk, attrs=provenance, overwrite=True,
-                               progress=progress)
+                               name=_stem(dst), progress=progress)
             else:
                 array, pixel, translation = _unwrap(image, None)
                 _write_tiff(partial, array, pixel, translation, ome=kind == "ome-tiff",
-                            progress=progress)
+                            name=_stem(dst), progress=progress)
         except BaseException:
             _remove(partial)
             raise
