@@ -290,7 +290,7 @@ def _ome_geometry(tif: tifffile.TiffFile, path: Path) -> tuple[float | None, tup
                    "OME-XML PhysicalSizeX/Y")
     plane = next((e for e in pixels if e.tag.rsplit("}", 1)[-1] == "Plane"), None)
     position = (0.0, 0.0)
-    if plane is not None and {"PositionY", "PositionX"} <= plane.keys():
+    if plane is not None and {"PositionY", "PositionX"} <= set(plane.keys()):
         try:  # positions in a stage frame without a length unit are not image geometry
             position = tuple(_to_nm(float(plane.get(f"Position{ax}")),
                                     plane.get(f"Position{ax}Unit", "µm"), path, "OME-XML Plane")
@@ -1026,11 +1026,11 @@ def set_display_window(group: zarr.Group, percentiles: tuple[float, float] = (0.
                        ) -> tuple[float, float]:
     """Set the ``omero`` contrast window of an OME-Zarr image from its data; return it.
 
-    The window spans the ``percentiles`` of a sample of the smallest pyramid level (at most 64
-    chunks read); the limits are the dtype's range (floats: the sample's, at least 0..1).
+    The window spans the ``percentiles`` of a sample of level 0 (at most 64 chunks spread over
+    the image are read); the limits are the dtype's range (floats: the sample's, at least 0..1).
     """
     ome = group.attrs["ome"]
-    level = group[ome["multiscales"][0]["datasets"][-1]["path"]]
+    level = group[ome["multiscales"][0]["datasets"][0]["path"]]
     sample = _chunk_sample(level)
     start, end = (float(v) for v in np.percentile(sample, percentiles))
     name = ome["multiscales"][0].get("name", "image")
