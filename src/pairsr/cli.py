@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
+import tempfile
 import time
 import tomllib
 import types
@@ -71,6 +71,7 @@ def main(
     """Super-resolve whole-field EM scans from a physical LR/HR image pair."""
     console.quiet = quiet
     warnings.showwarning = _show_warning
+    warnings.filterwarnings("default", category=UserWarning)  # once per run and location
 
 
 def _quiet() -> bool:
@@ -120,8 +121,10 @@ def _check_out(path: Path, overwrite: bool, *, formats=("zarr", "ome-tiff", "tif
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{path}: cannot write in {parent} (permission denied)")
+    try:  # a real test: permissions, read-only file systems, root
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot write in {parent} ({err.strerror})") from None
 
 
 def _check_inputs(*paths: Path | None) -> None:
