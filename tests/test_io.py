@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -620,7 +621,11 @@ def test_read_image_crops_a_found_bar_with_a_message_and_obeys_crop_and_auto_cro
 def test_real_images_cropped_only_where_they_have_a_bar(path):
     """Negative control on every real image: only the JEOL and Zeiss files have bars."""
     full = read_image(path, auto_crop=False)
-    out = read_image(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = read_image(path)
+    cropped = [w for w in caught if issubclass(w.category, io.InfoBarCropped)]
+    assert len(cropped) == (path.name in BARS)
     if path.name in BARS:
         assert out.shape == (BARS[path.name], full.shape[1])
         assert out.attrs["info_bar"]["rows"] == (BARS[path.name], full.shape[0])

@@ -549,7 +549,7 @@ def batch(
                     _fit_job(job, overwrite)
                 apply_tiled(job["model"], job["lr"], job["out"], tile=job["tile"],
                             blend=job["blend"], client=client if is_zarr(job["lr"]) else None,
-                            resume=resume, overwrite=overwrite, gpu=gpu)
+                            resume=resume, overwrite=overwrite, gpu=gpu, progress=not _quiet())
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         raise _fail(err) from err
 
