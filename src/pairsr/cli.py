@@ -173,7 +173,7 @@ def _fit_signature(cls) -> tuple[dict[str, inspect.Parameter], dict]:
         params.update(inspect.signature(function).parameters)
         with contextlib.suppress(Exception):  # unresolvable hints: values are not checked
             hints.update(typing.get_type_hints(function))
-    skip = ("pairs", "method", "out", "zoom", "folder", "progress")
+    skip = ("pairs", "method", "out")
     return {k: v for k, v in params.items()
             if k not in skip and v.kind is not v.VAR_KEYWORD}, hints
 
@@ -529,6 +529,10 @@ def batch(
 
     try:
         jobs = _read_manifest(manifest)
+        for job in jobs:  # every entry checked before the cluster starts
+            _check_method(job["method"], job["params"])
+            _check_inputs(job["lr"], job["hr"])
+            _check_out(job["out"], overwrite, resume=resume)
         with _client(None, scheduler, cluster, workers, threads_per_worker, memory_limit,
                      jobqueue_config) as client:
             todo = [not (resume and (j["model"] / "model.json").exists()) for j in jobs]

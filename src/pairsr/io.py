@@ -817,6 +817,8 @@ def _write_tiff(path: Path, array, pixel_size_nm: float | None, translation_nm=(
                 yield strip[:, c : c + t]
 
     tifffile.imwrite(path, tiles(), shape=array.shape, dtype=array.dtype, tile=(t, t), **options)
+    if progress is not None:  # tifffile need not resume the generator after the last tile
+        progress(array.shape[0], array.shape[0])
 
 
 def _write_png(path: Path, array: np.ndarray, pixel_size_nm: float | None) -> None:
