@@ -133,30 +133,27 @@ def _check_inputs(*paths: Path | None) -> None:
             raise UsageError(f"{path}: no such file")
 
 
+#: The ``-p`` values (parsed JSON) each parameter type takes.
+_JSON_KINDS = {bool: (bool,), int: (int,), float: (int, float), str: (str,), Path: (str,),
+               list: (list,), tuple: (list,), dict: (dict,)}
+
+
 def _accepts(value, hint) -> bool:
     """Whether a ``-p`` value (parsed JSON) fits a type hint of a fit parameter."""
     if hint is inspect.Parameter.empty or hint is typing.Any:
         return True
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or (
-        typing.get_origin(hint) is typing.Union) else (hint,)
-    for option in options:
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    for option in typing.get_args(hint) if union else (hint,):
         option = typing.get_origin(option) or option
-        if option is type(None) and value is None:
+        if option is type(None):
+            if value is None:
+                return True
+            continue
+        kinds = _JSON_KINDS.get(option)
+        if kinds is None:
+            return True  # a library type (a torch device): left to the method
+        if isinstance(value, kinds) and (option is bool or not isinstance(value, bool)):
             return True
-        if option is bool:
-            if isinstance(value, bool):
-                return True
-        elif option is float:
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return True
-        elif option is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return True
-        elif option is Path or option is str:
-            if isinstance(value, str):
-                return True
-        elif isinstance(option, type) and option.__module__ not in ("builtins",):
-            return True  # library types (a torch device): left to the method
     return False
 
 

@@ -281,13 +281,11 @@ def _ome_geometry(tif: tifffile.TiffFile, path: Path) -> tuple[float | None, tup
         return None, (0.0, 0.0)
     a = pixels.attrib
 
-    def length(key: str, fallback: str | None = None) -> float:
-        value = a.get(key, a.get(fallback)) if fallback else a[key]
-        unit = a.get(f"{key}Unit", a.get(f"{fallback}Unit", "µm") if fallback else "µm")
-        return _to_nm(float(value), unit, path, f"OME-XML {key}")
+    def length(axis: str) -> float:  # PhysicalSizeY defaults to PhysicalSizeX
+        key = f"PhysicalSize{axis}" if f"PhysicalSize{axis}" in a else "PhysicalSizeX"
+        return _to_nm(float(a[key]), a.get(f"{key}Unit", "µm"), path, f"OME-XML {key}")
 
-    size = _square(length("PhysicalSizeY", "PhysicalSizeX"), length("PhysicalSizeX"), path,
-                   "OME-XML PhysicalSizeX/Y")
+    size = _square(length("Y"), length("X"), path, "OME-XML PhysicalSizeX/Y")
     plane = next((e for e in pixels if e.tag.rsplit("}", 1)[-1] == "Plane"), None)
     position = (0.0, 0.0)
     if plane is not None and {"PositionY", "PositionX"} <= set(plane.keys()):
@@ -579,9 +577,9 @@ def find_info_bar(image: np.ndarray | da.Array) -> int | None:
     return bottom + start
 
 
-def _info_bar(data, image_rows, path: Path) -> dict | None:
+def _info_bar(data, image_rows) -> dict | None:
     """The info bar to crop: ``{"rows": (start, stop), "found": where}`` or None."""
-    if image_rows is None or data.ndim != 2:
+    if image_rows is None:
         return None
     rows, source = image_rows()
     if rows is not None:
@@ -638,7 +636,7 @@ def _load(path: Path, pixel_size: float | None, crop, lazy: bool, stack: ExitSta
     data = _as_2d(data, path)
     origin, bar = (0, 0), None
     if crop is None and auto_crop:
-        bar = _info_bar(data, image_rows, path)
+        bar = _info_bar(data, image_rows)
         if bar is not None:
             (start, stop), found = bar["rows"], bar["found"]
             crop = (slice(0, start), slice(None))
@@ -768,16 +766,6 @@ def _stem(path: Path) -> str:
 TIFF_TILE = 512
 
 
-def _strips(array, height: int, progress: Callable[[int, int], None] | None):
-    """``(start, stop, numpy strip)`` of ``array``'s rows, ``height`` at a time."""
-    rows = array.shape[0]
-    for start in range(0, rows, height):
-        stop = min(start + height, rows)
-        yield start, stop, np.asarray(array[start:stop])
-        if progress is not None:
-            progress(stop, rows)
-
-
 def _remove(path: Path) -> None:
     """Delete a file or folder of this process's own making (a partial output), if present."""
     if path.is_dir() and not path.is_symlink():
@@ -809,16 +797,19 @@ def _write_tiff(path: Path, array, pixel_size_nm: float | None, translation_nm=(
     if not isinstance(array, da.Array):
         tifffile.imwrite(path, np.asarray(array), **options)
         return
-    t = TIFF_TILE
+    t, (rows, cols) = TIFF_TILE, array.shape
 
     def tiles():
-        for _, _, strip in _strips(array, t, progress):
-            for c in range(0, array.shape[1], t):
+        for start in range(0, rows, t):
+            strip = np.asarray(array[start : start + t])
+            for c in range(0, cols, t):
                 yield strip[:, c : c + t]
+            if progress is not None:
+                progress(min(start + t, rows), rows)
 
     tifffile.imwrite(path, tiles(), shape=array.shape, dtype=array.dtype, tile=(t, t), **options)
     if progress is not None:  # tifffile need not resume the generator after the last tile
-        progress(array.shape[0], array.shape[0])
+        progress(rows, rows)
 
 
 def _write_png(path: Path, array: np.ndarray, pixel_size_nm: float | None) -> None:
