@@ -96,6 +96,8 @@ def _fail(err: Exception) -> typer.Exit:
     hint = ""
     if isinstance(err, FileExistsError):
         hint = " (on the command line: --overwrite, or --resume for apply)"
+    elif isinstance(err, ResumeError):
+        hint = " (on the command line: --overwrite instead of --resume)"
     errors.print(f"[red]error:[/red] {err}{hint}", highlight=False)
     usage = (UsageError, FileExistsError, typer.BadParameter, ModelError, ResumeError)
     return typer.Exit(code=2 if isinstance(err, usage) else 1)
