@@ -602,6 +602,16 @@ def test_find_info_bar_on_a_synthetic_bar_and_negative_controls():
     fade = image.astype(float)
     fade[-40:] *= np.linspace(1, 0, 40)[:, None]  # the scan fading out: no sharp boundary
     assert io.find_info_bar(fade.astype(np.uint8)) is None
+    # The specimen's edge: a few small bright particles on a saturated background (rows as
+    # flat as a bar's, but the particles take many grey levels, glyphs a few).
+    particles = textured((240, 640))
+    particles[-30:] = 0
+    y, x = np.mgrid[-30:0, :640]
+    for cx in (100, 300, 500):
+        blob = np.exp(-((x - cx) ** 2 + (y + 15) ** 2) / 12.0)
+        noisy = 60 + 180 * blob + np.random.default_rng(cx).normal(0, 10, blob.shape)
+        particles[-30:] = np.where(blob > 0.2, np.clip(noisy, 0, 255), particles[-30:])
+    assert io.find_info_bar(particles) is None
 
 
 def test_read_image_crops_a_found_bar_with_a_message_and_obeys_crop_and_auto_crop(tmp_path):
