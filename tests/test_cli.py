@@ -241,6 +241,21 @@ def test_fit_reports_its_stages(tmp_path):
               "fitted lbnlm on 1 pair(s)"]
     positions = [result.output.find(stage) for stage in stages]
     assert -1 not in positions and positions == sorted(positions)
+    assert "cropped" not in result.output  # simulated scans have no info bar
+
+
+def test_apply_crop_of_a_zarr_input_matches_the_cropped_image(tmp_path):
+    image = textured((96, 80))
+    tif = write_image(tmp_path / "lr.tif", image[10:, 5:], pixel_size_nm=2.0)
+    store = write_ome_zarr(tmp_path / "lr.zarr", image, chunks=32, pixel_size_nm=2.0)
+    whole = pairsr("apply", "bicubic", tif, "--out", tmp_path / "a.zarr", "--tile", "32")
+    assert whole.exit_code == 0
+    result = pairsr("apply", "bicubic", store, "--out", tmp_path / "b.zarr", "--tile", "32",
+                    "--crop", "10:,5:", "--cluster", "none")
+    assert result.exit_code == 0, result.output
+    a, b = (zarr.open_group(tmp_path / n, mode="r")["0"][:] for n in ("a.zarr", "b.zarr"))
+    np.testing.assert_array_equal(a, b)
+    assert geometry(tmp_path / "b.zarr")[1] == [10 * 2.0 - 0.5, 5 * 2.0 - 0.5]  # source nm
 
 
 # ----------------------------------------------------------------------------- dashboard

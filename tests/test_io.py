@@ -714,6 +714,9 @@ def test_pyramidal_ome_tiff_reads_level0_with_its_pixel_size(tmp_path):
     out = read_image(path)
     np.testing.assert_array_equal(out.values, image)
     assert out.attrs["pixel_size_nm"] == pytest.approx(10.0)
+    streamed = read_image(convert(path, tmp_path / "pyramid.zarr", chunk=32))  # lazy level 0
+    np.testing.assert_array_equal(streamed.values, image)
+    assert streamed.attrs["pixel_size_nm"] == pytest.approx(10.0)
 
 
 def test_write_ome_tiff_round_trip_through_tifffiles_ome_parser(tmp_path):
