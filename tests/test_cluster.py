@@ -91,7 +91,7 @@ def test_gpu_methods_in_process(lr, tmp_path):
     model = save_model(GPUBicubic(), tmp_path / "model")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        apply_tiled(model, path, tmp_path / "sr.zarr", tile=16, progress=False)
+        apply_tiled(model, path, tmp_path / "sr.zarr", tile=16, progress=False, pixel_size=2.0)
     import torch
 
     if not torch.cuda.is_available():

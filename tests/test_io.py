@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -128,9 +129,11 @@ def test_dataarray_gives_its_pixel_size_to_write_image(tmp_path):
     assert out.attrs["pixel_size_nm"] == pytest.approx(6.0, rel=1e-6)
 
 
-def test_write_image_rejects_unknown_suffix(tmp_path):
-    with pytest.raises(ValueError, match=r"\.jpg"):
-        write_image(tmp_path / "a.jpg", random_image())
+@pytest.mark.parametrize("name", ["a.jpg", "a.ome", "a.tif.gz", ".zarr"])
+def test_write_image_rejects_unknown_suffix(tmp_path, name):
+    with pytest.raises(ValueError, match=r"unknown output format.*\*\.ome\.tif"):
+        write_image(tmp_path / name, random_image())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_image_refuses_to_overwrite(tmp_path):
@@ -151,7 +154,7 @@ def block_mean_reference(image: np.ndarray) -> np.ndarray:
     return np.rint(downscale_local_mean(padded, (2, 2))).astype(image.dtype)
 
 
-def test_ome_zarr_round_trip_metadata_and_pyramid(tmp_path):
+def test_ome_zarr_round_trip_metadata_and_pyramid(tmp_path, ngff):
     image = random_image((37, 50), np.uint16)
     path = write_ome_zarr(
         tmp_path / "a.zarr",
@@ -173,9 +176,15 @@ def test_ome_zarr_round_trip_metadata_and_pyramid(tmp_path):
 
     group = zarr.open_group(path, mode="r")
     assert group.metadata.zarr_format == 3
-    ome = group.attrs["ome"]
+    ome = ngff(path)
     assert ome["version"] == "0.5" and group.attrs["pairsr"] == {"origin": "test"}
     (multiscale,) = ome["multiscales"]
+    assert multiscale["name"] == "a"
+    (channel,) = ome["omero"]["channels"]
+    window = channel["window"]
+    assert (window["min"], window["max"]) == (0, 65535)  # the dtype's range
+    low, high = np.percentile(image, [0.1, 99.9])  # the window: percentiles of the data
+    assert abs(window["start"] - low) < 0.02 * 65535 and abs(window["end"] - high) < 0.02 * 65535
     assert multiscale["axes"] == [
         {"name": "y", "type": "space", "unit": "nanometer"},
         {"name": "x", "type": "space", "unit": "nanometer"},
@@ -198,9 +207,9 @@ def test_ome_zarr_round_trip_metadata_and_pyramid(tmp_path):
         expected = block_mean_reference(expected)
 
 
-def test_ome_zarr_without_pixel_size_is_in_pixels(tmp_path):
+def test_ome_zarr_without_pixel_size_is_in_pixels(tmp_path, ngff):
     path = write_ome_zarr(tmp_path / "a.zarr", random_image(), chunks=32)
-    axes = zarr.open_group(path, mode="r").attrs["ome"]["multiscales"][0]["axes"]
+    axes = ngff(path)["multiscales"][0]["axes"]
     assert all("unit" not in axis for axis in axes)
     out = read_image(path)
     assert out.attrs["pixel_size_nm"] is None
@@ -279,7 +288,7 @@ def test_plain_zarr_array_and_crop(tmp_path):
 
 
 @pytest.mark.parametrize("compression", [None, "lzw"])
-def test_convert_multi_chunk_tiff_matches_source(tmp_path, compression):
+def test_convert_multi_chunk_tiff_matches_source(tmp_path, compression, ngff):
     image = random_image((300, 260), np.uint16)
     src = tmp_path / "big.tif"
     tifffile.imwrite(
@@ -292,6 +301,7 @@ def test_convert_multi_chunk_tiff_matches_source(tmp_path, compression):
     )
     before = snapshot(src)
     dst = convert(src, tmp_path / "big.zarr", chunk=64)
+    assert ngff(dst)["multiscales"][0]["name"] == "big"
     level0 = zarr.open_group(dst, mode="r")["0"]
     assert level0.chunks == (64, 64)
     np.testing.assert_array_equal(level0[:], image)
@@ -550,3 +560,222 @@ def test_real_files_without_pixel_size_and_grey_rgba_png():
     out = read_image(png)
     assert out.shape == (128, 128)
     np.testing.assert_array_equal(out.values, np.asarray(Image.open(png))[..., 0])
+
+
+# ----------------------------------------------------------------------------- info bars
+
+REAL_IMAGES = sorted(REAL.rglob("*.tif")) + sorted(REAL.rglob("*.png")) if REAL.is_dir() else []
+#: Real files with an info bar (SOURCES.md): its first row.
+BARS = {"jeol_A-2h-01_x50k_2nm.tif": 960, "zeiss_GM59_20_spheres_4.466nm.tif": 701}
+
+
+def textured(shape=(240, 320), seed=0) -> np.ndarray:
+    """A scan-like uint8 image: smooth structure plus noise, many grey levels in every row."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    smooth = 100 + 50 * np.sin(x / 9.0) * np.cos(y / 13.0)
+    return np.clip(smooth + rng.normal(0, 12, shape), 0, 255).astype(np.uint8)
+
+
+def with_bar(image: np.ndarray, rows: int, seed=1) -> np.ndarray:
+    """``image`` with its last ``rows`` rows replaced by a black bar holding white 'text'."""
+    out = image.copy()
+    out[-rows:] = 0
+    rng = np.random.default_rng(seed)
+    for col in range(10, image.shape[1] - 10, 12):  # glyph-like blocks on two text lines
+        for line in (rows // 4, rows // 2 + 2):
+            h, w = rng.integers(3, 7), rng.integers(2, 8)
+            out[-rows + line : -rows + line + h, col : col + w] = 255
+    return out
+
+
+def test_find_info_bar_on_a_synthetic_bar_and_negative_controls():
+    image = textured()
+    assert io.find_info_bar(image) is None
+    assert io.find_info_bar(with_bar(image, 18)) == 240 - 18
+    assert io.find_info_bar(da.from_array(with_bar(image, 18), chunks=64)) == 240 - 18
+    blank = image.copy()
+    blank[-18:] = 0  # blank last rows (a scan that stopped): no text, not a bar
+    assert io.find_info_bar(blank) is None
+    tall = with_bar(image, 80)  # a third of the image: not an info bar
+    assert io.find_info_bar(tall) is None
+    fade = image.astype(float)
+    fade[-40:] *= np.linspace(1, 0, 40)[:, None]  # the scan fading out: no sharp boundary
+    assert io.find_info_bar(fade.astype(np.uint8)) is None
+    # The specimen's edge: a few small bright particles on a saturated background (rows as
+    # flat as a bar's, but the particles take many grey levels, glyphs a few).
+    particles = textured((240, 640))
+    particles[-30:] = 0
+    y, x = np.mgrid[-30:0, :640]
+    for cx in (100, 300, 500):
+        blob = np.exp(-((x - cx) ** 2 + (y + 15) ** 2) / 12.0)
+        noisy = 60 + 180 * blob + np.random.default_rng(cx).normal(0, 10, blob.shape)
+        particles[-30:] = np.where(blob > 0.2, np.clip(noisy, 0, 255), particles[-30:])
+    assert io.find_info_bar(particles) is None
+
+
+def test_read_image_crops_a_found_bar_with_a_message_and_obeys_crop_and_auto_crop(tmp_path):
+    image = with_bar(textured(), 18)
+    path = write_image(tmp_path / "scan.tif", image, pixel_size_nm=3.0)
+    with pytest.warns(io.InfoBarCropped, match=r"scan\.tif: cropped an info bar, rows 222:240 "
+                      r"\(18 rows, found in the pixels\).*--no-auto-crop"):
+        out = read_image(path)
+    np.testing.assert_array_equal(out.values, image[:222])
+    assert out.attrs["info_bar"] == {"rows": (222, 240), "found": "found in the pixels"}
+    assert read_image(path, auto_crop=False).shape == image.shape
+    assert read_image(path, crop=":230,").shape == (230, 320)  # --crop overrides
+
+
+@needs_shared
+@pytest.mark.parametrize("path", REAL_IMAGES, ids=lambda p: p.name)
+def test_real_images_cropped_only_where_they_have_a_bar(path):
+    """Negative control on every real image: only the JEOL and Zeiss files have bars."""
+    full = read_image(path, auto_crop=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = read_image(path)
+    cropped = [w for w in caught if issubclass(w.category, io.InfoBarCropped)]
+    assert len(cropped) == (path.name in BARS)
+    if path.name in BARS:
+        assert out.shape == (BARS[path.name], full.shape[1])
+        assert out.attrs["info_bar"]["rows"] == (BARS[path.name], full.shape[0])
+        np.testing.assert_array_equal(out.values, full.values[: BARS[path.name]])
+    else:
+        assert out.shape == full.shape and out.attrs["info_bar"] is None
+
+
+@needs_shared
+def test_real_jeol_bar_from_makernote_matches_the_pixels():
+    path = REAL / "konstanz_colloids_sem" / "jeol_A-2h-01_x50k_2nm.tif"
+    with pytest.warns(io.InfoBarCropped, match=r"JEOL MakerNote \$CM_IMAGE_SIZE 1280 960"):
+        out = read_image(path)
+    assert out.attrs["pixel_size_nm"] == pytest.approx(2.0)
+    assert io.find_info_bar(read_image(path, auto_crop=False).values) == 960
+
+
+@needs_shared
+def test_real_zeiss_data_zone_cropped_with_cz_sem_pixel_size():
+    path = REAL / "konstanz_colloids_sem" / "zeiss_GM59_20_spheres_4.466nm.tif"
+    with pytest.warns(io.InfoBarCropped, match=r"rows 701:768 \(67 rows, Zeiss data zone"):
+        out = read_image(path)
+    assert out.shape == (701, 1024) and out.attrs["pixel_size_nm"] == pytest.approx(4.466)
+
+
+def test_fei_tiff_pixel_size_and_databar_from_its_tag(tmp_path):
+    image = with_bar(textured(), 20)
+    header = ("[User]\r\nDate=01/01/2024\r\n[Scan]\r\nPixelWidth=1.25e-09\r\n"
+              "PixelHeight=1.25e-09\r\n[Image]\r\nResolutionX=320\r\nResolutionY=220\r\n")
+    path = tmp_path / "fei.tif"
+    tifffile.imwrite(path, image, extratags=[(34682, "s", 0, header, True)],
+                     resolution=(72, 72), resolutionunit="INCH")
+    with pytest.warns(io.InfoBarCropped, match=r"FEI \[Image\] ResolutionY=220"):
+        out = read_image(path)
+    assert out.shape == (220, 320)
+    assert out.attrs["pixel_size_nm"] == pytest.approx(1.25)
+
+
+def test_hitachi_sidecar_pixel_size_and_data_size(tmp_path):
+    image = with_bar(textured(), 20)
+    path = tmp_path / "hitachi.tif"
+    tifffile.imwrite(path, image)
+    path.with_suffix(".txt").write_text(
+        "[SemImageFile]\r\nInstructName=S-4800\r\nDataSize=320x220\r\nPixelSize=7.5\r\n")
+    with pytest.warns(io.InfoBarCropped, match=r"Hitachi hitachi\.txt DataSize=320x220"):
+        out = read_image(path)
+    assert out.shape == (220, 320) and out.attrs["pixel_size_nm"] == pytest.approx(7.5)
+
+
+# ----------------------------------------------------------------------------- OME-TIFF
+
+
+@pytest.mark.parametrize(("size", "unit", "nm"), [(0.0025, "µm", 2.5), (2.5, "nm", 2.5),
+                                                  (25.0, "Å", 2.5), (0.004, None, 4.0)])
+def test_ome_tiff_physical_size_with_units(tmp_path, size, unit, nm):
+    image = random_image()
+    metadata = {"axes": "YX", "PhysicalSizeX": size, "PhysicalSizeY": size}
+    if unit is not None:  # OME's default unit is µm
+        metadata.update(PhysicalSizeXUnit=unit, PhysicalSizeYUnit=unit)
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, image, ome=True, metadata=metadata)
+    out = read_image(path)
+    assert out.attrs["pixel_size_nm"] == pytest.approx(nm, rel=1e-9)
+    np.testing.assert_array_equal(out.values, image)
+
+
+def test_pyramidal_ome_tiff_reads_level0_with_its_pixel_size(tmp_path):
+    image = random_image((64, 96), np.uint8)
+    path = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        options = {"tile": (16, 16), "photometric": "minisblack"}
+        tif.write(image, subifds=1, metadata={"axes": "YX", "PhysicalSizeX": 0.01,
+                                               "PhysicalSizeY": 0.01}, **options)
+        tif.write(image[::2, ::2], subfiletype=1, **options)
+    assert len(tifffile.TiffFile(path).series[0].levels) == 2
+    out = read_image(path)
+    np.testing.assert_array_equal(out.values, image)
+    assert out.attrs["pixel_size_nm"] == pytest.approx(10.0)
+    streamed = read_image(convert(path, tmp_path / "pyramid.zarr", chunk=32))  # lazy level 0
+    np.testing.assert_array_equal(streamed.values, image)
+    assert streamed.attrs["pixel_size_nm"] == pytest.approx(10.0)
+
+
+def test_write_ome_tiff_round_trip_through_tifffiles_ome_parser(tmp_path):
+    image = random_image()
+    path = write_image(tmp_path / "sr.ome.tif", image, pixel_size_nm=1.5,
+                       translation_nm=(-0.375, 10.0))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert (pixels["PhysicalSizeX"], pixels["PhysicalSizeXUnit"]) == (1.5, "nm")
+    assert (pixels["PhysicalSizeY"], pixels["PhysicalSizeYUnit"]) == (1.5, "nm")
+    assert (pixels["Plane"]["PositionY"], pixels["Plane"]["PositionX"]) == (-0.375, 10.0)
+    out = read_image(path)
+    np.testing.assert_array_equal(out.values, image)
+    assert out.attrs["pixel_size_nm"] == 1.5 and out.attrs["translation_nm"] == (-0.375, 10.0)
+    assert not tifffile.TiffFile(write_image(tmp_path / "plain.tif", image)).is_ome
+
+
+def test_convert_streams_tiff_and_ome_tiff_outputs_and_keeps_a_tiff_a_tiff(tmp_path):
+    image = random_image((700, 600), np.uint16)
+    src = write_image(tmp_path / "in.tif", image, pixel_size_nm=2.0)
+    for name in ("out.ome.tif", "out.tif"):
+        dst = convert(src, tmp_path / name)
+        assert dst.is_file() and tifffile.TiffFile(dst).is_ome == name.endswith(".ome.tif")
+        np.testing.assert_array_equal(read_image(dst).values, image)
+        assert read_image(dst).attrs["pixel_size_nm"] == pytest.approx(2.0)
+    existing = write_image(tmp_path / "existing.tif", random_image())
+    convert(src, existing, overwrite=True)  # a TIFF stays a TIFF, not a zarr folder
+    assert existing.is_file()
+    np.testing.assert_array_equal(read_image(existing).values, image)
+    with pytest.raises(ValueError, match=r"convert writes \*\.zarr, \*\.ome\.tif or \*\.tif"):
+        convert(src, tmp_path / "out.png")
+
+
+def test_read_image_opens_what_write_image_wrote(tmp_path):
+    image = random_image((50, 60), np.uint16)
+    for name, keeps_origin in [("w.zarr", True), ("w.ome.tif", True), ("w.tif", False),
+                               ("w.png", False)]:
+        path = write_image(tmp_path / name, image, pixel_size_nm=2.5, translation_nm=(5.0, -2.5))
+        out = read_image(path)
+        np.testing.assert_array_equal(out.values, image)
+        assert out.attrs["pixel_size_nm"] == pytest.approx(2.5, rel=1e-6)
+        assert out.attrs["translation_nm"] == ((5.0, -2.5) if keeps_origin else (0.0, 0.0))
+
+
+# ----------------------------------------------------------------------------- xarray
+
+
+def test_dataarrays_carry_name_units_and_long_names(tmp_path):
+    from pairsr.api import super_resolve
+
+    known = read_image(write_image(tmp_path / "known.tif", random_image(), pixel_size_nm=2.0))
+    unknown = read_image(write_image(tmp_path / "unknown.tif", random_image()))
+    assert known.name == "known.tif"
+    for dim in ("y", "x"):
+        assert known[dim].attrs == {"units": "nm", "long_name": dim}
+        assert unknown[dim].attrs == {"units": "pixel", "long_name": dim}
+    sr = super_resolve("bicubic", known)
+    assert sr.name == "known.tif-sr" and sr.attrs["pixel_size_nm"] == 1.0
+    assert sr.x.attrs["units"] == "nm" and float(sr.x[0]) == pytest.approx(-0.5)
+    sr = super_resolve("bicubic", unknown)
+    assert sr.x.attrs["units"] == "LR pixel" and float(sr.x[1] - sr.x[0]) == 0.5

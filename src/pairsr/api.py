@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from pairsr.grid import sr_shape, sr_to_lr
-from pairsr.io import from_float32, to_float32
+from pairsr.io import from_float32, image_dataarray, to_float32
 from pairsr.methods import SRMethod, load_model, method_class, save_model
 
 #: A pixel-size ratio within this relative distance of an integer is that integer's zoom.
@@ -193,8 +193,8 @@ def super_resolve(model: SRMethod | str | Path, lr: np.ndarray | xr.DataArray,
     """Super-resolve a whole LR image in memory.
 
     Returns a DataArray of shape (zoom*H, zoom*W) with dims ("y", "x"), in ``dtype`` (default:
-    the input's), with SR-grid coordinates in nm when the LR pixel size is known
-    (``attrs["pixel_size_nm"]``), else in LR pixel units.
+    the input's), named after the input, with SR-grid coordinates in nm when the LR pixel size
+    is known (``attrs["pixel_size_nm"]``), else in LR pixel units (``units`` says which).
     """
     if not isinstance(model, SRMethod):
         model = load_model(model)
@@ -202,14 +202,13 @@ def super_resolve(model: SRMethod | str | Path, lr: np.ndarray | xr.DataArray,
     out = model.predict(to_float32(values))
     out = from_float32(out, np.dtype(dtype or values.dtype))
     attrs = dict(lr.attrs) if isinstance(lr, xr.DataArray) else {}
-    pixel = attrs.get("pixel_size_nm") or 1.0
-    ty, tx = attrs.get("translation_nm", (0.0, 0.0))
-    coords = {
-        "y": sr_to_lr(np.arange(out.shape[0]), model.zoom) * pixel + ty,
-        "x": sr_to_lr(np.arange(out.shape[1]), model.zoom) * pixel + tx,
-    }
-    attrs.update(method=model.name, zoom=model.zoom)
-    if attrs.get("pixel_size_nm"):
-        attrs["pixel_size_nm"] = attrs["pixel_size_nm"] / model.zoom
-        attrs["translation_nm"] = (float(coords["y"][0]), float(coords["x"][0]))
-    return xr.DataArray(out, dims=("y", "x"), coords=coords, attrs=attrs)
+    pixel = attrs.get("pixel_size_nm")
+    step = pixel or 1.0
+    ty, tx = attrs.get("translation_nm", (0.0, 0.0)) if pixel else (0.0, 0.0)
+    first = float(sr_to_lr(0, model.zoom)) * step  # centre of SR pixel 0, from LR pixel 0
+    origin = (first + ty, first + tx)
+    attrs.update(method=model.name, zoom=model.zoom, pixel_size_nm=pixel and pixel / model.zoom,
+                 translation_nm=origin if pixel else (0.0, 0.0))
+    name = f"{lr.name}-sr" if isinstance(lr, xr.DataArray) and lr.name else "sr"
+    return image_dataarray(out, step / model.zoom, origin, unit="nm" if pixel else "LR pixel",
+                           attrs=attrs, name=name)

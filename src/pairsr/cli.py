@@ -1,11 +1,22 @@
-"""Command-line interface: a thin layer over the library functions."""
+"""Command-line interface: a thin layer over the library functions.
+
+Conventions: messages and progress go to stderr (``--quiet`` keeps only warnings and errors),
+warnings print as ``warning: <message>``; usage errors (bad options, unknown method or
+parameter, an existing or unwritable output) exit with 2 before any expensive work, failures
+while running exit with 1.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import tempfile
 import time
 import tomllib
+import types
+import typing
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +28,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # progress and messages: silenced by --quiet
+errors = Console(stderr=True, soft_wrap=True)  # warnings and errors: always shown
+
+
+class UsageError(ValueError):
+    """A command line that cannot work (exit status 2), found before any expensive work."""
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 PixelSize = Annotated[
@@ -25,8 +41,41 @@ PixelSize = Annotated[
 ]
 Crop = Annotated[
     str | None,
-    typer.Option("--crop", help="Keep 'y0:y1,x0:x1' (Python slices); ':-66,' drops an info bar."),
+    typer.Option("--crop", help="Keep 'y0:y1,x0:x1' (Python slices); ':-66,' drops an info bar "
+                 "(overrides the automatic crop)."),
 ]
+AutoCrop = Annotated[bool, typer.Option(
+    "--auto-crop/--no-auto-crop", help="Crop a microscope info bar found below the scan.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pairsr import __version__
+
+        print(f"pairsr {__version__}")
+        raise typer.Exit()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as its message (not a source line), on stderr."""
+    errors.print(f"[yellow]warning:[/yellow] {message}", highlight=False, markup=True)
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages; "
+                                        "warnings and errors only.")] = False,
+) -> None:
+    """Super-resolve whole-field EM scans from a physical LR/HR image pair."""
+    console.quiet = quiet
+    warnings.showwarning = _show_warning
+    warnings.filterwarnings("default", category=UserWarning)  # once per run and location
+
+
+def _quiet() -> bool:
+    return bool(console.quiet)
 
 
 def _shape(text: str | None) -> tuple[int, int] | None:
@@ -40,11 +89,139 @@ def _shape(text: str | None) -> tuple[int, int] | None:
 
 
 def _fail(err: Exception) -> typer.Exit:
+    """Print ``err``; exit status 2 for a usage error, 1 for a failure while running."""
+    from pairsr.methods import ModelError
+    from pairsr.tiles import ResumeError
+
     hint = ""
     if isinstance(err, FileExistsError):
         hint = " (on the command line: --overwrite, or --resume for apply)"
-    console.print(f"[red]error:[/red] {err}{hint}")
-    return typer.Exit(code=2)
+    elif isinstance(err, ResumeError):
+        hint = " (on the command line: --overwrite instead of --resume)"
+    errors.print(f"[red]error:[/red] {err}{hint}", highlight=False)
+    usage = (UsageError, FileExistsError, typer.BadParameter, ModelError, ResumeError)
+    return typer.Exit(code=2 if isinstance(err, usage) else 1)
+
+
+def _check_out(path: Path, overwrite: bool, *, formats=("zarr", "ome-tiff", "tiff"),
+               resume: bool = False) -> None:
+    """Refuse an output path of the wrong kind, an existing one (without --overwrite/--resume)
+    and one whose folder cannot be written, before any work."""
+    from pairsr.io import output_format
+
+    if formats:
+        try:
+            kind = output_format(path)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if kind not in formats:
+            names = {"zarr": "*.zarr", "ome-tiff": "*.ome.tif", "tiff": "*.tif", "png": "*.png",
+                     "npy": "*.npy"}
+            raise UsageError(f"{path}: --out must be {' or '.join(names[f] for f in formats)}")
+    if (path.exists() or path.is_symlink()) and not (overwrite or resume):
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:  # a real test: permissions, read-only file systems, root
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot write in {parent} ({err.strerror})") from None
+
+
+def _check_inputs(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None and not path.exists():
+            raise UsageError(f"{path}: no such file")
+
+
+#: The ``-p`` values (parsed JSON) each parameter type takes.
+_JSON_KINDS = {bool: (bool,), int: (int,), float: (int, float), str: (str,), Path: (str,),
+               list: (list,), tuple: (list,), dict: (dict,)}
+
+
+def _accepts(value, hint) -> bool:
+    """Whether a ``-p`` value (parsed JSON) fits a type hint of a fit parameter."""
+    if hint is inspect.Parameter.empty or hint is typing.Any:
+        return True
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    for option in typing.get_args(hint) if union else (hint,):
+        option = typing.get_origin(option) or option
+        if option is type(None):
+            if value is None:
+                return True
+            continue
+        kinds = _JSON_KINDS.get(option)
+        if kinds is None:
+            return True  # a library type (a torch device): left to the method
+        if isinstance(value, kinds) and (option is bool or not isinstance(value, bool)):
+            return True
+    return False
+
+
+def _fit_signature(cls) -> tuple[dict[str, inspect.Parameter], dict]:
+    """The keyword parameters ``cls.fit`` takes (following ``**options`` into the training) and
+    their type hints."""
+    functions = [cls.fit]
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.fit).parameters.values()):
+        from pairsr.train import train
+
+        functions.append(train)
+    params, hints = {}, {}
+    for function in functions:
+        params.update(inspect.signature(function).parameters)
+        with contextlib.suppress(Exception):  # unresolvable hints: values are not checked
+            hints.update(typing.get_type_hints(function))
+    skip = ("pairs", "method", "out")
+    return {k: v for k, v in params.items()
+            if k not in skip and v.kind is not v.VAR_KEYWORD}, hints
+
+
+def _check_method(method: str, params: dict) -> None:
+    """Refuse an unknown method, parameter name or a parameter value of the wrong type."""
+    from pairsr.methods import method_class
+
+    try:
+        cls = method_class(method)
+    except ValueError as err:
+        raise UsageError(f"--method: {err}") from None
+    accepted, hints = _fit_signature(cls)
+    for key, value in params.items():
+        if key not in accepted:
+            known = ", ".join(sorted(accepted)) or "none"
+            raise UsageError(f"-p {key}: {method} has no parameter {key!r} (it takes: {known})")
+        hint = hints.get(key, accepted[key].annotation)
+        if not _accepts(value, hint):
+            shown = getattr(hint, "__name__", None) or str(hint)
+            raise UsageError(f"-p {key}={json.dumps(value)}: {key} of {method} must be {shown}")
+
+
+def _check_model(model: str) -> None:
+    """Refuse an ``apply`` model that is neither a model folder nor a method without fitting."""
+    from pairsr.methods import METHODS, SRMethod, method_class
+
+    if Path(model).exists():
+        if not (Path(model) / "model.json").is_file():
+            raise UsageError(f"{model}: not a model folder (no model.json); make one with "
+                             "`pairsr fit LR HR --out MODEL`")
+        return
+    try:
+        cls = method_class(model)
+    except ValueError as err:
+        raise UsageError(f"{model}: no such model folder, and {err}") from None
+    if model not in METHODS or cls.fit.__func__ is not SRMethod.fit.__func__:
+        raise UsageError(f"{model} must be fitted first: `pairsr fit LR HR --method {model} "
+                         "--out MODEL`, then `pairsr apply MODEL ...`")
+
+
+@contextlib.contextmanager
+def _rows_progress(description: str):
+    """A progress bar fed by ``progress(done, total)`` callbacks; yields that callback."""
+    from rich.progress import Progress
+
+    with Progress(console=console, disable=_quiet()) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @app.command()
@@ -65,6 +242,7 @@ def simulate(
     max_rotation: Annotated[float | None, typer.Option(
         "--max-rotation", metavar="DEG", help="HR scan rotation drawn from ±DEG degrees.")] = None,
     overwrite: Overwrite = False,
+    auto_crop: AutoCrop = True,
 ) -> None:
     """Simulate a physical LR/HR pair (two independent scans of one specimen)."""
     from pairsr.io import read_image, to_float32
@@ -73,9 +251,10 @@ def simulate(
     options = {k: v for k, v in {"zoom": zoom, "hr_fraction": hr_fraction,
                                  "max_rotation_deg": max_rotation}.items() if v is not None}
     try:
+        _check_inputs(specimen)
         spec = None
         if specimen is not None:
-            spec = to_float32(read_image(specimen, crop=crop).values)
+            spec = to_float32(read_image(specimen, crop=crop, auto_crop=auto_crop).values)
         pair = simulate_pair(spec, lr_shape=_shape(lr_shape), seed=seed, **options)
         save_pair(pair, outdir, overwrite=overwrite)
     except (ValueError, OSError) as err:
@@ -89,19 +268,23 @@ def simulate(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Input image (TIFF, PNG, NPY, zarr).")],
-    dst: Annotated[Path, typer.Argument(help="Output OME-Zarr folder.")],
-    chunk: Annotated[int, typer.Option(help="Chunk edge in pixels.")] = 1024,
+    src: Annotated[Path, typer.Argument(help="Input image (TIFF, OME-TIFF, PNG, NPY, zarr).")],
+    dst: Annotated[Path, typer.Argument(help="Output: *.zarr (OME-Zarr), *.ome.tif or *.tif.")],
+    chunk: Annotated[int, typer.Option(help="Chunk edge in pixels (zarr).")] = 1024,
     pixel_size: PixelSize = None,
     crop: Crop = None,
     overwrite: Overwrite = False,
+    auto_crop: AutoCrop = True,
 ) -> None:
-    """Convert a (large) image into chunked OME-Zarr without loading it twice."""
+    """Convert a (large) image into chunked OME-Zarr (or OME-TIFF/TIFF), streaming it."""
     from pairsr.io import convert as convert_image
 
     try:
-        out = convert_image(src, dst, chunk=chunk, pixel_size=pixel_size, crop=crop,
-                            overwrite=overwrite)
+        _check_inputs(src)
+        _check_out(dst, overwrite)
+        with _rows_progress(f"converting {src.name} (rows)") as progress:
+            out = convert_image(src, dst, chunk=chunk, pixel_size=pixel_size, crop=crop,
+                                auto_crop=auto_crop, overwrite=overwrite, progress=progress)
     except (ValueError, OSError) as err:
         raise _fail(err) from err
     console.print(f"wrote {out}")
@@ -170,12 +353,12 @@ def _report_inversion(reg) -> None:
 
 
 def _prepare(lr_path: Path, hr_path: Path, *, lr_crop=None, hr_crop=None, local=True,
-             zoom: float | None = None, **register_options):
+             zoom: float | None = None, auto_crop=True, **register_options):
     from pairsr.api import prepare_pair
     from pairsr.io import read_image
 
-    lr = read_image(lr_path, crop=lr_crop)
-    hr = read_image(hr_path, crop=hr_crop)
+    lr = read_image(lr_path, crop=lr_crop, auto_crop=auto_crop)
+    hr = read_image(hr_path, crop=hr_crop, auto_crop=auto_crop)
     console.print(f"registering {hr_path.name} inside {lr_path.name} …")
     pair = prepare_pair(lr, hr, zoom=zoom, local=local,
                         **(register_options or _register_options()))
@@ -201,17 +384,20 @@ def register_cmd(
     min_ncc: MinNcc = None,
     min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
+    auto_crop: AutoCrop = True,
 ) -> None:
     """Locate the HR field inside the LR field (global) and map its local distortions."""
     from pairsr.api import register_images
-    from pairsr.io import OutputExistsError, read_image, to_float32
+    from pairsr.io import read_image, to_float32
     from pairsr.register import plot_registration
 
     try:
+        _check_inputs(lr, hr)
         for path in (out, plot):
-            if path is not None and path.exists() and not overwrite:
-                raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-        lr_img, hr_img = read_image(lr, crop=lr_crop), read_image(hr, crop=hr_crop)
+            if path is not None:
+                _check_out(path, overwrite, formats=())
+        lr_img = read_image(lr, crop=lr_crop, auto_crop=auto_crop)
+        hr_img = read_image(hr, crop=hr_crop, auto_crop=auto_crop)
         t0 = time.perf_counter()
         reg, _ = register_images(lr_img, hr_img, zoom=zoom, local=local, **_register_options(
             max_rotation, allow_inversion, min_ncc, min_peak_ratio))
@@ -228,6 +414,22 @@ def register_cmd(
         f"inside; local: {reg.patches_accepted}/{reg.patches_tried} patches, RMS "
         f"{reg.rms_displacement:.2f} HR px → {out}"
     )
+
+
+def _fit_stages(method: str, n_pairs: int, params: dict) -> None:
+    """Say what fitting does (its steps report no progress of their own, except training)."""
+    from pairsr.methods import method_class
+
+    cls = method_class(method)
+    if getattr(cls, "trains_in_folder", False):
+        steps = "training (progress per epoch below)"
+        if _quiet():
+            params.setdefault("progress", False)
+    elif params.get("sigma", "auto") == "auto" and "sigma" in _fit_signature(cls)[0]:
+        steps = "σ selection on a held-out strip, then the patch library"
+    else:
+        steps = "building the model"
+    console.print(f"fitting {method} on {n_pairs} pair(s): {steps} …")
 
 
 Method = Annotated[str, typer.Option("--method", "-m", help="bicubic, lbnlm, lbnlm-original, "
@@ -254,6 +456,7 @@ def fit_cmd(
     min_ncc: MinNcc = None,
     min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
+    auto_crop: AutoCrop = True,
 ) -> None:
     """Register the pair(s) and fit a method on the overlap; write a model folder (×zoom)."""
     from pairsr.api import fit
@@ -261,12 +464,19 @@ def fit_cmd(
     options = {"local": local, "zoom": zoom,
                **_register_options(max_rotation, allow_inversion, min_ncc, min_peak_ratio)}
     try:
+        params = _params(param)
+        _check_method(method, params)
+        extra = [_pair_paths(p) for p in pair or []]
+        _check_inputs(lr, hr, *(path for paths in extra for path in paths))
         if (out / "model.json").exists() and not overwrite:
             raise FileExistsError(f"{out}: a model exists there; pass --overwrite to replace it")
-        pairs = [_prepare(lr, hr, lr_crop=lr_crop, hr_crop=hr_crop, **options)]
-        pairs += [_prepare(*_pair_paths(p), **options) for p in pair or []]
+        _check_out(out / "model.json", True, formats=())
+        pairs = [_prepare(lr, hr, lr_crop=lr_crop, hr_crop=hr_crop, auto_crop=auto_crop,
+                          **options)]
+        pairs += [_prepare(*paths, auto_crop=auto_crop, **options) for paths in extra]
         t0 = time.perf_counter()
-        model = fit(pairs, method, out=out, overwrite=overwrite, **_params(param))
+        _fit_stages(method, len(pairs), params)
+        model = fit(pairs, method, out=out, overwrite=overwrite, **params)
     except (ValueError, OSError, TypeError) as err:
         raise _fail(err) from err
     console.print(f"fitted {model.name} ×{model.zoom} on {len(pairs)} pair(s) in "
@@ -322,16 +532,25 @@ def apply_cmd(
     jobqueue_config: JobqueueConfig = None,
     gpu: Gpu = "auto",
     overwrite: Overwrite = False,
+    pixel_size: PixelSize = None,
+    crop: Crop = None,
+    auto_crop: AutoCrop = True,
 ) -> None:
-    """Super-resolve a whole LR field with a fitted model, tile by tile; write OME-Zarr."""
+    """Super-resolve a whole LR field with a fitted model (or 'bicubic'), tile by tile; write
+    OME-Zarr (--out *.zarr), OME-TIFF (*.ome.tif) or TIFF (*.tif)."""
     from pairsr.tiles import apply_tiled
 
     try:
+        _check_model(model)
+        _check_inputs(lr)
+        _check_out(out, overwrite, resume=resume)
         t0 = time.perf_counter()
         with _client(lr, scheduler, cluster, workers, threads_per_worker, memory_limit,
                      jobqueue_config) as client:
             apply_tiled(model, lr, out, tile=tile, blend=blend, client=client, resume=resume,
-                        overwrite=overwrite, out_dtype=dtype, pyramid=pyramid, gpu=gpu)
+                        overwrite=overwrite, out_dtype=dtype, pyramid=pyramid, gpu=gpu,
+                        progress=not _quiet(), pixel_size=pixel_size, crop=crop,
+                        auto_crop=auto_crop)
     except (ValueError, OSError, RuntimeError) as err:
         raise _fail(err) from err
     console.print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
@@ -375,6 +594,10 @@ def batch(
         jobs = _read_manifest(manifest, {"zoom": zoom, "max_rotation": max_rotation,
                                          "allow_inversion": allow_inversion, "min_ncc": min_ncc,
                                          "min_peak_ratio": min_peak_ratio})
+        for job in jobs:  # every entry checked before the cluster starts
+            _check_method(job["method"], job["params"])
+            _check_inputs(job["lr"], job["hr"])
+            _check_out(job["out"], overwrite, resume=resume)
         with _client(None, scheduler, cluster, workers, threads_per_worker, memory_limit,
                      jobqueue_config) as client:
             todo = [not (resume and (j["model"] / "model.json").exists()) for j in jobs]
@@ -395,7 +618,7 @@ def batch(
                     _fit_job(job, overwrite)
                 apply_tiled(job["model"], job["lr"], job["out"], tile=job["tile"],
                             blend=job["blend"], client=client if is_zarr(job["lr"]) else None,
-                            resume=resume, overwrite=overwrite, gpu=gpu)
+                            resume=resume, overwrite=overwrite, gpu=gpu, progress=not _quiet())
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         raise _fail(err) from err
 

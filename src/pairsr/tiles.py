@@ -37,7 +37,9 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -49,16 +51,21 @@ import zarr
 from pairsr import __version__
 from pairsr.io import (
     ImageError,
+    MissingPixelSize,
+    OutputExistsError,
     build_pyramid,
+    convert,
     create_ome_zarr,
     from_float32,
     open_level0,
+    output_format,
     read_image,
+    set_display_window,
     to_float32,
 )
 from pairsr.methods import cached_model, model_hash
 
-__all__ = ["BLENDS", "ResumeError", "apply_tiled", "run_task"]
+__all__ = ["BLENDS", "PartialOutputError", "ResumeError", "apply_tiled", "run_task"]
 
 #: Blending modes of :func:`apply_tiled`.
 BLENDS = ("none", "linear", "cosine")
@@ -70,6 +77,14 @@ STATE = ".pairsr"
 
 class ResumeError(ValueError):
     """An output that cannot be resumed: another run (model, settings or input) wrote it."""
+
+
+class PartialOutputError(RuntimeError):
+    """A run stopped part-way; ``store`` keeps the finished tiles and can be resumed."""
+
+    def __init__(self, message: str, store: Path):
+        super().__init__(message)
+        self.store = store
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -167,6 +182,7 @@ class Job:
     halo: int
     lattice: Lattice
     dtype: str  # output dtype
+    origin: tuple[int, int] = (0, 0)  # LR (row, col) of the field in the array read (a crop)
 
 
 def _worker() -> str:
@@ -190,7 +206,9 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None) -> di
     ys = spans(job.lattice, *task.rows, job.shape[0], job.zoom, job.halo)
     xs = spans(job.lattice, *task.cols, job.shape[1], job.zoom, job.halo)
     (y0, y1), (x0, x1) = (ys[0].read[0], ys[-1].read[1]), (xs[0].read[0], xs[-1].read[1])
-    raw = np.asarray((open_level0(job.lr) if lr is None else lr)[y0:y1, x0:x1])
+    oy, ox = job.origin
+    raw = np.asarray((open_level0(job.lr) if lr is None else lr)[oy + y0 : oy + y1,
+                                                                 ox + x0 : ox + x1])
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise ImageError(f"{job.lr}: NaN/Inf values in LR rows {y0}:{y1}, cols {x0}:{x1}")
     core = raw[task.rows[0] - y0 : task.rows[1] - y0, task.cols[0] - x0 : task.cols[1] - x0]
@@ -316,8 +334,11 @@ def apply_tiled(
     progress: bool = True,
     gpu: str = "auto",
     log_path: str | Path | None = None,
+    pixel_size: float | None = None,
+    crop: str | tuple[slice, slice] | None = None,
+    auto_crop: bool = True,
 ) -> Path:
-    """Super-resolve a whole LR field into an OME-Zarr, tile by tile; return ``out_path``.
+    """Super-resolve a whole LR field tile by tile into OME-Zarr (or a TIFF); return ``out_path``.
 
     Parameters
     ----------
@@ -327,9 +348,14 @@ def apply_tiled(
         The LR image: a (OME-)zarr store, read by region. Other formats are read whole and
         work only without ``client``.
     out_path
-        Output OME-Zarr store: ``zoom`` × the LR's shape, SR-grid coordinate transform (scale
-        ``pixel/zoom``, translation ``lr_translation - pixel*(zoom-1)/(2*zoom)``), provenance
-        under the ``"pairsr"`` attribute, done-markers and the log under ``.pairsr/``.
+        Output by suffix: ``*.zarr``: OME-Zarr, ``zoom`` × the LR's shape, SR-grid coordinate
+        transform (scale ``pixel/zoom``, translation ``lr_translation - pixel*(zoom-1)/(2*zoom)``;
+        without a pixel size the same in LR pixels, unit-less, with a :class:`MissingPixelSize`
+        warning), provenance under the ``"pairsr"`` attribute, ``omero`` display window from
+        the data, done-markers and the log under ``.pairsr/``. ``*.ome.tif`` / ``*.tif``: the
+        tiles go to the OME-Zarr ``.<name>.zarr`` beside it, which is then streamed into the
+        (OME-)TIFF (:func:`pairsr.io.convert`) and removed; an interrupted run keeps it for
+        ``resume``.
     tile
         LR px a side of a task. Output chunks are ``zoom*min(tile, 512)`` SR px a side; a larger
         tile is rounded to a multiple of 512.
@@ -345,19 +371,23 @@ def apply_tiled(
     resume, overwrite
         Redo only the unfinished tasks of the same run / replace an existing output. Without
         either, an existing output is an :class:`pairsr.io.OutputExistsError`; resuming another
-        run's output is a :class:`ResumeError`.
+        run's output is a :class:`ResumeError`. A run stopped by a failing task raises
+        :class:`PartialOutputError`, naming the store that ``resume`` finishes.
     out_dtype
         Output dtype (default: the input's), scaled as in :func:`pairsr.io.from_float32`.
     pyramid
         Also write 2×-downsampled levels down to one chunk (:func:`pairsr.io.build_pyramid`).
     progress
-        Show a progress bar over the tasks (on stderr).
+        Show a progress bar over the output pixels (on stderr).
     gpu
         "auto" or "require": where the tasks of a method that asks for a GPU run, see
         :func:`pairsr.cluster.task_resources`.
     log_path
         JSON log of this run's per-task read/predict/write seconds and workers (default
-        ``out_path/.pairsr/log.json``).
+        ``.pairsr/log.json`` in the zarr store, removed with it for TIFF outputs).
+    pixel_size, crop, auto_crop
+        As in :func:`pairsr.io.read_image` (info bars of TIFF/PNG inputs are cropped by
+        default; zarr inputs are used as they are unless ``crop`` is given).
     """
     from pairsr.cluster import task_resources
 
@@ -368,19 +398,29 @@ def apply_tiled(
                          f"window={window}, overlap={overlap}")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: pick one")
-    lr_path, out = Path(lr_path).resolve(), Path(out_path).resolve()
-    if out == lr_path:
-        raise ValueError(f"{out}: the output cannot be the input")
+    lr_path, final = Path(lr_path).resolve(), Path(out_path).resolve()
+    if final == lr_path:
+        raise ValueError(f"{final}: the output cannot be the input")
+    tiff = output_format(final) != "zarr"
+    if tiff and output_format(final) not in ("tiff", "ome-tiff"):
+        raise ValueError(f"{final}: apply writes *.zarr, *.ome.tif or *.tif")
+    out = final.with_name(f".{final.name}.zarr") if tiff else final
+    if tiff and final.exists() and not overwrite:
+        if resume and not out.exists():
+            return Path(out_path)  # finished before: nothing to resume
+        if not resume:
+            raise OutputExistsError(f"{final} exists; pass overwrite=True to replace it")
     # Absolute paths throughout: workers may run in another directory (SLURM jobs).
     model = str(Path(model).resolve()) if Path(model).exists() else str(model)
     method = cached_model(model)
     resources = task_resources(client, method.resources, gpu)
-    image = read_image(lr_path)
+    image = read_image(lr_path, pixel_size=pixel_size, crop=crop, auto_crop=auto_crop)
     lazy = not isinstance(image.data, np.ndarray)
     if client is not None and not lazy:
         raise ImageError(f"{lr_path}: a cluster reads zarr inputs only; convert it first "
                          "(pairsr convert / pairsr.io.convert)")
     zoom, (rows, cols) = method.zoom, image.shape
+    origin = tuple(image.attrs["origin_px"]) if lazy else (0, 0)
     chunk = min(tile, CHUNK)
     tile = max(1, round(tile / chunk)) * chunk
     lattice = Lattice(tile) if blend == "none" else Lattice(window, overlap, window // 2, blend)
@@ -389,19 +429,27 @@ def apply_tiled(
         "zoom": zoom, "halo": method.halo, "tile": tile, "chunk": zoom * chunk, "blend": blend,
         "lattice": asdict(lattice), "input_shape": [rows, cols], "input_dtype": image.dtype.name,
         "input_chunks": list(image.data.chunksize) if lazy else None,
+        "input_origin": list(image.attrs["origin_px"]),
         "dtype": np.dtype(out_dtype or image.dtype).name, "pyramid": pyramid,
     }
     text = json.dumps(settings, sort_keys=True, default=str)
     run_hash = hashlib.sha256(text.encode()).hexdigest()
     provenance = {"pairsr_version": __version__, "model": model, "input": str(lr_path),
-                  **settings, "run_hash": run_hash, "complete": False}
+                  "info_bar": image.attrs["info_bar"], **settings, "run_hash": run_hash,
+                  "complete": False}
     if resume and out.exists():
         group = _open_to_resume(out, run_hash)
     else:
-        group = _create_output(out, image, zoom, zoom * chunk, provenance, overwrite)
+        if image.attrs["pixel_size_nm"] is None:
+            where = ("the TIFF gets no physical size (pixel units)" if tiff else
+                     f"the SR's geometry is written in LR pixels (scale 1/{zoom}), so that it "
+                     "still overlays the LR in a viewer")
+            warnings.warn(f"{lr_path.name}: no pixel size in the file; {where}; --pixel-size "
+                          "gives nm", MissingPixelSize, stacklevel=2)
+        group = _create_output(out, image, zoom, zoom * chunk, provenance, overwrite or tiff)
 
     job = Job(model, str(lr_path), str(out), run_hash, (rows, cols), zoom, method.halo, lattice,
-              settings["dtype"])
+              settings["dtype"], origin)
     tasks = [Task(f"{i}_{j}", (r, min(r + tile, rows)), (c, min(c + tile, cols)))
              for i, r in enumerate(range(0, rows, tile))
              for j, c in enumerate(range(0, cols, tile))]
@@ -412,48 +460,61 @@ def apply_tiled(
         records = (run_task(job, t, source, group["0"]) for t in todo)
     else:
         records = _on_cluster(client, job, todo, resources)
-    log = {"run_hash": run_hash, "output": str(out), "tasks_total": len(tasks),
+    log = {"run_hash": run_hash, "output": str(final), "tasks_total": len(tasks),
            "tasks_skipped": len(done), "tasks": []}
+    if log_path is None:  # (a TIFF output keeps no log unless asked: its store is removed)
+        log_path = out / STATE / "log.json"
+    area = {t.name: zoom**2 * (t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in todo}
     start = time.perf_counter()
     try:
-        with _progress(len(todo), progress) as advance:
+        with _progress(sum(area.values()), progress) as advance:
             for record in records:
                 log["tasks"].append(record)
                 done[record["task"]] = record
-                advance()
+                advance(area[record["task"]])
+    except Exception as err:
+        raise PartialOutputError(
+            f"{lr_path.name}: stopped after {len(done)} of {len(tasks)} tiles ({err}); the "
+            f"finished tiles are kept in {out}: run again with --resume (resume=True) to finish",
+            out) from err
     finally:
         log["wall_s"] = time.perf_counter() - start
-        _write_json(Path(log_path) if log_path else out / STATE / "log.json", log)
+        _write_json(Path(log_path), log)
 
     if pyramid:
         build_pyramid(group)
+    set_display_window(group)
     checksum = hashlib.sha256("".join(done[t.name]["input_sha256"] for t in tasks).encode())
     group.attrs["pairsr"] = {**provenance, "input_sha256": checksum.hexdigest(), "complete": True}
+    if tiff:
+        convert(out, final, overwrite=True, auto_crop=False)
+        shutil.rmtree(out)
     return Path(out_path)
 
 
 def _create_output(out: Path, image, zoom: int, chunk: int, provenance: dict,
                    overwrite: bool) -> zarr.Group:
     """The empty OME-Zarr for the SR of ``image`` (a DataArray from :func:`read_image`), with
-    the SR grid's coordinate transform, ``chunk`` SR px chunks and pyramid levels if asked."""
+    the SR grid's coordinate transform (in nm, or in LR pixels without a pixel size), ``chunk``
+    SR px chunks and pyramid levels if asked."""
     pixel = image.attrs["pixel_size_nm"]
-    translation = (0.0, 0.0) if pixel is None else tuple(
-        t - pixel * (zoom - 1) / (2 * zoom) for t in image.attrs["translation_nm"])
+    step = 1.0 if pixel is None else pixel
+    translation = tuple(t - step * (zoom - 1) / (2 * zoom) for t in image.attrs["translation_nm"])
     shape = (zoom * image.shape[0], zoom * image.shape[1])
     levels = 1 + max(0, math.ceil(math.log2(max(shape) / chunk))) if provenance["pyramid"] else 1
-    return create_ome_zarr(out, shape, provenance["dtype"], chunks=chunk,
-                           pixel_size_nm=None if pixel is None else pixel / zoom,
-                           translation_nm=translation, attrs=provenance, pyramid_levels=levels,
-                           overwrite=overwrite)
+    return create_ome_zarr(out, shape, provenance["dtype"], chunks=chunk, pixel_size_nm=step / zoom,
+                           translation_nm=translation, unit=None if pixel is None else "nanometer",
+                           name=Path(image.attrs["source"]).name.split(".")[0] + "-sr",
+                           attrs=provenance, pyramid_levels=levels, overwrite=overwrite)
 
 
 @contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
-    """A rich progress bar over ``total`` tasks on stderr; yields its ``advance()``."""
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar over ``total`` output pixels on stderr; yields ``advance(pixels)``."""
     from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import Progress, TimeRemainingColumn
 
-    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (*Progress.get_default_columns()[:-1], TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
-        task = bar.add_task("super-resolving tiles", total=total)
-        yield lambda: bar.advance(task)
+        task = bar.add_task("super-resolving (output pixels)", total=total)
+        yield lambda pixels: bar.advance(task, pixels)
