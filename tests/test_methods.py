@@ -34,7 +34,9 @@ def lbnlm_model(training_pair):
 
 def test_lbnlm_fit_selects_sigma_and_beats_bicubic(lbnlm_model, training_pair):
     lr, hr = training_pair
-    assert lbnlm_model.params["sigma"] in lbnlm_model.params["sigma_selected_from"]
+    search = lbnlm_model.params["sigma_search"]
+    tried = dict(search["tried"])
+    assert not search["fallback"] and lbnlm_model.params["sigma"] == min(tried, key=tried.get)
     sr = lbnlm_model.predict(lr)
     assert sr.shape == hr.shape
     err = lambda x: np.mean((x - hr)[8:-8, 8:-8] ** 2)  # noqa: E731
