@@ -49,7 +49,7 @@ PIXELS = 2**15
 QUERIES = 2048
 #: σ / ``s`` when there is too little held-out HR to choose σ: the median ratio chosen by the
 #: validation on simulated pairs of varied specimen, contrast and noise (benchmarks/bench_sigma.py).
-DEFAULT_RATIO = 0.6
+DEFAULT_RATIO = 0.7
 #: Smallest distance scale: one 16-bit grey level (patches that all match exactly).
 _MIN_SCALE = 2.0**-16
 #: Grid steps ``j`` (σ = s·2^(j/2)) tried first, and how far the grid may extend.
