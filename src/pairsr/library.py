@@ -8,7 +8,10 @@ position. Patches touching a NaN (in either image) or a pixel outside ``mask`` a
 
 The library stratifies the patches as the paper does: it samples ``K·L`` HR patches, clusters
 them into ``k`` categories by k-means on their vectorised intensities, and keeps ``L/k`` random
-pairs per category. The filter (:mod:`pairsr.lbnlm`) compares each *upsampled* query patch with
+pairs per category. A pair that offers fewer patches gives all it has, in fewer categories when it
+offers fewer than ``n²`` per category (:func:`sample_patches`). The clustered sample
+(:class:`PatchSample`) also yields the libraries of the σ validation folds (:mod:`pairsr.sigma`),
+which leave patches out. The filter (:mod:`pairsr.lbnlm`) compares each *upsampled* query patch with
 the category means, so :attr:`Library.centroids` are the means of the **upsampled** patches of
 each category's library members (the paper's text mixes "HR" and the upsampled symbol ``P_r``
 for this mean; comparing like with like is what makes the nearest-category test meaningful).
