@@ -290,7 +290,8 @@ def select_sigma(
     Returns
     -------
     SigmaChoice
-        With the warning described above when there is too little held-out HR to validate.
+        The default σ (``fallback``), with a ``UserWarning``, when there is too little held-out
+        HR to validate.
     """
     if folds < 2 or pixels < 1:
         raise ValueError(f"need folds >= 2 and pixels >= 1, got folds={folds}, pixels={pixels}")
