@@ -10,7 +10,7 @@ import pytest
 from skimage import draw, filters, transform
 
 from pairsr.grid import BICUBIC_HALO, bicubic
-from pairsr.lbnlm import halo, lbnlm_filter, lbnlm_original, select_sigma
+from pairsr.lbnlm import halo, lbnlm_filter, lbnlm_original
 from pairsr.library import Library, build_library
 
 SHARED = Path(__file__).parents[2] / "shared"
@@ -201,26 +201,15 @@ def _psnr(a, b, border=6):
 def synthetic():
     rng = np.random.default_rng(0)
     sizes = ((128, 128), (96, 96), (96, 96))
-    train, val, test = (_simulated_pair(_texture(size, rng), rng) for size in sizes)
-    return build_library([train], n=7, k=8, K=5, L=800, seed=0), val, test
+    train, _, test = (_simulated_pair(_texture(size, rng), rng) for size in sizes)
+    return build_library([train], n=7, k=8, K=5, L=800, seed=0), test
 
 
 def test_lbnlm_beats_bicubic_on_a_synthetic_pair(synthetic):
-    lib, _, (up, hr) = synthetic
+    lib, (up, hr) = synthetic
     bicubic_psnr = _psnr(up, hr)
     assert _psnr(lbnlm_filter(up, lib, sigma=0.02), hr) > bicubic_psnr + 0.8
     assert _psnr(lbnlm_filter(up, lib, sigma=0.02, residual=True), hr) > bicubic_psnr + 2
-
-
-def test_select_sigma_picks_the_best_candidate(synthetic):
-    lib, val, (up, hr) = synthetic
-    candidates = [0.003, 0.01, 0.02, 0.05, 0.2]
-    scores = [_psnr(lbnlm_filter(up, lib, sigma=s), hr) for s in candidates]
-    chosen = select_sigma(lib, [val], candidates, size=48, windows=3)
-    assert chosen in candidates
-    assert scores[candidates.index(chosen)] > max(scores) - 0.3
-    with pytest.raises(ValueError, match="NaN-free"):
-        select_sigma(lib, [(val[0], np.full_like(val[1], np.nan))], candidates)
 
 
 def test_halo_makes_tiles_exact(tiny):

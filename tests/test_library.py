@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pairsr.library import LIBRARY_FILE, Library, build_library, extract_patches
+from pairsr.library import (
+    LIBRARY_FILE,
+    Library,
+    build_library,
+    extract_patches,
+    sample_patches,
+)
 
 
 def _windows(up, hr, n, stride=1, mask=None):
@@ -120,6 +126,38 @@ def test_build_library_errors():
         build_library([(nan, nan[:5])], n=3)
     with pytest.raises(ValueError, match="L >= k"):
         build_library([(nan, nan)], k=10, L=5)
+
+
+def test_k_scales_down_to_the_patches_available():
+    """A 30 × 30 HR offers 26² = 676 patches of 5 × 5: k = 50 would leave 13 per category, so
+    it builds 676 // 25 = 27 categories of about 25 instead; L = 20000 keeps every patch."""
+    rng = np.random.default_rng(6)
+    hr = rng.random((30, 30), dtype=np.float32)
+    lib = build_library([(0.5 * hr + 0.1, hr)], n=5, k=50, K=10, L=20000)
+    assert lib.params["available"] == lib.params["sampled"] == 676
+    assert lib.params["k_used"] == 27 and lib.k <= 27
+    assert len(lib) == 676
+    one = build_library([(hr[:6, :6], hr[:6, :6])], n=5, k=50, L=20000)  # 4 patches: 1 category
+    assert one.k == 1 and len(one) == 4
+
+
+def test_members_come_only_from_eligible_patches():
+    pairs = _level_pairs(np.random.default_rng(1))
+    sample = sample_patches(pairs, n=3, k=3, K=20, L=60, seed=0)
+    eligible = sample.where[:, 0] != 2  # leave out the third pair (its 324 windows)
+    members = sample.members(eligible, seed=1)
+    assert eligible[members].all() and len(set(members)) == len(members)
+    assert np.bincount(sample.labels[members]).max() <= sample.per_category == 20
+    np.testing.assert_array_equal(members, sample.members(eligible, seed=1))
+    lib = sample.library(members)
+    assert len(lib) == len(members) and lib.k == len(np.unique(sample.labels[members]))
+    for m in members:  # ``where`` locates each patch
+        i, r, c = sample.where[m]
+        up, hr = pairs[i]
+        np.testing.assert_array_equal(sample.up[m], up[r : r + 3, c : c + 3].ravel())
+        np.testing.assert_array_equal(sample.hr[m], hr[r : r + 3, c : c + 3].ravel())
+    with pytest.raises(ValueError, match="no patch is eligible"):
+        sample.library(members[:0])
 
 
 def test_save_load_round_trip(tmp_path):

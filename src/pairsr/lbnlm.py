@@ -35,7 +35,7 @@ arrays are kept per thread for the call (:class:`pairsr.patches.Scratch`), not r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from functools import cache
 
@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.library import Library
-from pairsr.patches import Scratch, overlap_average, threads, valid_corners
+from pairsr.patches import Scratch, overlap_average, threads
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
@@ -304,49 +304,3 @@ def lbnlm_original(
         up, hr, hr, np.zeros(len(hr), dtype=np.int64), hr.mean(axis=0, keepdims=True), library.n,
         sigma=sigma, categories=1, stride=stride, block=block, device=device, workers=workers,
     )  # fmt: skip
-
-
-def select_sigma(
-    library: Library,
-    val_pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-    candidates: Sequence[float],
-    *,
-    categories: int = 1,
-    residual: bool = False,
-    size: int = 96,
-    windows: int = 4,
-    seed: int = 0,
-) -> float:
-    """The σ among ``candidates`` giving the highest PSNR on held-out validation pairs.
-
-    ``val_pairs`` are aligned ``(up, hr)`` pairs as for :func:`pairsr.library.build_library`
-    (not used to build ``library``). To stay cheap, the filter runs on up to ``windows`` random
-    windows of each pair, ``size + 2n`` SR pixels wide and free of NaN, and is scored on their
-    ``size × size`` interiors (one MSE over all windows).
-    """
-    if len(candidates) == 0:
-        raise ValueError("select_sigma needs at least one candidate sigma")
-    n, rng = library.n, np.random.default_rng(seed)
-    crops = []
-    for i, (up, hr) in enumerate(val_pairs):
-        up, hr = np.asarray(up, dtype=np.float32), np.asarray(hr, dtype=np.float32)
-        if up.ndim != 2 or up.shape != hr.shape:
-            raise ValueError(f"validation pair {i}: up {up.shape} and hr {hr.shape} must match")
-        side = min(size + 2 * n, *up.shape)
-        if side <= 2 * n:
-            raise ValueError(f"validation pair {i} of shape {up.shape} is too small for n={n}")
-        rows, cols = valid_corners(~np.isfinite(up) | ~np.isfinite(hr), side)
-        for j in rng.permutation(len(rows))[:windows]:
-            window = np.s_[rows[j] : rows[j] + side, cols[j] : cols[j] + side]
-            crops.append((up[window], hr[window][n:-n, n:-n]))
-    if not crops:
-        raise ValueError(f"no NaN-free validation window of {size + 2 * n} pixels found")
-    errors = [
-        sum(
-            np.sum((lbnlm_filter(u, library, sigma=sigma, categories=categories,
-                                 residual=residual)[n:-n, n:-n] - h) ** 2, dtype=np.float64)
-            for u, h in crops
-        )
-        for sigma in candidates
-    ]  # fmt: skip
-    return float(candidates[int(np.argmin(errors))])

@@ -8,7 +8,10 @@ position. Patches touching a NaN (in either image) or a pixel outside ``mask`` a
 
 The library stratifies the patches as the paper does: it samples ``K·L`` HR patches, clusters
 them into ``k`` categories by k-means on their vectorised intensities, and keeps ``L/k`` random
-pairs per category. The filter (:mod:`pairsr.lbnlm`) compares each *upsampled* query patch with
+pairs per category. A pair that offers fewer patches gives all it has, in fewer categories when it
+offers fewer than ``n²`` per category (:func:`sample_patches`). The clustered sample
+(:class:`PatchSample`) also yields the libraries of the σ validation folds (:mod:`pairsr.sigma`),
+which leave patches out. The filter (:mod:`pairsr.lbnlm`) compares each *upsampled* query patch with
 the category means, so :attr:`Library.centroids` are the means of the **upsampled** patches of
 each category's library members (the paper's text mixes "HR" and the upsampled symbol ``P_r``
 for this mean; comparing like with like is what makes the nearest-category test meaningful).
@@ -25,7 +28,7 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
-from pairsr.patches import gather_patches, sample_windows, valid_corners
+from pairsr.patches import gather_patches, sample_corners, valid_corners
 
 #: File name of a saved library inside its folder.
 LIBRARY_FILE = "library.npz"
@@ -170,6 +173,111 @@ class Library:
             raise ValueError(f"corrupt or mismatched patch library {path}: {err}") from err
 
 
+@dataclass
+class PatchSample:
+    """Clustered training patches: the pool a library draws its members from.
+
+    Attributes
+    ----------
+    up, hr : (M, n*n) float32
+        Matched upsampled-LR and HR patches.
+    labels : (M,) int64
+        k-means category of each patch (of the HR patches), ``0 .. k_used-1``.
+    where : (M, 3) int64
+        ``(pair, row, col)`` of each patch's top-left corner.
+    n : int
+        Patch side (SR pixels).
+    per_category : int
+        Members a library keeps per category at most (``L // k``).
+    params : dict
+        JSON-serialisable record of how the sample was drawn.
+    """
+
+    up: np.ndarray
+    hr: np.ndarray
+    labels: np.ndarray
+    where: np.ndarray
+    n: int
+    per_category: int
+    params: dict = field(default_factory=dict)
+
+    def members(self, eligible: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+        """Indices of a library's members: ``per_category`` random patches of each category
+        (all if fewer) among the ``eligible`` ones (a boolean ``(M,)`` mask; default all), in
+        category order."""
+        pool = np.arange(len(self.labels)) if eligible is None else np.flatnonzero(eligible)
+        pool = np.random.default_rng(seed).permutation(pool)
+        pool = pool[np.argsort(self.labels[pool], kind="stable")]
+        labels = self.labels[pool]
+        first = np.searchsorted(labels, labels)  # where each category starts in ``pool``
+        return pool[np.arange(len(pool)) - first < self.per_category]
+
+    def library(self, members: np.ndarray | None = None) -> Library:
+        """The library of ``members`` (default :meth:`members`), categories renumbered
+        ``0 .. k'-1`` over those that have members."""
+        members = self.members() if members is None else members
+        if len(members) == 0:
+            raise ValueError("no patch is eligible for the library")
+        present, labels = np.unique(self.labels[members], return_inverse=True)
+        up, hr = self.up[members], self.hr[members]
+        order = np.argsort(labels, kind="stable")
+        up, hr, labels = up[order], hr[order], labels[order]
+        starts = np.searchsorted(labels, np.arange(len(present)))
+        counts = np.diff(np.append(starts, len(labels)))[:, None]
+        centroids = np.add.reduceat(up, starts, axis=0, dtype=np.float64) / counts
+        params = {**self.params, "categories": len(present), "size": len(members)}
+        return Library(up, hr, labels, centroids, self.n, params)
+
+
+def sample_patches(
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    n: int = 9,
+    k: int = 50,
+    K: int = 10,
+    L: int = 20000,
+    seed: int = 0,
+) -> PatchSample:
+    """Sample and cluster the training patches of aligned ``(up, hr)`` pairs (Algorithm 1,
+    steps 1-2); :meth:`PatchSample.library` then keeps ``L // k`` per category (step 3).
+
+    Samples ``K·L`` fully valid patch pairs (all if fewer) uniformly over every stride-1 window
+    of every pair and clusters their HR patches by k-means into
+    ``k_used = min(k, max(1, sampled // n²))`` categories: ``k``, unless the pair offers fewer
+    than ``n²`` sampled patches per category on average (a category should hold at least as many
+    patches as a patch has pixels), so a small HR builds fewer, fuller categories instead of
+    failing. Deterministic for a given ``seed``.
+    """
+    if not pairs:
+        raise ValueError("build_library needs at least one (up, hr) pair")
+    if min(k, K, L) < 1 or L < k:
+        raise ValueError(f"need k, K, L >= 1 and L >= k, got k={k}, K={K}, L={L}")
+    rng = np.random.default_rng(seed)
+    images = []
+    for i, (up, hr) in enumerate(pairs):
+        up, hr = np.asarray(up, dtype=np.float32), np.asarray(hr, dtype=np.float32)
+        _check_pair(up, hr, n, where=f"pair {i}: ")
+        images.append((up, hr))
+    invalid = [~(np.isfinite(up) & np.isfinite(hr)) for up, hr in images]
+    where, total = sample_corners(invalid, n, K * L, rng)
+    p_up = np.empty((len(where), n * n), dtype=np.float32)
+    p_hr = np.empty_like(p_up)
+    for i, (up, hr) in enumerate(images):
+        rows = where[:, 0] == i
+        p_up[rows] = gather_patches(up, where[rows, 1], where[rows, 2], n)
+        p_hr[rows] = gather_patches(hr, where[rows, 1], where[rows, 2], n)
+
+    k_used = min(k, max(1, len(p_hr) // (n * n)))
+    kmeans = MiniBatchKMeans(
+        n_clusters=k_used, random_state=seed, n_init=3, batch_size=4096, max_no_improvement=20
+    )
+    with threadpool_limits(limits=1):  # as fast as 2 threads when idle, far faster when busy
+        labels = kmeans.fit_predict(p_hr).astype(np.int64)
+    params = {"n": n, "k": k, "K": K, "L": L, "seed": seed, "k_used": k_used,
+              "sampled": len(p_hr), "available": total}  # fmt: skip
+    return PatchSample(p_up, p_hr, labels, where, n, L // k, params)
+
+
 def build_library(
     pairs: list[tuple[np.ndarray, np.ndarray]],
     *,
@@ -181,44 +289,9 @@ def build_library(
 ) -> Library:
     """Build a paired library from aligned ``(up, hr)`` pairs (Algorithm 1, steps 1-3).
 
-    Samples ``K·L`` fully valid HR patches (all if fewer) uniformly over every stride-1 window
-    of every pair, clusters them by k-means into ``k`` categories (fewer if fewer patches), and
-    keeps ``L // k`` random members of each category (all if fewer) with their matched
-    upsampled patches. Deterministic for a given ``seed``.
+    :func:`sample_patches` (``K·L`` patches, all if fewer, in ``k`` k-means categories, fewer if
+    the pair offers fewer than ``n²`` patches per category), then ``L // k`` random members of
+    each category (all if fewer) with their matched upsampled patches: at most ``L`` pairs, and
+    all there are when the pairs offer fewer. Deterministic for a given ``seed``.
     """
-    if not pairs:
-        raise ValueError("build_library needs at least one (up, hr) pair")
-    if min(k, K, L) < 1 or L < k:
-        raise ValueError(f"need k, K, L >= 1 and L >= k, got k={k}, K={K}, L={L}")
-    rng = np.random.default_rng(seed)
-    stacks = []
-    for i, (up, hr) in enumerate(pairs):
-        up, hr = np.asarray(up, dtype=np.float32), np.asarray(hr, dtype=np.float32)
-        _check_pair(up, hr, n, where=f"pair {i}: ")
-        stacks.append(np.stack([up, hr]))
-    sample, total = sample_windows(stacks, n, K * L, rng)
-    p_up, p_hr = np.ascontiguousarray(sample[:, 0]), np.ascontiguousarray(sample[:, 1])
-
-    k_used = min(k, len(p_hr))
-    kmeans = MiniBatchKMeans(
-        n_clusters=k_used, random_state=seed, n_init=3, batch_size=4096, max_no_improvement=20
-    )
-    with threadpool_limits(limits=1):  # as fast as 2 threads when idle, far faster when busy
-        labels = kmeans.fit_predict(p_hr)
-    per_category = L // k
-    keep = []
-    for c in range(k_used):
-        members = np.flatnonzero(labels == c)
-        if len(members) > per_category:
-            members = np.sort(rng.choice(members, size=per_category, replace=False))
-        keep.append(members)
-    keep = np.concatenate(keep)
-    # Renumber the categories that kept members as 0..k'-1 (k-means may leave some empty).
-    present, labels = np.unique(labels[keep], return_inverse=True)
-    up_lib, hr_lib = p_up[keep], p_hr[keep]
-    centroids = np.stack([up_lib[labels == c].mean(axis=0) for c in range(len(present))])
-    params = {
-        "n": n, "k": k, "K": K, "L": L, "seed": seed,
-        "categories": len(present), "sampled": len(p_hr), "available": total,
-    }  # fmt: skip
-    return Library(up_lib, hr_lib, labels, centroids, n, params)
+    return sample_patches(pairs, n=n, k=k, K=K, L=L, seed=seed).library()

@@ -200,20 +200,6 @@ def model_hash(folder: str | Path) -> str:
 
 TrainingPairs = list[tuple[np.ndarray, np.ndarray]]
 
-#: σ candidates (in [0, 1] intensity units) searched when ``sigma="auto"``.
-SIGMA_CANDIDATES = tuple(round(0.004 * 1.5**i, 4) for i in range(12))
-
-
-def _holdout(hr: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Split the valid HR area by columns into (first ``1 - fraction``, last ``fraction``)."""
-    cols = np.flatnonzero(np.isfinite(hr).any(axis=0))
-    cut = cols[0] + int(round((cols[-1] - cols[0] + 1) * (1.0 - fraction)))
-    fit, val = hr.copy(), hr.copy()
-    fit[:, cut:] = np.nan
-    val[:, :cut] = np.nan
-    return fit, val
-
-
 @register_method
 @dataclass
 class LBNLM(SRMethod):
@@ -257,27 +243,29 @@ class LBNLM(SRMethod):
     def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, n: int = 9, k: int = 50, K: int = 10,
             L: int = 20000, sigma: float | str = "auto", categories: int = 1, stride: int = 1,
             residual: bool = False, seed: int = 0, device: str | None = None) -> SRMethod:
-        """Build the library from ``pairs``; ``sigma="auto"`` picks σ on a held-out 20 % strip."""
-        from pairsr.lbnlm import select_sigma
-        from pairsr.library import build_library
+        """Build the library from ``pairs`` (:func:`pairsr.library.sample_patches`: ``k``
+        categories, fewer for an HR of under ``k·n²`` patches, and ``categories`` at most that;
+        ``L // k`` members each); with
+        ``sigma="auto"``, choose σ by k-fold validation on held-out bands of the HR footprint
+        (:func:`pairsr.sigma.select_sigma`; a documented default and a warning when the HR is
+        too small to validate), recorded in ``params["sigma_search"]``."""
+        from pairsr.library import sample_patches
         from pairsr.patches import check_grid
+        from pairsr.sigma import select_sigma
 
         check_grid(n, stride, zoom)
-        ups = [bicubic(lr, zoom) for lr, _ in pairs]
+        train = [(bicubic(lr, zoom), hr) for lr, hr in pairs]
+        sample = sample_patches(train, n=n, k=k, K=K, L=L, seed=seed)
+        library = sample.library()
+        categories = min(categories, library.k)
         params = {"n": n, "k": k, "K": K, "L": L, "categories": categories, "stride": stride,
                   "residual": residual, "seed": seed, "device": device}
         if sigma == "auto":
-            split = [_holdout(hr, 0.2) for _, hr in pairs]
-            lib = build_library([(u, f) for u, (f, _) in zip(ups, split)], n=n, k=k, K=K, L=L,
-                                seed=seed)
-            val = [(u, v) for u, (_, v) in zip(ups, split)]
-            width = min(int(np.isfinite(v).any(0).sum()) for _, v in val)
-            sigma = select_sigma(lib, val, SIGMA_CANDIDATES, categories=categories,
-                                 residual=residual, seed=seed, size=min(96, width - 2 * n))
-            params["sigma_selected_from"] = list(SIGMA_CANDIDATES)
+            choice = select_sigma(sample, train, categories=categories, residual=residual,
+                                  seed=seed, device=device)
+            sigma = choice.sigma
+            params["sigma_search"] = choice.record()
         params["sigma"] = float(sigma)
-        library = build_library([(u, hr) for u, (_, hr) in zip(ups, pairs)], n=n, k=k, K=K, L=L,
-                                seed=seed)
         return cls(zoom=zoom, params=params, library=library)
 
 

@@ -1,9 +1,10 @@
 """Patch grids shared by the patch-based methods (paired library, LB-NLM, ScSR, SRSW).
 
 A patch is an ``n × n`` window vectorised row-major to ``n*n`` values. Training samples windows
-free of invalid pixels (:func:`valid_corners`, :func:`sample_windows`); inference takes the
-window centred on every ``stride``-th pixel of an image, maps each to an HR patch estimate and
-averages the overlapping estimates per pixel (:func:`overlap_average`), in parallel threads.
+free of invalid pixels (:func:`valid_corners`, :func:`sample_corners`, :func:`sample_windows`);
+inference takes the window centred on every ``stride``-th pixel of an image, maps each to an HR
+patch estimate and averages the overlapping estimates per pixel (:func:`overlap_average`), in
+parallel threads.
 """
 
 from __future__ import annotations
@@ -92,27 +93,43 @@ def gather_patches(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int
     return windows[rows, cols].reshape(len(rows), n * n).astype(np.float32, copy=False)
 
 
+def sample_corners(
+    invalid: Sequence[np.ndarray], n: int, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """``size`` random ``n × n`` windows (all if fewer) free of ``invalid`` pixels.
+
+    ``invalid`` are boolean ``(H_i, W_i)`` images (one per training pair). The windows are drawn
+    without replacement, uniformly over every stride-1 window of every image, and returned in
+    image and row-major order as ``(M, 3)`` int64 rows ``(image, row, col)`` (top-left corners),
+    with the number of valid windows there were. ``ValueError`` if none is valid.
+    """
+    corners = [valid_corners(mask, n) for mask in invalid]
+    counts = np.array([len(r) for r, _ in corners])
+    if counts.sum() == 0:
+        raise ValueError(f"no fully valid {n}×{n} patch in the {len(invalid)} training pair(s)")
+    pick = np.sort(rng.choice(counts.sum(), size=min(size, counts.sum()), replace=False))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    image = np.searchsorted(bounds, pick, side="right") - 1
+    rows = np.concatenate([r for r, _ in corners])[pick]
+    cols = np.concatenate([c for _, c in corners])[pick]
+    return np.stack([image, rows, cols], axis=1).astype(np.int64), int(counts.sum())
+
+
 def sample_windows(
     stacks: Sequence[np.ndarray], n: int, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, int]:
     """``size`` random ``n × n`` windows (all if fewer) free of non-finite values in any channel.
 
-    ``stacks`` are ``(C, H_i, W_i)`` float32 images (one per training pair, same ``C``). The
-    windows are drawn without replacement, uniformly over every stride-1 window of every stack,
-    and returned in stack and row-major order: ``(M, C, n*n)`` float32, with the number of valid
-    windows there were. ``ValueError`` if none is valid.
+    ``stacks`` are ``(C, H_i, W_i)`` float32 images (one per training pair, same ``C``); windows
+    as drawn by :func:`sample_corners`. Returns ``(M, C, n*n)`` float32 with the number of valid
+    windows there were.
     """
-    corners = [valid_corners(~np.isfinite(s).all(axis=0), n) for s in stacks]
-    counts = np.array([len(r) for r, _ in corners])
-    if counts.sum() == 0:
-        raise ValueError(f"no fully valid {n}×{n} patch in the {len(stacks)} training pair(s)")
-    pick = np.sort(rng.choice(counts.sum(), size=min(size, counts.sum()), replace=False))
-    bounds = np.concatenate([[0], np.cumsum(counts)])
+    where, total = sample_corners([~np.isfinite(s).all(axis=0) for s in stacks], n, size, rng)
     out = []
-    for stack, (rows, cols), lo, hi in zip(stacks, corners, bounds[:-1], bounds[1:]):
-        local = pick[(pick >= lo) & (pick < hi)] - lo
-        out.append(np.stack([gather_patches(c, rows[local], cols[local], n) for c in stack], 1))
-    return np.concatenate(out), int(counts.sum())
+    for i, stack in enumerate(stacks):
+        _, rows, cols = where[where[:, 0] == i].T
+        out.append(np.stack([gather_patches(c, rows, cols, n) for c in stack], 1))
+    return np.concatenate(out), total
 
 
 def ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
