@@ -342,7 +342,7 @@ class Network(SRMethod):
         result = train(list(pairs), cls.name, preset, out=folder, zoom=zoom, device=device,
                        **train_options)
         params = {"preset": preset, "amp": amp, "folder": str(folder),
-                  **{k: v for k, v in train_options.items() if k != "resume"}}
+                  **{k: v for k, v in train_options.items() if k not in ("resume", "progress")}}
         return cls(zoom=zoom, params=params, net=result.model)
 
 
