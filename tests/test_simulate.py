@@ -220,7 +220,7 @@ def test_lattice_pair_round_trip():
 
 
 def test_draw_acquisition_within_ranges_and_seeded():
-    from pairsr.simulate import WIDE_RANGES, draw_acquisition
+    from pairsr.simulate import WIDE_RANGES, default_scale, draw_acquisition
 
     a = draw_acquisition(np.random.default_rng(3), lr_max=256)
     assert a == draw_acquisition(np.random.default_rng(3), lr_max=256)
@@ -241,7 +241,9 @@ def test_draw_acquisition_within_ranges_and_seeded():
     kw = draw_acquisition(np.random.default_rng(5), lr_max=160)
     assert simulate_pair(seed=5, **kw).truth["hr_inside"] == 1.0
     kw = draw_acquisition(np.random.default_rng(5), specimen_shape=(300, 420))
-    assert all(n <= (m - 32) / (kw["zoom"]) for n, m in zip(kw["lr_shape"], (300, 420)))
+    scale = default_scale((300, 420), kw["zoom"])
+    assert all(n <= (m - 32) / scale for n, m in zip(kw["lr_shape"], (300, 420)))
+    simulate_pair(np.zeros((300, 420), np.float32), seed=5, **kw)  # the specimen covers it
     with pytest.raises(ValueError, match="unknown acquisition"):
         draw_acquisition(rng, vary=("dwell",))
 
@@ -251,8 +253,12 @@ def test_small_specimen_gives_a_pair_inside_the_field():
     small = ndi.gaussian_filter(rng.standard_normal((300, 300)), 3.0).astype(np.float32)
     small = (small - small.min()) / np.ptp(small)
     for zoom in (2, 4):
+        # At x4 the default scale (4 specimen px per LR px) would leave a 67-px LR field; the
+        # simulator lowers it to keep MIN_LR_SIDE px, so the HR covers 64 LR px at 25 %.
         p = simulate_pair(small, seed=0, zoom=zoom)
-        assert min(p.hr.shape) >= 64 and p.truth["hr_inside"] == 1.0
+        assert min(p.lr.shape) >= 128 and min(p.hr.shape) >= 128 * 0.5 * zoom
+        assert p.truth["hr_inside"] == 1.0 and p.gt.shape == (p.lr.shape[0] * zoom,
+                                                              p.lr.shape[1] * zoom)
         c = true_lr_coords(p.truth)
         assert c.min() > 0 and c[0].max() < p.lr.shape[0] - 1 and c[1].max() < p.lr.shape[1] - 1
     with pytest.raises(ValueError, match="integer"):

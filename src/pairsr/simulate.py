@@ -25,7 +25,8 @@ mapping a registration should find; the residual is the local distortion field.
 method can be scored where no HR exists.
 
 Specimens: a 2-D image (e.g. a real HR micrograph; one LR pixel is ``zoom / 2 · REAL_SCALE``
-specimen pixels, so the HR pitch is one specimen pixel), or a built-in one by name
+specimen pixels, so the HR pitch is one specimen pixel, unless the specimen is too small for an
+LR field of :data:`MIN_LR_SIDE` px), or a built-in one by name
 (:data:`BUILTIN`): ``"nanocomposite"`` (the default), ``"lattice"`` (a crystal lattice of atomic
 columns or a nanowire-like array of discs, with aperiodic content: a precipitate, vacancies, a
 thickness gradient) and ``"lattice-perfect"`` (the same lattice without any aperiodic content:
@@ -52,6 +53,9 @@ SYNTHETIC_SCALE = 4.0
 #: Specimen pixels per LR pixel for a real HR micrograph given as specimen, at zoom 2 (it scales
 #: with the zoom, so that the HR pitch is one specimen pixel).
 REAL_SCALE = 2.0
+#: Shorter LR side, px, that a real specimen's default scale keeps when the specimen is small
+#: (the scale drops below ``zoom / 2 · REAL_SCALE``, to no less than 1, to reach it).
+MIN_LR_SIDE = 128
 #: Specimen pixels kept around the LR field for drift and blur.
 MARGIN = 16.0
 #: LR pixels kept between the HR footprint and the LR field's edge for drift, when it fits.
@@ -322,6 +326,17 @@ def _random_scan(rng: np.random.Generator, pitch: float, rotation_deg: float, n_
     }
 
 
+def default_scale(specimen_shape: tuple[int, int] | None, zoom: float) -> float:
+    """Specimen pixels per LR pixel that :func:`simulate_pair` uses by default: 4 for a built-in
+    specimen (``specimen_shape`` None); for a real one ``zoom / 2 · REAL_SCALE`` (an HR pitch of
+    one specimen pixel), less (down to 1) where that would leave the LR field's shorter side under
+    :data:`MIN_LR_SIDE` px."""
+    if specimen_shape is None:
+        return SYNTHETIC_SCALE
+    room = (min(specimen_shape) - 2 * MARGIN) / MIN_LR_SIDE
+    return float(max(1.0, min(REAL_SCALE * zoom / 2, room)))
+
+
 def _hr_from_fraction(lr_shape: tuple[int, int], hr_fraction: float, zoom: float):
     side = np.sqrt(hr_fraction)
     return (int(round(lr_shape[0] * side * zoom)), int(round(lr_shape[1] * side * zoom)))
@@ -416,8 +431,7 @@ def simulate_pair(
         The HR scan's rotation is drawn uniformly in ± this (ignored when ``rotation_deg`` is
         given).
     scale
-        Specimen pixels per LR pixel (default 4 for a built-in specimen; ``zoom`` for a real one,
-        i.e. an HR pitch of one specimen pixel).
+        Specimen pixels per LR pixel (default: :func:`default_scale`).
     specimen_pixel_nm
         Specimen pixel size; sets the LR and HR pixel sizes written with the images.
     hr_shape
@@ -444,7 +458,7 @@ def simulate_pair(
         raise ValueError(f"hr_inside must be in (0, 1], got {hr_inside}")
     builtin = specimen is None or isinstance(specimen, str)
     if scale is None:
-        scale = SYNTHETIC_SCALE if builtin else REAL_SCALE * zoom / 2
+        scale = default_scale(None if builtin else np.shape(specimen), zoom)
     rotation_bound = max_rotation_deg if rotation_deg is None else abs(rotation_deg)
 
     def shapes(lr):
@@ -662,7 +676,7 @@ def draw_acquisition(
         aspect = (rng.uniform(0.6, 1.0), 1.0)  # rows : cols of the LR field
         cap = lr_max
     else:
-        scale = REAL_SCALE * zoom / 2
+        scale = default_scale(specimen_shape, zoom)
         fit = [(n - 2 * MARGIN) / scale for n in specimen_shape]
         aspect = (fit[0] / max(fit), fit[1] / max(fit))
         cap = min(lr_max, max(fit))
