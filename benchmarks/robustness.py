@@ -24,7 +24,8 @@ Per case it reports:
   simulator's ``truth.json`` affine (max in the CSV);
 * ``fit`` / ``apply``: exit status; ``message``: the error (or warnings) the CLI printed;
 * ``dpsnr``: out-of-sample ΔPSNR (dB) of ``sr.zarr`` over bicubic, both against the simulator's
-  noise-free ``gt`` (the HR detector's rendering of the whole field on the SR grid), over the SR
+  noise-free ``gt`` (the HR detector's rendering of the whole field on the SR grid, where the LR
+  scan sampled it: ``gt_drift``), over the SR
   pixels more than ``HOLDOUT_MARGIN`` LR px outside the true HR footprint: the part of the field
   the model never saw (NaN when that is under ``MIN_HOLDOUT`` LR px; ``dpsnr_in``, inside the
   footprint against ``gt``, is in the CSV). Bicubic keeps the LR detector's response, so
@@ -118,7 +119,7 @@ def _real(name: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _simulate(specimen, seed: int, kw: dict) -> SimulatedPair:
-    return simulate_pair(specimen, seed=seed, **kw)
+    return simulate_pair(specimen, seed=seed, gt_drift=True, **kw)
 
 
 def _acq(rng, vary, *, specimen_shape=None, lr_max=768, **ranges) -> dict:

@@ -263,3 +263,14 @@ def test_small_specimen_gives_a_pair_inside_the_field():
         assert c.min() > 0 and c[0].max() < p.lr.shape[0] - 1 and c[1].max() < p.lr.shape[1] - 1
     with pytest.raises(ValueError, match="integer"):
         simulate_pair(small, zoom=2.5)
+
+
+def test_gt_drift_follows_the_lr_scan(specimen):
+    """With ``gt_drift`` the SR-grid truth samples where the LR scan did: it lines up with the LR
+    better than the drift-free one, and nothing else changes."""
+    plain = simulate_pair(specimen, seed=8, lr_shape=(96, 128))
+    drift = simulate_pair(specimen, seed=8, lr_shape=(96, 128), gt_drift=True)
+    assert np.array_equal(plain.lr, drift.lr) and np.array_equal(plain.hr, drift.hr)
+    assert not np.allclose(plain.gt, drift.gt)
+    lr = drift.lr.astype(np.float32)
+    assert _ncc(_bin(drift.gt, 2), lr, smooth=0.5) > _ncc(_bin(plain.gt, 2), lr, smooth=0.5)

@@ -21,8 +21,8 @@ scan to give the exact LR coordinate of every HR pixel centre; ``truth["matrix"]
 mapping a registration should find; the residual is the local distortion field.
 
 ``gt`` is the ideal noise-free rendering of the whole LR field on its ×``zoom`` SR output grid
-(see :mod:`pairsr.grid`), with the HR scan's probe and detector response and without drift, so a
-method can be scored where no HR exists.
+(see :mod:`pairsr.grid`), with the HR scan's probe and detector response, without drift (or, with
+``gt_drift``, following the LR scan's drift), so a method can be scored where no HR exists.
 
 Specimens: a 2-D image (e.g. a real HR micrograph; one LR pixel is ``zoom / 2 · REAL_SCALE``
 specimen pixels, so the HR pitch is one specimen pixel, unless the specimen is too small for an
@@ -407,6 +407,7 @@ def simulate_pair(
     hr_gamma: float | None = None,
     lr_inverted: bool = False,
     hr_inverted: bool = False,
+    gt_drift: bool = False,
 ) -> SimulatedPair:
     """Simulate an LR scan of a whole field and an independent HR scan of a sub-area.
 
@@ -449,6 +450,10 @@ def simulate_pair(
     lr_inverted, hr_inverted
         The scan's detector sees the inverted signal ``1 - s`` (e.g. a transmission or
         backscatter LR against a secondary-electron HR).
+    gt_drift
+        Render ``gt`` where the LR scan actually sampled the specimen (its drift included,
+        interpolated between scan lines): the reference for a super-resolution of that very scan.
+        Default: the drift-free geometry of the LR field.
     """
     rng = np.random.default_rng(seed)
     z = int(round(zoom))
@@ -542,6 +547,11 @@ def simulate_pair(
     g_rows, g_cols = np.meshgrid(
         sr_to_lr(np.arange(gshape[0]), z), sr_to_lr(np.arange(gshape[1]), z), indexing="ij"
     )
+    if gt_drift:
+        dy, dx = np.asarray(lr_scan["drift"])
+        lines = np.arange(lr_shape[0], dtype=float)
+        g_rows, g_cols = g_rows + np.interp(g_rows, lines, dy), g_cols + np.interp(g_rows, lines,
+                                                                                    dx)
     gcoords = _to_specimen(lr_scan, g_rows, g_cols)
     gt = _detect(_render(hr_blur, gcoords), hr_scan, None)
 
