@@ -139,8 +139,8 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
     elif cls == "small-hr":
         kw = _acq(rng, ("size",), lr_max=lr_max, hr_side=(128, 256))
     elif cls == "large-hr":
-        kw = _acq(rng, ("size", "zoom", "rotation"), lr_max=max(lr_max, 1536),
-                  hr_side=(2048, 4096), hr_fraction=(0.5, 1.0))
+        kw = _acq(rng, ("size", "zoom", "rotation", "fraction"), lr_max=max(lr_max, 1280),
+                  hr_side=(2048, 4096), hr_fraction=(0.5, 1.0), zoom=(3, 4))
     elif cls == "fraction-low":
         kw = _acq(rng, ("fraction",), lr_max=lr_max, hr_fraction=(0.10, 0.15))
     elif cls == "fraction-high":
@@ -191,7 +191,7 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
             noise = np.random.default_rng(seed + 1).integers(0, 256, pair.hr.shape)
             return pair, noise.astype(np.uint8)
         if replace == "neg-other":  # the HR of another specimen, same geometry otherwise
-            other = _simulate("lattice", seed + 1, {**kw, "lr_shape": kw["lr_shape"]})
+            other = _simulate("lattice", seed + 1, kw)
             return pair, other.hr
         return pair, None
 
@@ -414,7 +414,11 @@ def oracle_sigmas(pair: SimulatedPair, sigmas, default: float) -> dict:
     zoom = int(round(pair.truth["nominal_zoom"]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_pair(pair.lr, pair.hr, zoom=zoom)
+        try:
+            prepared = prepare_pair(pair.lr, pair.hr, zoom=zoom)
+        except ValueError as err:  # the API's defaults may differ from the CLI's
+            print(f"  (no σ comparison: {err})")
+            return {}
         out = {}
         for sigma in sigmas:
             model = fit([prepared], "lbnlm", zoom=zoom, sigma=sigma)
