@@ -136,8 +136,9 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
     replace = None
     if cls == "typical":
         kw = _acq(rng, (), lr_max=lr_max)
-    elif cls == "small-hr":
-        kw = _acq(rng, ("size",), lr_max=lr_max, hr_side=(128, 256))
+    elif cls == "small-hr":  # a sub-area scan of 128-600 px, 10-30 % of the field, rotated
+        kw = _acq(rng, ("size", "fraction", "rotation"), lr_max=lr_max, hr_side=(128, 600),
+                  hr_fraction=(0.1, 0.3), rotation_deg=3.0)
     elif cls == "large-hr":
         kw = _acq(rng, ("size", "zoom", "rotation", "fraction"), lr_max=max(lr_max, 1280),
                   hr_side=(2048, 4096), hr_fraction=(0.5, 1.0), zoom=(3, 4))
@@ -161,7 +162,7 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
         kw["lr_inverted" if seed % 2 else "hr_inverted"] = True
     elif cls == "periodic":
         specimen = "lattice"
-        kw = _acq(rng, ("rotation",), lr_max=lr_max, rotation_deg=5.0)
+        kw = _acq(rng, ("rotation",), lr_max=lr_max, rotation_deg=4.0)
     elif cls in ("x3", "x4"):
         kw = _acq(rng, ("zoom",), lr_max=lr_max, zoom=(int(cls[1]),))
     elif cls == "overhang":
