@@ -16,6 +16,20 @@ By default both commands run in this process through the CLI's own entry point (
 ``CliRunner``: the same option parsing and code as the ``pairsr`` executable, without ~1.5 s of
 interpreter start-up and imports per command); ``--subprocess`` runs the ``pairsr`` executable.
 
+Classes (``CLASSES``; each draws what it names from the wide ranges and keeps the simulator's
+defaults otherwise: ×2, HR 25 % of the field, rotation ±2°, doses 15-60, gammas 0.8-1.25, LR
+256-768 px): ``typical``; ``small-hr`` (HR 128-600 px, 10-30 % of the field, ±3°); ``large-hr``
+(HR 2048-4096 px, ×3/×4, LR ≤ 1280 px); ``fraction-low`` (10-15 %), ``fraction-high``
+(60-100 %, capped to what fits rotated); ``rotated`` (5-8°); ``low-dose`` (2-8 counts/px, each
+scan); ``gamma`` (0.6-0.75 or 1.4-1.7, each scan); ``inverted`` (the LR's or the HR's detector);
+``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°); ``x3``, ``x4``;
+``overhang`` (60-95 % of the HR inside the LR); ``wide`` (everything at once, built-in
+nanocomposite or lattice); ``small-specimen`` (a 300×300 crop of a real micrograph, sized by the
+simulator); ``real-<specimen>`` (each real micrograph: rotation drawn; zoom, rotation and fraction
+drawn; everything drawn); negative controls ``neg-other`` (the HR of another specimen),
+``neg-noise`` (a white-noise HR), ``neg-outside`` (20-45 % of the HR inside the LR) and
+``neg-perfect-lattice`` (a lattice without aperiodic content: ambiguous by a period).
+
 Per case it reports:
 
 * ``class``: what the case stresses (``CLASSES``), ``expect``: ``accept`` or ``refuse``;

@@ -180,6 +180,19 @@ def test_hr_partly_outside_the_lr_field(inside):
     assert big.hr.shape == (160, 200) and 0.85 < big.truth["hr_inside"] < 1.0
 
 
+@pytest.mark.parametrize("kw", [{"hr_fraction": 1.0, "rotation_deg": 7.0, "zoom": 3},
+                                {"hr_inside": 0.4}, {"hr_inside": 0.6, "hr_shape": (200, 200)}])
+def test_a_real_specimen_holds_the_overhanging_hr(specimen, kw):
+    """The LR field shrinks so that the part of the HR outside it is still on the specimen."""
+    from pairsr.simulate import _scan_positions
+
+    p = simulate_pair(specimen, seed=1, **kw)
+    x = _scan_positions(p.truth["hr_scan"], p.hr.shape)
+    assert x.min() >= 0 and x[0].max() <= specimen.shape[0] - 1
+    assert x[1].max() <= specimen.shape[1] - 1
+    assert p.truth["hr_inside"] < 0.99
+
+
 def _period_ncc(image: np.ndarray, exclude: float = 6) -> float:
     """NCC of an image with itself shifted by its strongest period (the highest autocorrelation
     peak farther than ``exclude`` px from zero shift), over the overlap."""

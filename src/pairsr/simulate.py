@@ -351,11 +351,19 @@ def _fits(lr_shape, hr_shape, zoom: float, rotation_deg: float) -> bool:
     return h * c + w * s <= lr_shape[0] - spare and w * c + h * s <= lr_shape[1] - spare
 
 
-def _overhang_pad(hr_field: float, rotation_deg: float) -> float:
-    """Specimen px to add around the LR field so that an HR field whose longer side is
-    ``hr_field`` specimen px can lie anywhere with its centre inside the LR field."""
+def _overhang_pad(lr_shape, hr_shape, zoom: float, scale: float, rotation_deg: float,
+                  inside: float | None) -> float:
+    """Specimen px by which the HR field can reach beyond the LR field (plus :data:`ROOM` LR
+    px): ``(1 - inside)`` of its extent when placed partly outside, else half its excess over the
+    LR field when centred on it."""
     t = np.deg2rad(min(abs(rotation_deg), 45.0))
-    return float(np.ceil(hr_field * (np.cos(t) + np.sin(t))))
+    h, w = (n * scale / (0.99 * zoom) for n in hr_shape)
+    extent = np.array([h * np.cos(t) + w * np.sin(t), w * np.cos(t) + h * np.sin(t)])
+    if inside is None:
+        reach = float(np.max(extent - np.asarray(lr_shape) * scale)) / 2
+    else:
+        reach = (1.0 - inside) * float(extent.max())
+    return float(np.ceil(max(reach, 0.0) + ROOM * scale))
 
 
 def _inside_fraction(origin, a_hr, hr_shape, lr_origin, lr_pitch, lr_shape) -> float:
@@ -466,12 +474,14 @@ def simulate_pair(
         scale = default_scale(None if builtin else np.shape(specimen), zoom)
     rotation_bound = max_rotation_deg if rotation_deg is None else abs(rotation_deg)
 
+    hr_request = hr_shape
+
     def shapes(lr):
-        hr = tuple(int(n) for n in hr_shape) if hr_shape else _hr_from_fraction(lr, hr_fraction,
-                                                                              zoom)
-        overhang = hr_inside is not None or not _fits(lr, hr, zoom, rotation_bound)
-        pad = _overhang_pad(max(hr) * scale / zoom, rotation_bound) if overhang else 0.0
-        return hr, pad
+        hr = (tuple(int(n) for n in hr_request) if hr_request
+              else _hr_from_fraction(lr, hr_fraction, zoom))
+        if hr_inside is None and _fits(lr, hr, zoom, rotation_bound):
+            return hr, 0.0
+        return hr, _overhang_pad(lr, hr, zoom, scale, rotation_bound, hr_inside)
 
     if builtin:
         name = specimen or "nanocomposite"
