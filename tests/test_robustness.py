@@ -29,8 +29,9 @@ needs_real = pytest.mark.skipif(not robustness.REAL.is_dir(),
 
 
 def _check(row: dict) -> None:
-    detail = {k: row.get(k) for k in ("status", "lr", "hr", "zoom", "rotation", "reg_err",
-                                      "dpsnr", "dpsnr_in", "message", "warnings")}
+    detail = "; ".join(f"{k}={row.get(k)}" for k in ("status", "lr", "hr", "zoom", "rotation",
+                                                     "reg_err", "dpsnr", "dpsnr_in", "message",
+                                                     "warnings"))
     if row["expect"] == "refuse":
         assert row["status"] in ("refused", "warned"), detail
         if row["status"] == "refused":  # a handled error that says what is wrong
