@@ -25,8 +25,8 @@ scan); ``gamma`` (0.6-0.75 or 1.4-1.7, each scan); ``inverted`` (the LR's or the
 ``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°); ``x3``, ``x4``;
 ``overhang`` (60-95 % of the HR inside the LR); ``wide`` (everything at once, built-in
 nanocomposite or lattice); ``small-specimen`` (a 300×300 crop of a real micrograph, sized by the
-simulator); ``real-<specimen>`` (each real micrograph: rotation drawn; zoom, rotation and fraction
-drawn; everything drawn); negative controls ``neg-other`` (the HR of another specimen),
+simulator, ±3°); ``real-<specimen>`` (each real micrograph: rotation within ±3°; zoom, rotation
+and fraction drawn; everything drawn); negative controls ``neg-other`` (the HR of another specimen),
 ``neg-noise`` (a white-noise HR), ``neg-outside`` (20-45 % of the HR inside the LR) and
 ``neg-perfect-lattice`` (a lattice without aperiodic content: ambiguous by a period).
 
@@ -214,12 +214,13 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
 
 
 def _real_case(name: str, variant: int, seed: int, lr_max: int) -> Case:
-    """A real-specimen case: variant 0 typical (rotation drawn), 1 zoom/rotation/fraction drawn,
-    2 everything drawn."""
+    """A real-specimen case: variant 0 typical (rotation drawn within ±3°), 1 zoom, rotation and
+    fraction drawn, 2 everything drawn."""
     rng = np.random.default_rng(seed)
     spec = _real(name, rng)
     vary = [("rotation",), ("zoom", "rotation", "fraction"), VARIABLES][variant]
-    kw = _acq(rng, vary, specimen_shape=spec.shape, lr_max=lr_max, hr_fraction=(0.2, 1.0))
+    kw = _acq(rng, vary, specimen_shape=spec.shape, lr_max=lr_max, hr_fraction=(0.2, 1.0),
+              rotation_deg=3.0 if variant == 0 else 8.0)
     return Case(f"real-{name}-{seed}", f"real-{name}", "accept",
                 lambda: (_simulate(spec, seed, kw), None), _summary(kw, name))
 
@@ -231,7 +232,7 @@ def _small_specimen_case(seed: int) -> Case:
     spec = _real(name, rng)
     y, x = (int(rng.integers(0, n - 300 + 1)) for n in spec.shape)
     crop = spec[y:y + 300, x:x + 300]
-    kw = _acq(rng, ("rotation",), specimen_shape=crop.shape)
+    kw = _acq(rng, ("rotation",), specimen_shape=crop.shape, rotation_deg=3.0)
     kw.pop("lr_shape"), kw.pop("hr_shape")  # the simulator's own sizing, as the CLI leaves it
     return Case(f"small-specimen-{seed}", "small-specimen", "accept",
                 lambda: (_simulate(crop, seed, kw), None), _summary(kw, f"{name} 300² crop"))
