@@ -8,8 +8,10 @@ A physical LR image is *not* a blurred, downsampled HR image. Each simulated sca
 * scan distortion: a smooth random drift of every scan line (mostly along the slow-scan axis)
   plus fast-axis line jitter, in scan pixels;
 * probe blur (Gaussian, wider along the fast axis for the dwell) and shot noise at its own dose
-  (Poisson counts per pixel);
-* detector response: gain, offset and gamma, then 8-bit quantisation.
+  (Poisson counts per pixel at signal 1);
+* detector response: optionally inverted (a transmission or backscatter detector that counts
+  what a secondary-electron one does not: signal ``1 - s``), then gain, offset and gamma, then
+  8-bit quantisation.
 
 Specimen coordinates are pixels of the specimen image ``S`` (row, col). Scan ``k`` samples pixel
 ``(r, c)`` at ``X = origin_k + pitch_k * R(theta_k) @ ((r, c) + drift_k(r))``, where
@@ -18,14 +20,26 @@ scan to give the exact LR coordinate of every HR pixel centre; ``truth["matrix"]
 ``truth["offset"]`` are its least-squares affine fit (``lr = matrix @ hr + offset``), the global
 mapping a registration should find; the residual is the local distortion field.
 
-``gt`` is the ideal noise-free rendering of the whole LR field on its SR output grid
-(see :mod:`pairsr.grid`), with the HR scan's probe and detector response and without drift, so a
-method can be scored where no HR exists.
+``gt`` is the ideal noise-free rendering of the whole LR field on its ×``zoom`` SR output grid
+(see :mod:`pairsr.grid`), with the HR scan's probe and detector response, without drift (or, with
+``gt_drift``, following the LR scan's drift), so a method can be scored where no HR exists.
+
+Specimens: a 2-D image (e.g. a real HR micrograph; one LR pixel is ``zoom / 2 · REAL_SCALE``
+specimen pixels, so the HR pitch is one specimen pixel, unless the specimen is too small for an
+LR field of :data:`MIN_LR_SIDE` px), or a built-in one by name
+(:data:`BUILTIN`): ``"nanocomposite"`` (the default), ``"lattice"`` (a crystal lattice of atomic
+columns or a nanowire-like array of discs, with aperiodic content: a precipitate, vacancies, a
+thickness gradient) and ``"lattice-perfect"`` (the same lattice without any aperiodic content:
+its position is ambiguous by one period, a negative control for registration).
+
+:func:`draw_acquisition` draws the keywords of :func:`simulate_pair` from the wide acquisition
+ranges of :data:`WIDE_RANGES` that users meet.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +48,33 @@ from scipy import ndimage as ndi
 
 from pairsr.grid import sr_shape, sr_to_lr
 
-#: Specimen pixels per LR pixel for the built-in specimen (the HR pitch is then 2 specimen px).
+#: Specimen pixels per LR pixel for the built-in specimens (the ×2 HR pitch is 2 specimen px).
 SYNTHETIC_SCALE = 4.0
-#: Specimen pixels per LR pixel for a real HR micrograph given as specimen.
+#: Specimen pixels per LR pixel for a real HR micrograph given as specimen, at zoom 2 (it scales
+#: with the zoom, so that the HR pitch is one specimen pixel).
 REAL_SCALE = 2.0
+#: Shorter LR side, px, that a real specimen's default scale keeps when the specimen is small
+#: (the scale drops below ``zoom / 2 · REAL_SCALE``, to no less than 1, to reach it).
+MIN_LR_SIDE = 128
+#: Specimen pixels kept around the LR field for drift and blur.
+MARGIN = 16.0
+#: LR pixels kept between the HR footprint and the LR field's edge for drift, when it fits.
+ROOM = 4.0
+#: Names of the built-in specimens.
+BUILTIN = ("nanocomposite", "lattice", "lattice-perfect")
+#: Wide acquisition ranges for :func:`draw_acquisition` (log-uniform where marked).
+WIDE_RANGES = {
+    "zoom": (2, 3, 4),  # nominal HR/LR pixel-density ratio, one of
+    "hr_side": (128, 4096),  # HR longer side, px, log-uniform
+    "hr_fraction": (0.10, 1.0),  # HR field area / LR field area, log-uniform
+    "rotation_deg": 8.0,  # HR scan rotation, uniform in ±
+    "dose": (2.0, 200.0),  # counts per pixel at signal 1, per scan, log-uniform
+    "gamma": (0.6, 1.7),  # detector gamma, per scan, log-uniform
+    "inverted": 0.2,  # probability that one of the two scans (either) has an inverted detector
+    "lr_side": (256, 1024),  # LR longer side when the HR size is not drawn, px, log-uniform
+}
+#: The parameter groups :func:`draw_acquisition` can draw from :data:`WIDE_RANGES`.
+VARIABLES = ("zoom", "size", "fraction", "rotation", "dose", "gamma", "inversion")
 
 
 @dataclass
@@ -104,6 +141,122 @@ def nanocomposite(
     return np.clip(spec, 0.0, 1.0)
 
 
+def _site_hash(i: np.ndarray, j: np.ndarray, salt: int) -> np.ndarray:
+    """A deterministic, aperiodic value in [0, 1) per lattice site ``(i, j)`` (integer arrays)."""
+    v = i.astype(np.int64).astype(np.uint64) * np.uint64(73856093)
+    v ^= j.astype(np.int64).astype(np.uint64) * np.uint64(19349663)
+    v ^= np.uint64(salt)
+    v *= np.uint64(0x9E3779B97F4A7C15)
+    return ((v >> np.uint64(40)) & np.uint64(0xFFFFFF)).astype(np.float32) / np.float32(2**24)
+
+
+def _nearest_site(rows: np.ndarray, cols: np.ndarray, basis: np.ndarray, origin: np.ndarray):
+    """Distance (specimen px) to the nearest site of the lattice ``origin + basis @ (i, j)``
+    (``basis`` columns are the lattice vectors, in (row, col)), and that site's ``(i, j)``."""
+    inv = np.linalg.inv(basis)
+    y, x = rows - origin[0], cols - origin[1]
+    fi, fj = np.floor(inv[0, 0] * y + inv[0, 1] * x), np.floor(inv[1, 0] * y + inv[1, 1] * x)
+    best = np.full(y.shape, np.inf, dtype=np.float32)
+    bi, bj = np.zeros(y.shape, np.int64), np.zeros(y.shape, np.int64)
+    for di in (0, 1):
+        for dj in (0, 1):
+            i, j = fi + di, fj + dj
+            d2 = ((y - basis[0, 0] * i - basis[0, 1] * j) ** 2
+                  + (x - basis[1, 0] * i - basis[1, 1] * j) ** 2)
+            closer = d2 < best
+            best = np.where(closer, d2, best)
+            bi, bj = np.where(closer, i, bi), np.where(closer, j, bj)
+    return np.sqrt(best), bi, bj
+
+
+def _lattice_basis(period: float, angle: float, hexagonal: bool) -> np.ndarray:
+    second = angle + (np.pi / 3 if hexagonal else np.pi / 2)
+    return period * np.array([[np.sin(angle), np.sin(second)], [np.cos(angle), np.cos(second)]])
+
+
+def _lattice_image(rows, cols, basis, origin, profile, amplitude=None) -> np.ndarray:
+    d, i, j = _nearest_site(rows, cols, basis, origin)
+    out = profile(d)
+    return out if amplitude is None else out * amplitude(i, j)
+
+
+def lattice(
+    shape: tuple[int, int], rng: np.random.Generator, scale: float = 4.0, *, perfect: bool = False
+) -> np.ndarray:
+    """Built-in periodic specimen: atomic columns (HAADF-STEM-like, period 4-8 LR px) or a
+    nanowire-like array of discs with a bright rim (period 10-24 LR px), on a square or
+    hexagonal lattice of random orientation.
+
+    Unless ``perfect``: a site-to-site intensity spread of ±8 %, 1.5 % vacancies, a precipitate
+    (an ellipse 8-20 % of the field across with a rotated lattice of another period, brighter)
+    and a slow thickness gradient: the aperiodic content that fixes the position. ``shape`` in
+    specimen pixels, ``scale`` specimen pixels per LR pixel. Returns float32 in [0, 1].
+    """
+    h, w = shape
+    wires = rng.random() < 0.4
+    period = rng.uniform(10.0, 24.0) if wires else rng.uniform(4.0, 8.0)
+    period *= scale
+    hexagonal = bool(rng.random() < 0.5)
+    basis = _lattice_basis(period, rng.uniform(0, np.pi), hexagonal)
+    origin = rng.uniform(0, period, 2)
+    if wires:
+        radius = rng.uniform(0.25, 0.35) * period
+
+        def profile(d):  # soft disc, 1 specimen px edge, brighter rim
+            inside = np.clip(radius - d + 0.5, 0.0, 1.0)
+            return inside * (0.7 + 0.3 * np.clip(d / radius, 0, 1) ** 4)
+    else:
+        width = rng.uniform(0.12, 0.2) * period
+
+        def profile(d):  # Gaussian column
+            return np.exp(-0.5 * (d / width) ** 2)
+
+    salt = int(rng.integers(2**32))
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    if perfect:
+        spec = 0.12 + 0.6 * _lattice_image(rows, cols, basis, origin, profile)
+        return np.clip(spec, 0.0, 1.0).astype(np.float32)
+
+    def amplitude(i, j):
+        u = _site_hash(i, j, salt)
+        return np.where(_site_hash(j, i, salt ^ 0x5A5A) < 0.015, 0.0, 0.92 + 0.16 * u)
+
+    coarse = (max(h // 64, 4), max(w // 64, 4))
+    thickness = ndi.zoom(ndi.gaussian_filter(rng.standard_normal(coarse), 1.0),
+                         (h / coarse[0], w / coarse[1]), order=1)[:h, :w]
+    thickness = thickness / (np.abs(thickness).max() + 1e-6)
+    spec = (0.12 + 0.04 * thickness
+            + 0.6 * (1 + 0.1 * thickness) * _lattice_image(rows, cols, basis, origin, profile,
+                                                           amplitude))
+    # Precipitate: another lattice inside a soft-edged ellipse.
+    semi = rng.uniform(0.04, 0.1, 2) * min(h, w)
+    centre = rng.uniform((semi.max(), semi.max()), (h - semi.max(), w - semi.max()))
+    tilt = rng.uniform(0, np.pi)
+    y0, y1 = int(max(centre[0] - semi.max() - 2, 0)), int(min(centre[0] + semi.max() + 3, h))
+    x0, x1 = int(max(centre[1] - semi.max() - 2, 0)), int(min(centre[1] + semi.max() + 3, w))
+    ry, rx = rows[y0:y1, x0:x1] - centre[0], cols[y0:y1, x0:x1] - centre[1]
+    ell = np.hypot((ry * np.cos(tilt) + rx * np.sin(tilt)) / semi[0],
+                   (-ry * np.sin(tilt) + rx * np.cos(tilt)) / semi[1])
+    mask = np.clip((1.0 - ell) * semi.min() / scale, 0.0, 1.0)  # one LR px soft boundary
+    other = _lattice_basis(period * rng.uniform(1.1, 1.4), rng.uniform(0, np.pi), not hexagonal)
+    inner = 0.2 + 0.7 * _lattice_image(rows[y0:y1, x0:x1], cols[y0:y1, x0:x1], other, origin,
+                                       profile)
+    spec[y0:y1, x0:x1] = (1 - mask) * spec[y0:y1, x0:x1] + mask * inner
+    return np.clip(spec, 0.0, 1.0).astype(np.float32)
+
+
+def builtin_specimen(
+    name: str, shape: tuple[int, int], rng: np.random.Generator, scale: float = SYNTHETIC_SCALE
+) -> np.ndarray:
+    """The built-in specimen ``name`` (one of :data:`BUILTIN`), ``shape`` in specimen pixels,
+    ``scale`` specimen pixels per LR pixel; float32 in [0, 1]."""
+    if name == "nanocomposite":
+        return nanocomposite(shape, rng, scale)
+    if name in ("lattice", "lattice-perfect"):
+        return lattice(shape, rng, scale, perfect=name == "lattice-perfect")
+    raise ValueError(f"unknown built-in specimen {name!r}; choose one of {', '.join(BUILTIN)}")
+
+
 def _drift(n_lines: int, rng: np.random.Generator, amplitude: float, jitter: float) -> np.ndarray:
     """Per-line scan distortion (2, n_lines) in scan px: smooth random drift + fast-axis jitter."""
     t = np.linspace(0.0, 1.0, n_lines)
@@ -146,7 +299,10 @@ def _blur(spec: np.ndarray, scan: dict) -> np.ndarray:
 
 
 def _detect(signal: np.ndarray, scan: dict, rng: np.random.Generator | None) -> np.ndarray:
-    """Detector: Poisson counts at ``dose`` per unit signal, read noise, gamma, gain and offset."""
+    """Detector: optional inversion, Poisson counts at ``dose`` per unit signal, read noise, gamma,
+    gain and offset."""
+    if scan.get("inverted", False):
+        signal = 1.0 - np.clip(signal, 0.0, 1.0)
     if rng is not None:
         signal = rng.poisson(np.clip(signal, 0, None) * scan["dose"]) / scan["dose"]
         signal = signal + scan["read_noise"] * rng.standard_normal(signal.shape)
@@ -166,11 +322,81 @@ def _random_scan(rng: np.random.Generator, pitch: float, rotation_deg: float, n_
         "offset": float(rng.uniform(0.02, 0.12)),
         "gamma": float(rng.uniform(0.8, 1.25)),
         "drift": _drift(n_lines, rng, rng.uniform(0.3, 1.2), rng.uniform(0.03, 0.12)).tolist(),
+        "inverted": False,
     }
 
 
+def default_scale(specimen_shape: tuple[int, int] | None, zoom: float) -> float:
+    """Specimen pixels per LR pixel that :func:`simulate_pair` uses by default: 4 for a built-in
+    specimen (``specimen_shape`` None); for a real one ``zoom / 2 · REAL_SCALE`` (an HR pitch of
+    one specimen pixel), less (down to 1) where that would leave the LR field's shorter side under
+    :data:`MIN_LR_SIDE` px."""
+    if specimen_shape is None:
+        return SYNTHETIC_SCALE
+    room = (min(specimen_shape) - 2 * MARGIN) / MIN_LR_SIDE
+    return float(max(1.0, min(REAL_SCALE * zoom / 2, room)))
+
+
+def _hr_from_fraction(lr_shape: tuple[int, int], hr_fraction: float, zoom: float):
+    side = np.sqrt(hr_fraction)
+    return (int(round(lr_shape[0] * side * zoom)), int(round(lr_shape[1] * side * zoom)))
+
+
+def _fits(lr_shape, hr_shape, zoom: float, rotation_deg: float) -> bool:
+    """Whether an HR field rotated by up to ``rotation_deg`` fits inside the LR field with
+    :data:`ROOM` LR px to spare on every side (for any magnification error under 1 %)."""
+    c, s = abs(np.cos(np.deg2rad(rotation_deg))), abs(np.sin(np.deg2rad(rotation_deg)))
+    h, w = (n / (0.99 * zoom) for n in hr_shape)
+    spare = 1 + 2 * ROOM
+    return h * c + w * s <= lr_shape[0] - spare and w * c + h * s <= lr_shape[1] - spare
+
+
+def _overhang_pad(lr_shape, hr_shape, zoom: float, scale: float, rotation_deg: float,
+                  inside: float | None) -> float:
+    """Specimen px by which the HR field can reach beyond the LR field (plus :data:`ROOM` LR
+    px): ``(1 - inside)`` of its extent when placed partly outside, else half its excess over the
+    LR field when centred on it."""
+    t = np.deg2rad(min(abs(rotation_deg), 45.0))
+    h, w = (n * scale / (0.99 * zoom) for n in hr_shape)
+    extent = np.array([h * np.cos(t) + w * np.sin(t), w * np.cos(t) + h * np.sin(t)])
+    if inside is None:
+        reach = float(np.max(extent - np.asarray(lr_shape) * scale)) / 2
+    else:
+        reach = (1.0 - inside) * float(extent.max())
+    return float(np.ceil(max(reach, 0.0) + ROOM * scale))
+
+
+def _inside_fraction(origin, a_hr, hr_shape, lr_origin, lr_pitch, lr_shape) -> float:
+    """Fraction of the HR field (drift ignored) that lies inside the LR field."""
+    rows, cols = np.meshgrid(np.linspace(-0.5, hr_shape[0] - 0.5, 33),
+                             np.linspace(-0.5, hr_shape[1] - 0.5, 33), indexing="ij")
+    x = np.tensordot(a_hr, np.stack([rows, cols]), axes=1) + np.asarray(origin)[:, None, None]
+    p = (x - np.asarray(lr_origin)[:, None, None]) / lr_pitch
+    inside = [(p[k] >= -0.5) & (p[k] <= n - 0.5) for k, n in enumerate(lr_shape)]
+    return float(np.mean(inside[0] & inside[1]))
+
+
+def _place_partly_outside(a_hr, hr_shape, lr_origin, lr_pitch, lr_shape, inside: float | None,
+                          rng: np.random.Generator) -> list[float]:
+    """HR origin putting the fraction ``inside`` of the HR field inside the LR field, shifted
+    from the centre along a random direction (``None``, or more than the centred HR allows:
+    centred)."""
+    centre = np.asarray(lr_origin) + (np.asarray(lr_shape) - 1) / 2 * lr_pitch
+    centred = centre - a_hr @ ((np.asarray(hr_shape) - 1) / 2)
+    args = (a_hr, hr_shape, lr_origin, lr_pitch, lr_shape)
+    if inside is None or _inside_fraction(centred, *args) <= inside:
+        return centred.tolist()
+    angle = rng.uniform(0, 2 * np.pi)
+    u = np.array([np.sin(angle), np.cos(angle)])
+    lo, hi = 0.0, float(np.abs(a_hr).sum() * max(hr_shape) + lr_pitch * max(lr_shape))
+    for _ in range(40):  # bisection: the inside fraction falls as the HR moves out
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _inside_fraction(centred + mid * u, *args) > inside else (lo, mid)
+    return (centred + 0.5 * (lo + hi) * u).tolist()
+
+
 def simulate_pair(
-    specimen: np.ndarray | None = None,
+    specimen: np.ndarray | str | None = None,
     *,
     lr_shape: tuple[int, int] | None = None,
     seed: int = 0,
@@ -180,68 +406,146 @@ def simulate_pair(
     zoom_error: float = 0.005,
     scale: float | None = None,
     specimen_pixel_nm: float = 1.0,
+    hr_shape: tuple[int, int] | None = None,
+    rotation_deg: float | None = None,
+    hr_inside: float | None = None,
+    lr_dose: float | None = None,
+    hr_dose: float | None = None,
+    lr_gamma: float | None = None,
+    hr_gamma: float | None = None,
+    lr_inverted: bool = False,
+    hr_inverted: bool = False,
+    gt_drift: bool = False,
 ) -> SimulatedPair:
     """Simulate an LR scan of a whole field and an independent HR scan of a sub-area.
+
+    Keywords left at their defaults are drawn from the seed (scan parameters) or take the
+    documented default; the draws do not depend on which keywords are given, so a keyword changes
+    only what it names.
 
     Parameters
     ----------
     specimen
-        2-D float image in [0, 1] (e.g. a real HR micrograph), or None for the built-in
-        nanocomposite.
+        2-D float image in [0, 1] (e.g. a real HR micrograph), a built-in specimen's name
+        (:data:`BUILTIN`), or None for the built-in nanocomposite.
     lr_shape
-        LR field (rows, cols); default (944, 1280) for the built-in specimen, else the largest
+        LR field (rows, cols); default (944, 1280) for a built-in specimen, else the largest
         field the specimen covers at ``scale``.
     zoom
-        Nominal HR/LR pixel-density ratio; the true one differs by up to ``zoom_error`` (relative).
+        Nominal HR/LR pixel-density ratio, an integer ≥ 2 (the SR grid's factor); the true one
+        differs by up to ``zoom_error`` (relative).
     hr_fraction
-        HR field area as a fraction of the LR field.
+        HR field area as a fraction of the LR field (ignored when ``hr_shape`` is given).
+    max_rotation_deg
+        The HR scan's rotation is drawn uniformly in ± this (ignored when ``rotation_deg`` is
+        given).
     scale
-        Specimen pixels per LR pixel (default 4 for the built-in specimen, 2 for a real one).
+        Specimen pixels per LR pixel (default: :func:`default_scale`).
     specimen_pixel_nm
         Specimen pixel size; sets the LR and HR pixel sizes written with the images.
+    hr_shape
+        HR image (rows, cols) in HR pixels.
+    rotation_deg
+        The HR scan's rotation, degrees.
+    hr_inside
+        Fraction of the HR field's area to place inside the LR field (the HR lies partly
+        outside it, on a specimen that extends beyond it). Default: all of it, anywhere in the
+        field, when the HR fits with :data:`ROOM` LR px to spare, else centred on the field.
+    lr_dose, hr_dose
+        Each scan's dose, counts per pixel at signal 1 (default drawn in 15-60).
+    lr_gamma, hr_gamma
+        Each scan's detector gamma (default drawn in 0.8-1.25).
+    lr_inverted, hr_inverted
+        The scan's detector sees the inverted signal ``1 - s`` (e.g. a transmission or
+        backscatter LR against a secondary-electron HR).
+    gt_drift
+        Render ``gt`` where the LR scan actually sampled the specimen (its drift included,
+        interpolated between scan lines): the reference for a super-resolution of that very scan.
+        Default: the drift-free geometry of the LR field.
     """
     rng = np.random.default_rng(seed)
-    margin = 16.0  # specimen px kept around the field for drift and blur
-    if specimen is None:
-        scale = SYNTHETIC_SCALE if scale is None else scale
-        lr_shape = lr_shape or (944, 1280)
-        spec_shape = tuple(int(np.ceil(n * scale + 2 * margin)) for n in lr_shape)
-        spec = nanocomposite(spec_shape, rng, scale)
-        source = "built-in nanocomposite"
+    z = int(round(zoom))
+    if z < 2 or abs(zoom - z) > 1e-9:
+        raise ValueError(f"zoom must be an integer of at least 2, got {zoom}")
+    if hr_inside is not None and not 0.0 < hr_inside <= 1.0:
+        raise ValueError(f"hr_inside must be in (0, 1], got {hr_inside}")
+    builtin = specimen is None or isinstance(specimen, str)
+    if scale is None:
+        scale = default_scale(None if builtin else np.shape(specimen), zoom)
+    rotation_bound = max_rotation_deg if rotation_deg is None else abs(rotation_deg)
+
+    hr_request = hr_shape
+
+    def shapes(lr):
+        hr = (tuple(int(n) for n in hr_request) if hr_request
+              else _hr_from_fraction(lr, hr_fraction, zoom))
+        if hr_inside is None and _fits(lr, hr, zoom, rotation_bound):
+            return hr, 0.0
+        return hr, _overhang_pad(lr, hr, zoom, scale, rotation_bound, hr_inside)
+
+    if builtin:
+        name = specimen or "nanocomposite"
+        if name not in BUILTIN:
+            raise ValueError(f"unknown built-in specimen {name!r}; choose one of "
+                             f"{', '.join(BUILTIN)}")
+        lr_shape = tuple(lr_shape or (944, 1280))
+        hr_shape, pad = shapes(lr_shape)
+        spec_shape = tuple(int(np.ceil(n * scale + 2 * (MARGIN + pad))) for n in lr_shape)
+        spec = builtin_specimen(name, spec_shape, rng, scale)
+        source = f"built-in {name}"
     else:
         spec = np.asarray(specimen, dtype=np.float32)
         if spec.ndim != 2:
             raise ValueError(f"specimen must be a 2-D image, got shape {spec.shape}")
-        scale = REAL_SCALE if scale is None else scale
-        fit = tuple(int((n - 2 * margin) // scale) for n in spec.shape)
-        lr_shape = lr_shape or fit
-        if lr_shape[0] > fit[0] or lr_shape[1] > fit[1] or min(lr_shape) < 32:
+        fit = tuple(int((n - 2 * MARGIN) // scale) for n in spec.shape)
+        if lr_shape is None:
+            lr_shape = fit
+            hr_shape, pad = shapes(lr_shape)
+            if pad:  # shrink the field so that the HR's overhang is on the specimen too
+                lr_shape = tuple(max(int((n - 2 * (MARGIN + pad)) // scale), 0)
+                                 for n in spec.shape)
+                hr_shape = shapes(lr_shape)[0]  # smaller than before: the pad still holds it
+        else:
+            hr_shape, pad = shapes(tuple(lr_shape))
+        room = tuple(int((n - 2 * (MARGIN + pad)) // scale) for n in spec.shape)
+        if lr_shape[0] > room[0] or lr_shape[1] > room[1] or min(lr_shape) < 32:
             raise ValueError(
-                f"specimen of shape {spec.shape} covers at most an LR field of {fit} at "
-                f"scale {scale}; asked for {lr_shape}"
+                f"specimen of shape {spec.shape} covers at most an LR field of {room} at "
+                f"scale {scale}"
+                + (f" with {pad:.0f} px around it for the HR to lie partly outside" if pad
+                   else "") + f"; asked for {tuple(lr_shape)}"
             )
         source = "user specimen"
     lr_shape = (int(lr_shape[0]), int(lr_shape[1]))
+    if min(hr_shape) < 16:
+        raise ValueError(f"the HR image would be {hr_shape} px; raise hr_fraction or hr_shape")
 
     true_zoom = zoom * (1.0 + rng.uniform(-zoom_error, zoom_error))
     theta = float(rng.uniform(-max_rotation_deg, max_rotation_deg))
-    side = np.sqrt(hr_fraction)
-    hr_shape = (int(round(lr_shape[0] * side * zoom)), int(round(lr_shape[1] * side * zoom)))
+    if rotation_deg is not None:
+        theta = float(rotation_deg)
 
     lr_scan = _random_scan(rng, scale, 0.0, lr_shape[0])
-    lr_scan["origin"] = [margin, margin]
+    lr_origin = [MARGIN + pad, MARGIN + pad]
+    lr_scan["origin"] = lr_origin
     hr_scan = _random_scan(rng, scale / true_zoom, theta, hr_shape[0])
+    for scan, dose, gamma, inverted in ((lr_scan, lr_dose, lr_gamma, lr_inverted),
+                                        (hr_scan, hr_dose, hr_gamma, hr_inverted)):
+        scan["dose"] = scan["dose"] if dose is None else float(dose)
+        scan["gamma"] = scan["gamma"] if gamma is None else float(gamma)
+        scan["inverted"] = bool(inverted)
     # Place the HR field anywhere its rotated footprint (plus drift room) fits inside the LR field.
     a_hr = hr_scan["pitch"] * _rotation(theta)
     corners = np.array([[0, 0], [0, hr_shape[1] - 1], [hr_shape[0] - 1, 0],
                         [hr_shape[0] - 1, hr_shape[1] - 1]], dtype=float)
     extent = corners @ a_hr.T  # specimen offsets of the corners from the HR origin
-    room = 4 * scale
-    lo = margin + room - extent.min(0)
-    hi = margin + (np.array(lr_shape) - 1) * scale - room - extent.max(0)
-    if np.any(hi < lo):
-        raise ValueError(f"hr_fraction={hr_fraction} is too large for the HR to fit inside the LR")
-    hr_scan["origin"] = rng.uniform(lo, hi).tolist()
+    lo = np.asarray(lr_origin) + ROOM * scale - extent.min(0)
+    hi = np.asarray(lr_origin) + (np.array(lr_shape) - 1) * scale - ROOM * scale - extent.max(0)
+    if hr_inside is None and np.all(hi >= lo):
+        hr_scan["origin"] = rng.uniform(lo, hi).tolist()
+    else:
+        hr_scan["origin"] = _place_partly_outside(a_hr, hr_shape, lr_origin, scale, lr_shape,
+                                                  hr_inside, rng)
 
     lr_blur = _blur(spec, lr_scan)
     lr = _detect(_render(lr_blur, _scan_positions(lr_scan, lr_shape)), lr_scan, rng)
@@ -249,11 +553,15 @@ def simulate_pair(
     hr = _detect(_render(hr_blur, _scan_positions(hr_scan, hr_shape)), hr_scan, rng)
 
     # Ground truth on the SR grid of the LR field: HR probe and detector, no drift, no noise.
-    z = int(round(zoom))
     gshape = sr_shape(lr_shape, z)
     g_rows, g_cols = np.meshgrid(
         sr_to_lr(np.arange(gshape[0]), z), sr_to_lr(np.arange(gshape[1]), z), indexing="ij"
     )
+    if gt_drift:
+        dy, dx = np.asarray(lr_scan["drift"])
+        lines = np.arange(lr_shape[0], dtype=float)
+        g_rows, g_cols = g_rows + np.interp(g_rows, lines, dy), g_cols + np.interp(g_rows, lines,
+                                                                                    dx)
     gcoords = _to_specimen(lr_scan, g_rows, g_cols)
     gt = _detect(_render(hr_blur, gcoords), hr_scan, None)
 
@@ -270,6 +578,8 @@ def simulate_pair(
         "hr_scan": hr_scan,
     }
     truth.update(_affine_truth(truth))
+    truth["hr_inside"] = _inside_fraction(hr_scan["origin"], a_hr, hr_shape, lr_origin, scale,
+                                          lr_shape)
     to_u8 = lambda x: np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)  # noqa: E731
     return SimulatedPair(lr=to_u8(lr), hr=to_u8(hr), gt=np.clip(gt, 0, 1), truth=truth)
 
@@ -326,7 +636,92 @@ def save_pair(pair: SimulatedPair, outdir: str | Path, *, overwrite: bool = Fals
     t = pair.truth
     write_image(outdir / "lr.tif", pair.lr, pixel_size_nm=t["lr_pixel_size_nm"], overwrite=True)
     write_image(outdir / "hr.tif", pair.hr, pixel_size_nm=t["hr_pixel_size_nm"], overwrite=True)
-    write_image(outdir / "gt.tif", pair.gt, pixel_size_nm=t["lr_pixel_size_nm"] / 2,
-                overwrite=True)
+    write_image(outdir / "gt.tif", pair.gt,
+                pixel_size_nm=t["lr_pixel_size_nm"] / round(t["nominal_zoom"]), overwrite=True)
     (outdir / "truth.json").write_text(json.dumps(t, indent=1))
     return outdir
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def draw_acquisition(
+    rng: np.random.Generator,
+    *,
+    vary: Collection[str] = VARIABLES,
+    specimen_shape: tuple[int, int] | None = None,
+    lr_max: int = 1024,
+    ranges: dict | None = None,
+) -> dict:
+    """Draw :func:`simulate_pair` keywords (all but ``specimen`` and ``seed``) for one acquisition.
+
+    Parameters
+    ----------
+    rng
+        Source of the draws; the same state gives the same keywords.
+    vary
+        Which of :data:`VARIABLES` to draw from ``ranges``; the others keep the simulator's
+        defaults (×2, 25 % HR fraction, rotation within ±2°, doses 15-60, gammas 0.8-1.25, no
+        inversion). ``"size"`` draws the HR's longer side; without it the LR's longer side is
+        drawn from ``ranges["lr_side"]``.
+    specimen_shape
+        Shape of a real specimen image (None: a built-in specimen): it bounds the LR field and
+        sets its aspect ratio.
+    lr_max
+        Longest LR side allowed, px (a cost bound; the drawn HR shrinks to respect it).
+    ranges
+        The ranges, :data:`WIDE_RANGES` by default.
+
+    Returns
+    -------
+    dict with ``zoom``, ``lr_shape`` and ``hr_shape`` always, and ``rotation_deg``, ``lr_dose``,
+    ``hr_dose``, ``lr_gamma``, ``hr_gamma``, ``lr_inverted``, ``hr_inverted`` as drawn. The LR's
+    longer side is kept in [128, ``lr_max``] and the HR fraction at most what lets the rotated HR
+    fit inside the LR field.
+    """
+    ranges = {**WIDE_RANGES, **(ranges or {})}
+    unknown = set(vary) - set(VARIABLES)
+    if unknown:
+        raise ValueError(f"unknown acquisition variables {sorted(unknown)}; use {VARIABLES}")
+    out: dict = {}
+    zoom = int(rng.choice(ranges["zoom"])) if "zoom" in vary else 2
+    out["zoom"] = float(zoom)
+    rotation = 2.0
+    if "rotation" in vary:
+        out["rotation_deg"] = float(rng.uniform(-ranges["rotation_deg"], ranges["rotation_deg"]))
+        rotation = abs(out["rotation_deg"])
+    fraction = _log_uniform(rng, *ranges["hr_fraction"]) if "fraction" in vary else 0.25
+    if specimen_shape is None:
+        aspect = (rng.uniform(0.6, 1.0), 1.0)  # rows : cols of the LR field
+        cap = lr_max
+    else:
+        scale = default_scale(specimen_shape, zoom)
+        fit = [(n - 2 * MARGIN) / scale for n in specimen_shape]
+        aspect = (fit[0] / max(fit), fit[1] / max(fit))
+        cap = min(lr_max, max(fit))
+    if "size" in vary:
+        lr_long = _log_uniform(rng, *ranges["hr_side"]) / (zoom * np.sqrt(fraction))
+    else:
+        lr_long = _log_uniform(rng, min(ranges["lr_side"][0], cap), min(ranges["lr_side"][1], cap))
+    lr_long = float(np.clip(lr_long, min(128, cap), cap))
+    lr_shape = tuple(max(int(lr_long * a), 32) for a in aspect)
+    # The largest HR side fraction whose rotated field fits with ROOM px (and drift) to spare.
+    c, s = np.cos(np.deg2rad(rotation)), np.sin(np.deg2rad(rotation))
+    (h, w), spare = lr_shape, 2 * ROOM + 3
+    side = min(np.sqrt(fraction), 0.99 * (h - spare) / (h * c + w * s),
+               0.99 * (w - spare) / (w * c + h * s))
+    out["lr_shape"] = lr_shape
+    out["hr_shape"] = tuple(int(n * side * zoom) for n in lr_shape)
+    if "dose" in vary:
+        out["lr_dose"] = _log_uniform(rng, *ranges["dose"])
+        out["hr_dose"] = _log_uniform(rng, *ranges["dose"])
+    if "gamma" in vary:
+        out["lr_gamma"] = _log_uniform(rng, *ranges["gamma"])
+        out["hr_gamma"] = _log_uniform(rng, *ranges["gamma"])
+    if "inversion" in vary:
+        inverted = rng.random() < ranges["inverted"]
+        which = rng.random() < 0.5
+        out["lr_inverted"], out["hr_inverted"] = bool(inverted and which), bool(inverted and
+                                                                                not which)
+    return out
