@@ -301,13 +301,13 @@ COARSE_SMOOTH = 1.0
 #: Candidate positions of the coarse search refined when its best match is not unique.
 MAX_CANDIDATES = 5
 #: Least significance (σ of the statistic) of a fine-scale difference between two candidates.
-MIN_SEPARATION = 5.0
+MIN_SEPARATION = 3.0
 #: Least fraction of the LR's variance that the fit must explain, relative to the most that
 #: the noise of both images allows (:meth:`_Fit.explained`).
 MIN_EXPLAINED = 0.5
 #: Least signal fraction of the LR's and of the HR's variance at the LR's resolution: below
 #: it an image is textureless there (:meth:`_Fit.reliabilities`).
-MIN_RELIABILITY = (0.1, 0.25)
+MIN_RELIABILITY = (0.05, 0.25)
 
 
 @dataclass
@@ -1029,25 +1029,44 @@ class _ScanLineField:
         return np.moveaxis(parts[0] + parts[1], -1, 0).astype(np.float32)
 
 
+#: Least accepted patches per coefficient of the local field (it has fewer knots otherwise).
+PATCHES_PER_COEF = 3
+
+
+def _fine_residual(lr: np.ndarray, hr1: np.ndarray, f1: int, sigma: float,
+                   reg: Registration, local: bool, stride: int = 3) -> float:
+    """Fraction of the LR's variance left by the quadratic intensity fit to the HR reduced by
+    ``f1`` (``hr1``) and blurred by ``sigma`` (its px), through ``reg`` with or without its
+    local field, over every ``stride``-th LR pixel the HR covers."""
+    ys, values = _grid_samples(lr, stride)
+    x = reg.lr_to_hr(ys, local=local) / f1
+    ok = np.all((x >= 1.0) & (x <= np.array(hr1.shape)[:, None] - 2.0), axis=0)
+    w = interpolate(ndi.gaussian_filter(hr1, sigma), x[:, ok]).astype(float)
+    _, res, *_ = np.linalg.lstsq(_quadratic(w), values[ok], rcond=None)
+    return float(res[0] / max(values[ok].var() * ok.sum(), 1e-30)) if len(res) else 1.0
+
+
 def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
                  opts: _PatchSearch, scan_knots: int,
                  smoothing: float) -> tuple[np.ndarray | None, int, int]:
-    """Dense local field (2, h, w) from the patch search, or None if too few patches pass (at
-    least one per coefficient of the field's splines). The splines have at most ``scan_knots``
-    knot intervals, and at most half as many as there are rows of patches. Also returns the
-    numbers of patches tried and accepted.
+    """Dense local field (2, h, w) from the patch search, or None if too few patches pass. The
+    splines have at most ``scan_knots`` knot intervals, at most half as many as there are rows
+    of patches, and few enough for :data:`PATCHES_PER_COEF` accepted patches per coefficient.
+    Also returns the numbers of patches tried and accepted.
     """
     patches = _patch_results(lr, hr, matrix, offset, hr_noise, opts)
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
     edge = opts.size // 2 + opts.radius
     patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))
-    knots = int(np.clip(patch_rows // 2, 1, scan_knots))
-    model = _ScanLineField(matrix, offset, tuple(hr.shape), lr.shape[0], knots)
-    if passed < model.n_coef:
+    for knots in range(int(np.clip(patch_rows // 2, 1, scan_knots)), 0, -1):
+        model = _ScanLineField(matrix, offset, tuple(hr.shape), lr.shape[0], knots)
+        if passed >= PATCHES_PER_COEF * model.n_coef:
+            break
+    else:
         warnings.warn(
             f"local registration skipped: only {passed} of {tried} textured patches matched "
-            f"reliably, fewer than the {model.n_coef} coefficients of the local field; the "
-            "registration is global only",
+            f"reliably, fewer than {PATCHES_PER_COEF} per coefficient of the stiffest local "
+            f"field ({model.n_coef}); the registration is global only",
             stacklevel=3,
         )
         return None, tried, 0
@@ -1090,6 +1109,10 @@ def _central(image, size: int = 2048) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+#: LR pixels by which scan drift may stretch the HR's extent: widens the accepted zoom range.
+DRIFT_ALLOWANCE = 1.0
+
+
 def _patch_search(hr_shape: tuple[int, int], zoom: float, blur: float, size: int | None,
                   step: int | None, radius: int | None) -> _PatchSearch:
     """Local-search parameters scaled to the pair (HR px): patches of 24 LR px (at most a third
@@ -1129,7 +1152,7 @@ def register_pair(
         array: its global step reads it reduced, its local step chunk by chunk.
     zoom
         Nominal HR/LR pixel-density ratio; the found one must be within ``zoom_tolerance``
-        (relative) of it.
+        (relative) of it, plus what :data:`DRIFT_ALLOWANCE` LR px of drift across the HR give.
     max_rotation_deg
         Rotation search range ±, degrees.
     affine
@@ -1172,10 +1195,12 @@ def register_pair(
     reg = _global(lr, hr, zoom, max_rotation_deg=max_rotation_deg, affine=affine,
                   allow_inversion=allow_inversion, min_ncc=min_ncc,
                   min_peak_ratio=min_peak_ratio)
-    if abs(reg.zoom / zoom - 1) > zoom_tolerance:
+    # Scan drift of up to DRIFT_ALLOWANCE LR px across the HR's extent scales the global fit.
+    tolerance = zoom_tolerance + DRIFT_ALLOWANCE * zoom / min(hr.shape)
+    if abs(reg.zoom / zoom - 1) > tolerance:
         raise RegistrationError(
             f"found zoom {reg.zoom:.4f} is outside the accepted range {zoom:g} ± "
-            f"{100 * zoom_tolerance:g} %: if that is the pair's zoom, pass --zoom "
+            f"{100 * tolerance:.3g} %: if that is the pair's zoom, pass --zoom "
             f"{reg.zoom:.3g}; else the match is wrong"
         )
     if abs(reg.rotation_deg) > max_rotation_deg:
@@ -1201,7 +1226,22 @@ def register_pair(
             smoothing,
         )
         if disp is not None:
-            reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp)
+            with_field = Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
+                                      disp=disp)
+            f1 = max(1, round(reg.zoom))
+            hr1 = _reduce(hr_signed, f1)
+            sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
+            gain = [_fine_residual(lr, hr1, f1, sigma, with_field, local)
+                    for local in (False, True)]
+            if gain[1] < gain[0]:
+                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp)
+            else:
+                reg.patches_accepted = 0
+                warnings.warn(
+                    f"local registration skipped: the local field from {reg.patches_tried} "
+                    f"patches does not improve the fit (fraction of the LR's variance left "
+                    f"{gain[1]:.4f} with it, {gain[0]:.4f} without); the registration is "
+                    "global only", stacklevel=2)
     return reg
 
 
