@@ -439,7 +439,7 @@ def _coarse_search(lr_c: np.ndarray, tmpl: np.ndarray,
 
 def _choose_sign(matches: dict[int, _Match], *, allow_inversion: bool) -> int:
     """The sign of the correlation to follow: −1 where the best match is an inverted-contrast
-    one that is significant (warned of, or an error if ``allow_inversion`` is False)."""
+    one that is significant (an error if ``allow_inversion`` is False)."""
     pos, neg = matches[1], matches[-1]
     if not (neg.scores[0] > pos.scores[0] and neg.significance >= neg.min_significance):
         return 1
@@ -450,12 +450,6 @@ def _choose_sign(matches: dict[int, _Match], *, allow_inversion: bool) -> int:
             "--allow-inversion if the HR detector's contrast is reversed (e.g. a BSE or "
             "transmission LR and a secondary-electron HR)"
         )
-    warnings.warn(
-        f"the HR contrast is inverted with respect to the LR (NCC {-neg.ncc:.2f}): registered "
-        "on the inverted HR; a paired method learns the mapping from the HR as acquired "
-        "(--refuse-inversion refuses such a pair)",
-        stacklevel=4,
-    )
     return -1
 
 
@@ -543,7 +537,7 @@ class _Fit(NamedTuple):
     t: np.ndarray
     sigma: float  # extra blur (LR px) of the HR reduced to the LR scale
     fit_ncc: float
-    residual: float  # fraction of the LR's variance the fit leaves, over ``n`` LR pixels
+    residual: float  # fraction of the LR's variance the fit leaves, over all ``n`` LR pixels
     n: int
     lr_var: float  # variance of those LR pixels
     hr_var: float  # and of the HR (reduced, blurred by ``sigma``) at them
@@ -580,7 +574,9 @@ def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.
     sigma = optimize.minimize_scalar(lambda s: _fit_residual(lr, hr1, a1, t1, s)[0],
                                      bounds=(0, 3), method="bounded", options={"xatol": 0.1}).x
     a1, t1, fit_ncc = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine)
-    return _Fit(a1 * f1, t1 * f1, float(sigma), fit_ncc, *_fit_residual(lr, hr1, a1, t1, sigma))
+    # Every LR pixel for the comparison of candidates: the LR's noise is white per pixel.
+    return _Fit(a1 * f1, t1 * f1, float(sigma), fit_ncc,
+                *_fit_residual(lr, hr1, a1, t1, sigma, stride=1))
 
 
 def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, f_of: dict,
@@ -684,6 +680,13 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
                 "an edge or a particle, or crop the LR to the HR's neighbourhood "
                 "(pairsr convert --crop)"
             )
+    if sign < 0:
+        warnings.warn(
+            f"the HR contrast is inverted with respect to the LR (coarse NCC {match.ncc:.2f} "
+            f"of the inverted HR): registered; a paired method learns the mapping from the HR "
+            "as acquired (--refuse-inversion refuses such a pair)",
+            stacklevel=3,
+        )
     matrix = np.linalg.inv(best.a)
     return Registration(
         matrix, -matrix @ best.t, lr.shape, hr.shape, ncc=match.ncc,
