@@ -8,13 +8,17 @@ Pipeline of :func:`register_pair`:
 
 1. **Coarse global search**: the HR image, reduced to a coarse LR scale, is found anywhere in the
    (equally reduced) LR image by an FFT normalised-cross-correlation template search
-   (:func:`skimage.feature.match_template`) over a sweep of rotations. The peak NCC and the ratio of
-   the best to the second-best peak decide whether the HR is in the LR at all.
+   (:func:`skimage.feature.match_template`) over a sweep of rotations, for both signs of the
+   correlation (an inverted detector contrast). A peak well above the map's own chance level and
+   well above the second-best peak is the match; otherwise the best few peaks are candidates.
 2. **Fine global fit**: Gauss-Newton (ECC-style) on a pyramid of the LR image against the HR image
    blurred and reduced to the same scale (the LR scan is the blurrier one), through a similarity
    and then an affine transform, with a quadratic intensity model (gain, offset, gamma) fitted
    jointly, so that contrast, brightness and gamma differences do not bias it. The extra blur that
-   brings the HR to the LR resolution is estimated on the way.
+   brings the HR to the LR resolution is estimated on the way. The decision rests on this fit:
+   it must explain most of the LR's variance that the noise of both images lets any fit explain,
+   and, among several candidates (one period apart on a periodic specimen), one fit must be
+   better than the others by more than the noise allows.
 3. **Local field**: the paper's patch search (its Eq. 1): NCC of HR patches (blurred to the LR
    resolution) against the LR resampled on the HR grid through the global mapping (``Ir``), on
    textured patches (signal variance well above the noise), then a sub-pixel Lucas-Kanade step
@@ -23,11 +27,14 @@ Pipeline of :func:`register_pair`:
    covariance, with robust (Tukey) outlier rejection. The field is the sum of a per-line shift
    of each scan, a P-spline in the HR row plus one in the LR row, since scan drift moves whole
    scan lines. The global affine is then refitted as the least-squares affine of the whole
-   HR→LR correspondence, so ``disp`` holds only the non-affine rest. For a chunked dask HR the
-   patch search runs chunk by chunk (with a halo); the global step reads the HR reduced.
+   HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
+   improves the fine fit. Patch sizes, search radius and knots scale with the zoom, the HR's
+   size and the patches accepted. For a chunked dask HR the patch search runs chunk by chunk
+   (with a halo); the global step reads the HR reduced.
 
-Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason, or warn
-(HR partly outside the LR; too few patches for the local field).
+Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
+do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field
+skipped).
 """
 
 from __future__ import annotations
@@ -562,11 +569,9 @@ def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.
                    affine: bool) -> _Fit:
     """Refine the map ``x = a @ y + t`` down the pyramid, then the HR→LR blur and a last fit
     with it, at the finest level."""
-    # Similarity fits from the coarsest level down, then the affine at the finest.
-    steps = [(c, False) for c in sorted(lr_lev, reverse=True)] + [(1, True)] * affine
-    for c, full in steps:
+    for c in sorted(lr_lev, reverse=True):
         f = f_of[c]
-        a_l, t_l, _ = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=full)
+        a_l, t_l, _ = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=affine and c == 1)
         a, t = a_l * f / c, t_l * f
     # The blur (LR px) that best brings the reduced HR to the LR, then a last refinement with it.
     f1, lr, hr1 = f_of[1], lr_lev[1], hr_lev[1]
@@ -1053,15 +1058,15 @@ def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_
                  opts: _PatchSearch, scan_knots: int,
                  smoothing: float) -> tuple[np.ndarray | None, int, int]:
     """Dense local field (2, h, w) from the patch search, or None if too few patches pass. The
-    splines have at most ``scan_knots`` knot intervals, at most half as many as there are rows
-    of patches, and few enough for :data:`PATCHES_PER_COEF` accepted patches per coefficient.
+    splines have at most ``scan_knots`` knot intervals, fewer than there are rows of patches,
+    and few enough for :data:`PATCHES_PER_COEF` accepted patches per coefficient.
     Also returns the numbers of patches tried and accepted.
     """
     patches = _patch_results(lr, hr, matrix, offset, hr_noise, opts)
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
     edge = opts.size // 2 + opts.radius
     patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))
-    for knots in range(int(np.clip(patch_rows // 2, 1, scan_knots)), 0, -1):
+    for knots in range(int(np.clip(patch_rows - 1, 1, scan_knots)), 0, -1):
         model = _ScanLineField(matrix, offset, tuple(hr.shape), lr.shape[0], knots)
         if passed >= PATCHES_PER_COEF * model.n_coef:
             break
@@ -1175,7 +1180,7 @@ def register_pair(
         and 3 LR px).
     scan_knots, smoothing
         Local field: most knot intervals over each scan's height (fewer where fewer patch rows
-        fit: half their number), and relative penalty of its per-scan-line P-splines.
+        fit, or fewer patches are accepted), and relative penalty of its per-scan-line P-splines.
 
     Returns
     -------
