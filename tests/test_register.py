@@ -319,7 +319,7 @@ def test_periodic_specimen_with_aperiodic_content():
 
 def test_perfect_lattice_is_ambiguous_by_a_period():
     lr, hr, _, _ = _pair(_lattice((600, 700), 24.0, 0), angle=0.8)
-    with pytest.raises(RegistrationError, match=r"ambiguous by a period.*convert --crop"):
+    with pytest.raises(RegistrationError, match=r"ambiguous, by one period.*convert --crop"):
         register_pair(lr, hr, local=False)
 
 

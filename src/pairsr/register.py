@@ -679,11 +679,10 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
             raise RegistrationError(
                 f"the HR image matches the LR equally well at {len(fits)} places (fit NCC "
                 f"{best.fit_ncc:.3f} and {second.fit_ncc:.3f}, {apart:.1f} LR px apart; "
-                f"difference {separation:.1f}σ, need {MIN_SEPARATION:g}σ): the specimen looks "
-                "periodic, with nothing in the HR field that tells one period from the next, so "
-                "the pair is ambiguous by a period. Acquire an HR field that includes a defect, "
-                "an edge or a particle, or crop the LR to the HR's neighbourhood "
-                "(pairsr convert --crop)"
+                f"difference {separation:.1f}σ, need {MIN_SEPARATION:g}σ): the pair is "
+                "ambiguous, by one period if the specimen is periodic; nothing in the HR field "
+                "tells these places apart. Acquire an HR field that includes a defect, an edge "
+                "or a particle, or crop the LR to the HR's neighbourhood (pairsr convert --crop)"
             )
     if sign < 0:
         warnings.warn(
