@@ -8,13 +8,17 @@ Pipeline of :func:`register_pair`:
 
 1. **Coarse global search**: the HR image, reduced to a coarse LR scale, is found anywhere in the
    (equally reduced) LR image by an FFT normalised-cross-correlation template search
-   (:func:`skimage.feature.match_template`) over a sweep of rotations. The peak NCC and the ratio of
-   the best to the second-best peak decide whether the HR is in the LR at all.
+   (:func:`skimage.feature.match_template`) over a sweep of rotations, for both signs of the
+   correlation (an inverted detector contrast). A peak well above the map's own chance level and
+   well above the second-best peak is the match; otherwise the best few peaks are candidates.
 2. **Fine global fit**: Gauss-Newton (ECC-style) on a pyramid of the LR image against the HR image
    blurred and reduced to the same scale (the LR scan is the blurrier one), through a similarity
    and then an affine transform, with a quadratic intensity model (gain, offset, gamma) fitted
    jointly, so that contrast, brightness and gamma differences do not bias it. The extra blur that
-   brings the HR to the LR resolution is estimated on the way.
+   brings the HR to the LR resolution is estimated on the way. The decision rests on this fit:
+   it must explain most of the LR's variance that the noise of both images lets any fit explain,
+   and, among several candidates (one period apart on a periodic specimen), one fit must be
+   better than the others by more than the noise allows.
 3. **Local field**: the paper's patch search (its Eq. 1): NCC of HR patches (blurred to the LR
    resolution) against the LR resampled on the HR grid through the global mapping (``Ir``), on
    textured patches (signal variance well above the noise), then a sub-pixel Lucas-Kanade step
@@ -23,11 +27,14 @@ Pipeline of :func:`register_pair`:
    covariance, with robust (Tukey) outlier rejection. The field is the sum of a per-line shift
    of each scan, a P-spline in the HR row plus one in the LR row, since scan drift moves whole
    scan lines. The global affine is then refitted as the least-squares affine of the whole
-   HR→LR correspondence, so ``disp`` holds only the non-affine rest. For a chunked dask HR the
-   patch search runs chunk by chunk (with a halo); the global step reads the HR reduced.
+   HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
+   improves the fine fit. Patch sizes, search radius and knots scale with the zoom, the HR's
+   size and the patches accepted. For a chunked dask HR the patch search runs chunk by chunk
+   (with a halo); the global step reads the HR reduced.
 
-Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason, or warn
-(HR partly outside the LR; too few patches for the local field).
+Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
+do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field
+skipped).
 """
 
 from __future__ import annotations
@@ -96,7 +103,8 @@ class Registration:
     blur_sigma
         Gaussian σ (HR pixels) that brings the HR image to the LR resolution.
     inverted
-        The HR contrast was found inverted with respect to the LR (``allow_inversion=True``).
+        The HR contrast was found inverted with respect to the LR (accepted with a warning
+        under ``allow_inversion=True``); the mapping holds for the HR as acquired.
     patches_tried, patches_accepted
         Textured patches searched by the local step, and those that passed every test.
     disp
@@ -109,6 +117,7 @@ class Registration:
     hr_shape: tuple[int, int]
     ncc: float = float("nan")
     peak_ratio: float = float("nan")
+    significance: float = float("nan")
     fit_ncc: float = float("nan")
     blur_sigma: float = 0.0
     inverted: bool = False
@@ -280,37 +289,74 @@ def _texture_ratio(image: np.ndarray) -> float:
     return float(band.var() / max(noise, 1e-12))
 
 
-def _check_texture(image: np.ndarray, name: str, min_ratio: float = 1.5) -> None:
-    ratio = _texture_ratio(image)
-    if ratio < min_ratio:
-        raise RegistrationError(
-            f"{name} image is textureless: its structure is at the noise level (band-pass "
-            f"variance {ratio:.2f}× that of its noise, need {min_ratio}); nothing to register on"
-        )
+def _texture_note(lr_c: np.ndarray, hr_c: np.ndarray) -> str:
+    """Why a match may be missing: names an image whose structure at the search scale is at its
+    noise level (band-pass variance under 1.5× the noise's), or ''."""
+    flat = [name for name, im in (("LR", lr_c), ("HR", hr_c)) if _texture_ratio(im) < 1.5]
+    if not flat:
+        return ""
+    return (f"; the {' and '.join(flat)} image{'s are' if len(flat) > 1 else ' is'} textureless "
+            "at the scale of the search (structure at the noise level)")
 
 
 # --------------------------------------------------------------------------------------------
 # Global registration
 # --------------------------------------------------------------------------------------------
 
+#: Extra Gaussian pre-smoothing (coarse px) of both images for the coarse search, against noise.
+COARSE_SMOOTH = 1.0
+#: Candidate positions of the coarse search refined when its best match is not unique.
+MAX_CANDIDATES = 5
+#: Least significance (σ of the statistic) of a fine-scale difference between two candidates.
+MIN_SEPARATION = 3.0
+#: Least fraction of the LR's variance that the fit must explain, relative to the most that
+#: the noise of both images allows (:meth:`_Fit.explained`).
+MIN_EXPLAINED = 0.5
+#: Least signal fraction of the LR's and of the HR's variance at the LR's resolution: below
+#: it an image is textureless there (:meth:`_Fit.reliabilities`).
+MIN_RELIABILITY = (0.05, 0.25)
+
 
 @dataclass
 class _Match:
-    """Best match of the coarse search for one sign of the correlation."""
+    """Result of the coarse search for one sign of the correlation, at its best angle."""
 
     angle: float  # degrees, refined between the sweep's steps
-    lr_centre: np.ndarray  # coarse-LR (row, col) of the template centre
-    ncc: float  # NCC (of the signed correlation) at the best-scoring position
-    peak_ratio: float  # best score over the second-best local maximum
+    centres: np.ndarray  # (K, 2) coarse-LR (row, col) of the template centre at the K best peaks
+    scores: np.ndarray  # (K,) their scores (NCC·√overlap), best first
+    ncc: float  # NCC (of the signed correlation) at the best peak
+    null: tuple[float, float]  # median and robust std of the score over the map: chance
+    n_tests: float  # effectively independent positions searched (over every angle)
     at_edge: bool  # the best angle is the first or last of the sweep
 
+    @property
+    def peak_ratio(self) -> float:
+        """Best peak over the second-best local maximum."""
+        if len(self.scores) < 2 or self.scores[1] <= 0:
+            return float("inf")
+        return float(self.scores[0] / self.scores[1])
 
-def _second_peak_ratio(ncc_map: np.ndarray, min_distance: int) -> float:
-    """Best peak over the second-best local maximum at least ``min_distance`` px away."""
-    peaks = peak_local_max(ncc_map, min_distance=min_distance, num_peaks=2, exclude_border=False)
-    best = ncc_map[tuple(peaks[0])]
-    second = ncc_map[tuple(peaks[1])] if len(peaks) > 1 else 0.0
-    return float(best / second) if second > 0 else float("inf")
+    @property
+    def significance(self) -> float:
+        """Best score above the map's median, in units of its robust std."""
+        return float((self.scores[0] - self.null[0]) / max(self.null[1], 1e-12))
+
+    @property
+    def min_significance(self) -> float:
+        """What the best of ``n_tests`` unrelated positions reaches (√(2 ln n)), plus 1."""
+        return float(np.sqrt(2 * np.log(max(self.n_tests, 2))) + 1.0)
+
+
+def _null_stats(score: np.ndarray) -> tuple[float, float, float]:
+    """Median, robust std (MAD) and effective number of independent values of a score map:
+    what unrelated positions give. The number is ``(Σ P)² / Σ P²`` over the map's power
+    spectrum ``P`` (N / Σ ρ², ρ its autocorrelation), so a smooth or periodic map counts few."""
+    med = float(np.median(score))
+    spread = 1.4826 * float(np.median(np.abs(score - med)))
+    power = np.abs(fft.rfft2(score - score.mean())) ** 2
+    power[..., 1 : (score.shape[1] + 1) // 2] *= 2  # the half-spectrum's mirrored columns
+    n_eff = float(power.sum() ** 2 / max((power**2).sum(), 1e-300))
+    return med, spread, n_eff
 
 
 def _box_sums(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -360,8 +406,8 @@ def _coarse_search(lr_c: np.ndarray, tmpl: np.ndarray,
     that many pixels, so that a small overlap that happens to correlate does not compete with a
     full one. The angles run as dask tasks (on the current scheduler: threads, or a
     distributed cluster) when ``lr_c`` has :data:`PARALLEL_SEARCH_PIXELS` or more, and only
-    their best scores come back. Returns the best positive (key 1) and negative (key −1:
-    inverted contrast) match.
+    their best scores come back. Returns, for the positive (key 1) and negative (key −1:
+    inverted contrast) correlation, the :data:`MAX_CANDIDATES` best peaks at the best angle.
     """
     half_diag = 0.5 * np.hypot(*tmpl.shape)
     step = float(np.clip(np.rad2deg(1.0 / half_diag), 0.1, 2.0))  # ≤ 1 px at the corners
@@ -388,40 +434,30 @@ def _coarse_search(lr_c: np.ndarray, tmpl: np.ndarray,
             s = scores[k, i - 1 : i + 2]
             curv = s[0] - 2 * s[1] + s[2]
             angle += 0.5 * step * (s[0] - s[2]) / curv if curv < 0 else 0.0
-        peak_at = np.unravel_index(np.argmax(score), score.shape)
-        centre = _rotation(angles[i]) @ (np.array(peak_at) + (np.array(tmpl.shape) - 1) / 2
-                                         + umin)
-        ratio = _second_peak_ratio(score, max(3, min(tmpl.shape) // 10))
-        matches[sign] = _Match(float(angle), centre, float(ncc[peak_at]), ratio, at_edge)
+        at = peak_local_max(score, min_distance=max(3, min(tmpl.shape) // 10),
+                            num_peaks=MAX_CANDIDATES, exclude_border=False)
+        centres = (_rotation(angles[i]) @ (at + (np.array(tmpl.shape) - 1) / 2 + umin).T).T
+        med, spread, n_eff = _null_stats(score)
+        matches[sign] = _Match(float(angle), centres, score[tuple(at.T)].astype(float),
+                               float(ncc[tuple(at[0])]), (med, spread), n_eff * len(angles),
+                               at_edge)
     return matches
 
 
-def _choose_match(matches: dict[int, _Match], *, min_ncc: float, min_peak_ratio: float,
-                  allow_inversion: bool, max_rotation_deg: float) -> tuple[_Match, bool]:
-    """The coarse match to refine, and whether the contrast is inverted; or the error why none."""
+def _choose_sign(matches: dict[int, _Match], *, allow_inversion: bool) -> int:
+    """The sign of the correlation to follow: −1 where the best match is an inverted-contrast
+    one that is significant (an error if ``allow_inversion`` is False)."""
     pos, neg = matches[1], matches[-1]
-    good = {s: m.ncc >= min_ncc and m.peak_ratio >= min_peak_ratio for s, m in matches.items()}
-    inverted = good[-1] and neg.ncc > pos.ncc
-    if inverted and not allow_inversion:
+    if not (neg.scores[0] > pos.scores[0] and neg.significance >= neg.min_significance):
+        return 1
+    if not allow_inversion:
         raise RegistrationError(
             f"the contrast seems inverted: the best match is a negative correlation (NCC "
             f"{-neg.ncc:.2f}, vs {pos.ncc:+.2f} for the best positive one); pass "
-            "allow_inversion=True if the HR detector's contrast is reversed"
+            "--allow-inversion if the HR detector's contrast is reversed (e.g. a BSE or "
+            "transmission LR and a secondary-electron HR)"
         )
-    match = neg if inverted else pos
-    if not good[-1 if inverted else 1]:
-        raise RegistrationError(
-            f"HR image not found in the LR image: best match NCC {match.ncc:.2f} (need "
-            f"{min_ncc}), best/second peak ratio {match.peak_ratio:.2f} (need {min_peak_ratio}); "
-            "is it the same field, at the given zoom?"
-        )
-    if match.at_edge:
-        raise RegistrationError(
-            f"best match at the edge of the rotation search range ({match.angle:+.2f}°, NCC "
-            f"{match.ncc:.2f}): the HR is rotated by more than max_rotation_deg="
-            f"{max_rotation_deg}; widen it"
-        )
-    return match, inverted
+    return -1
 
 
 def _grid_samples(image: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -485,20 +521,101 @@ def _refine(
 
 
 def _fit_residual(lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray,
-                  sigma: float, stride: int = 3) -> float:
+                  sigma: float, stride: int = 3) -> tuple[float, int, float, float]:
     """Fraction of L's variance left by the quadratic intensity fit to H blurred by ``sigma``,
-    at the map ``x = a @ y + t``."""
+    at the map ``x = a @ y + t``; also the number of L pixels compared, and the variances of L
+    and of the blurred H over them."""
     ys, values = _grid_samples(lr_l, stride)
     x = a @ ys + t[:, None]
     ok = np.all((x >= 1.0) & (x <= np.array(hr_l.shape)[:, None] - 2.0), axis=0)
+    if ok.sum() < 16:
+        return 1.0, int(ok.sum()), 0.0, 0.0
     w = interpolate(ndi.gaussian_filter(hr_l, sigma), x[:, ok]).astype(float)
     _, res, *_ = np.linalg.lstsq(_quadratic(w), values[ok], rcond=None)
-    return float(res[0] / (values[ok].var() * ok.sum()))
+    var = float(values[ok].var())
+    return float(res[0] / max(var * ok.sum(), 1e-30)) if len(res) else 1.0, int(ok.sum()), var, \
+        float(w.var())
+
+
+class _Fit(NamedTuple):
+    """A candidate of the global fit: LR→HR map ``x = a @ y + t`` at full resolution."""
+
+    a: np.ndarray
+    t: np.ndarray
+    sigma: float  # extra blur (LR px) of the HR reduced to the LR scale
+    fit_ncc: float
+    residual: float  # fraction of the LR's variance the fit leaves, over all ``n`` LR pixels
+    n: int
+    lr_var: float  # variance of those LR pixels
+    hr_var: float  # and of the HR (reduced, blurred by ``sigma``) at them
+
+    def reliabilities(self, lr_noise: float, hr_noise: float, f: int) -> tuple[float, float]:
+        """Fractions of the compared LR's and HR's variances that are signal, not white noise
+        (``lr_noise``, ``hr_noise``: noise std of the full-resolution images; ``f``: the HR's
+        reduction to the LR scale, after which the fit blurred it by ``sigma`` LR px)."""
+        blur = np.hypot(0.5 * f if f > 1 else 0.0, f * self.sigma)  # HR px
+        hr_gain = min(1.0, 1 / (4 * np.pi * blur**2)) if blur > 0 else 1.0
+        return tuple(float(max(1 - noise / max(var, 1e-30), 0.0))
+                     for noise, var in ((lr_noise**2, self.lr_var),
+                                        (hr_noise**2 * hr_gain, self.hr_var)))
+
+    def explained(self, reliabilities: tuple[float, float]) -> float:
+        """Fraction of the LR's variance explained, over the most that the noise of both images
+        lets a perfect fit explain (Spearman's correction for attenuation)."""
+        return float((1 - self.residual) / max(reliabilities[0] * reliabilities[1], 1e-6))
+
+
+def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.ndarray, *,
+                   affine: bool) -> _Fit:
+    """Refine the map ``x = a @ y + t`` down the pyramid, then the HR→LR blur and a last fit
+    with it, at the finest level."""
+    for c in sorted(lr_lev, reverse=True):
+        f = f_of[c]
+        a_l, t_l, _ = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=affine and c == 1)
+        a, t = a_l * f / c, t_l * f
+    # The blur (LR px) that best brings the reduced HR to the LR, then a last refinement with it.
+    f1, lr, hr1 = f_of[1], lr_lev[1], hr_lev[1]
+    a1, t1 = a / f1, t / f1
+    sigma = optimize.minimize_scalar(lambda s: _fit_residual(lr, hr1, a1, t1, s)[0],
+                                     bounds=(0, 3), method="bounded", options={"xatol": 0.1}).x
+    a1, t1, fit_ncc = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine)
+    # Every LR pixel for the comparison of candidates: the LR's noise is white per pixel.
+    return _Fit(a1 * f1, t1 * f1, float(sigma), fit_ncc,
+                *_fit_residual(lr, hr1, a1, t1, sigma, stride=1))
+
+
+def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, f_of: dict,
+                    tmpl_shape: tuple[int, int], zoom: float, affine: bool) -> list[_Fit]:
+    """The fits from the coarse peaks ``keep``, best (least residual) first, one per distinct
+    mapping (the HR centre more than 1 LR px apart); peaks whose fit loses the overlap drop."""
+    c = max(lr_lev)
+    a0 = zoom * _rotation(match.angle).T
+    fits = []
+    for k in keep:
+        t0 = f_of[c] * (np.array(tmpl_shape) - 1) / 2 - a0 @ (c * match.centres[k])
+        try:
+            fits.append(_fit_candidate(lr_lev, hr_lev, f_of, a0, t0, affine=affine))
+        except (RegistrationError, np.linalg.LinAlgError):
+            continue
+    fits.sort(key=lambda fit: fit.residual)
+    centre = np.array(hr_lev[1].shape) * f_of[1] / 2
+    where = [np.linalg.solve(fit.a, centre - fit.t) for fit in fits]
+    return [fit for i, fit in enumerate(fits)
+            if all(np.hypot(*(where[i] - where[j])) > 1.0 for j in range(i))]
 
 
 def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
-            allow_inversion: bool, min_ncc: float, min_peak_ratio: float) -> Registration:
-    """Coarse search, then pyramid refinement and the HR→LR blur; the global registration."""
+            allow_inversion: bool, min_ncc: float | None, min_peak_ratio: float) -> Registration:
+    """Coarse search, then pyramid refinement and the HR→LR blur; the global registration.
+
+    The coarse match decides alone when it is significant (its NCC well above what chance gives
+    for the template's effectively independent pixels, over that many positions) and unique
+    (``min_peak_ratio``). Otherwise its best peaks are each refined to the finest level and the
+    fits compared: the best must explain the LR better than every other by
+    :data:`MIN_SEPARATION` σ of the residual's noise (aperiodic content, such as a defect, an
+    edge or the HR's border, tells one period of a regular pattern from the next), and, where
+    the coarse match is not significant, explain :data:`MIN_EXPLAINED` of the LR's signal.
+    """
     # Levels c: LR reduced by c, HR by f ≈ zoom·c; the coarsest keeps the template ≥ 48 px.
     levels = [1]
     while levels[-1] < 8 and min(hr.shape) / (zoom * levels[-1] * 2) >= 48:
@@ -511,33 +628,104 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
     lr_lev = {c: _reduce(lr, c) for c in levels}
 
     c = levels[-1]
-    smooth = 1.0  # extra pre-smoothing (coarse px) against the noise of both scans
-    tmpl = ndi.gaussian_filter(hr_lev[c], smooth)
-    matches = _coarse_search(ndi.gaussian_filter(lr_lev[c], smooth), tmpl, max_rotation_deg)
-    match, inverted = _choose_match(matches, min_ncc=min_ncc, min_peak_ratio=min_peak_ratio,
-                                    allow_inversion=allow_inversion,
-                                    max_rotation_deg=max_rotation_deg)
-    sign = -1.0 if inverted else 1.0
+    lr_c = ndi.gaussian_filter(lr_lev[c], COARSE_SMOOTH)
+    tmpl = ndi.gaussian_filter(hr_lev[c], COARSE_SMOOTH)
+    matches = _coarse_search(lr_c, tmpl, max_rotation_deg)
+    sign = _choose_sign(matches, allow_inversion=allow_inversion)
+    match = matches[sign]
+    significant = match.significance >= match.min_significance
 
-    # LR→HR map x = a y + t at full resolution, first from the match: x = zoom Rᵀ (y − y_c) + x_c.
-    a = zoom * _rotation(match.angle).T
-    t = f_of[c] * (np.array(tmpl.shape) - 1) / 2 - a @ (c * match.lr_centre)
-    for c in levels[::-1]:
-        f = f_of[c]
-        a_l, t_l, _ = _refine(lr_lev[c], sign * hr_lev[c], a * c / f, t / f,
-                              affine=affine and c == 1)
-        a, t = a_l * f / c, t_l * f
-    # The blur (LR px) that best brings the reduced HR to the LR, then a last refinement with it.
-    hr1, a1, t1 = sign * hr_lev[1], a / f1, t / f1
-    sigma = optimize.minimize_scalar(lambda s: _fit_residual(lr, hr1, a1, t1, s), bounds=(0, 3),
-                                     method="bounded", options={"xatol": 0.1}).x
-    a1, t1, fit_ncc = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine)
-    matrix = np.linalg.inv(a1 * f1)
+    def not_found(reason: str) -> RegistrationError:
+        return RegistrationError(
+            f"HR image not found in the LR image: {reason} (best coarse match NCC "
+            f"{match.ncc:.2f}, {match.significance:.1f}σ above chance){_texture_note(lr_c, tmpl)}"
+            f"; {_zoom_hint(lr_c, hr, zoom, c, max_rotation_deg)}"
+        )
+
+    if min_ncc is not None and match.ncc < min_ncc:
+        raise not_found(f"coarse NCC {match.ncc:.2f} < {min_ncc:g}")
+    unique = significant and match.peak_ratio >= min_peak_ratio
+    keep = [0] if unique else [k for k, s in enumerate(match.scores)
+                               if s >= match.scores[0] / min_peak_ratio]
+    hr_signed = {c: sign * h for c, h in hr_lev.items()}
+    fits = _candidate_fits(match, keep, lr_lev, hr_signed, f_of, tmpl.shape, zoom, affine)
+    if not fits:
+        raise not_found("no candidate position kept an overlap when refined")
+    best = fits[0]
+    reliability = best.reliabilities(_noise_sigma(lr), _noise_sigma(_central(hr)), f1)
+    flat = [(name, rel, least) for name, rel, least
+            in zip(("LR", "HR"), reliability, MIN_RELIABILITY) if rel < least]
+    if flat:
+        raise not_found(" and ".join(
+            f"the {name} image is textureless at the LR's resolution (signal {100 * rel:.0f} % "
+            f"of its variance, need {100 * least:.0f} %, the rest noise)"
+            for name, rel, least in flat))
+    explained = best.explained(reliability)
+    if explained < MIN_EXPLAINED:
+        raise not_found(f"the best fit explains {100 * explained:.0f} % of the LR's variance "
+                        f"that the noise allows, need {100 * MIN_EXPLAINED:.0f} %")
+    if match.at_edge and abs(_rotation_of(best.a)) > max_rotation_deg:
+        raise RegistrationError(
+            f"best match at the edge of the rotation search range ({match.angle:+.2f}°, NCC "
+            f"{match.ncc:.2f}): the HR is rotated by more than {max_rotation_deg:g}°; widen the "
+            "range with --max-rotation"
+        )
+    if len(fits) > 1:
+        second = fits[1]
+        separation = (second.residual - best.residual) * np.sqrt(best.n) / (2 * best.residual)
+        if separation < MIN_SEPARATION:
+            apart = np.hypot(*(np.linalg.solve(best.a, -best.t)
+                               - np.linalg.solve(second.a, -second.t)))
+            raise RegistrationError(
+                f"the HR image matches the LR equally well at {len(fits)} places (fit NCC "
+                f"{best.fit_ncc:.3f} and {second.fit_ncc:.3f}, {apart:.1f} LR px apart; "
+                f"difference {separation:.1f}σ, need {MIN_SEPARATION:g}σ): the pair is "
+                "ambiguous, by one period if the specimen is periodic; nothing in the HR field "
+                "tells these places apart. Acquire an HR field that includes a defect, an edge "
+                "or a particle, or crop the LR to the HR's neighbourhood (pairsr convert --crop)"
+            )
+    if sign < 0:
+        warnings.warn(
+            f"the HR contrast is inverted with respect to the LR (coarse NCC {match.ncc:.2f} "
+            f"of the inverted HR): registered; a paired method learns the mapping from the HR "
+            "as acquired (--refuse-inversion refuses such a pair)",
+            stacklevel=3,
+        )
+    matrix = np.linalg.inv(best.a)
     return Registration(
-        matrix, -matrix @ (t1 * f1), lr.shape, hr.shape, ncc=match.ncc,
-        peak_ratio=match.peak_ratio, fit_ncc=fit_ncc, inverted=inverted,
-        blur_sigma=float(np.hypot(0.5 * f1 if f1 > 1 else 0.0, f1 * sigma)),  # HR px
+        matrix, -matrix @ best.t, lr.shape, hr.shape, ncc=match.ncc,
+        peak_ratio=match.peak_ratio, significance=match.significance, fit_ncc=best.fit_ncc,
+        inverted=sign < 0,
+        blur_sigma=float(np.hypot(0.5 * f1 if f1 > 1 else 0.0, f1 * best.sigma)),  # HR px
     )
+
+
+def _rotation_of(a: np.ndarray) -> float:
+    """Rotation (degrees) of the HR in the LR frame from an LR→HR matrix ``a``."""
+    m = np.linalg.inv(a)
+    return float(np.rad2deg(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
+
+
+def _zoom_hint(lr_c: np.ndarray, hr, zoom: float, c: int, max_rotation_deg: float) -> str:
+    """What to try after a failed search: the zoom (of 1.5-8, or half or twice ``zoom``) at
+    which the coarse search finds a significant, unique match, if there is one."""
+    tried = []
+    for other in sorted({1.5, 2.0, 3.0, 4.0, 6.0, 8.0, zoom / 2, zoom * 2}):
+        f = round(other * c)
+        if abs(other / zoom - 1) < 0.1 or f < 1 or min(hr.shape) / f < 16:
+            continue
+        tmpl = ndi.gaussian_filter(_reduce(hr, f), COARSE_SMOOTH)
+        if min(tmpl.shape) > 0.9 * min(lr_c.shape):
+            continue
+        match = _coarse_search(lr_c, tmpl, max_rotation_deg)[1]
+        tried.append((match.significance - match.min_significance, other, match))
+    good = [t for t in tried if t[0] > 0 and t[2].peak_ratio >= 1.5]
+    if good:
+        _, other, match = max(good, key=lambda t: t[0])
+        return (f"it matches at zoom {other:g} (NCC {match.ncc:.2f}): pass --zoom {other:g} if "
+                f"that is the pair's ratio of pixel sizes (now {zoom:g})")
+    return (f"check that the HR images a sub-area of the LR field and that the zoom is right "
+            f"(--zoom, now {zoom:g})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -848,21 +1036,44 @@ class _ScanLineField:
         return np.moveaxis(parts[0] + parts[1], -1, 0).astype(np.float32)
 
 
+#: Least accepted patches per coefficient of the local field (it has fewer knots otherwise).
+PATCHES_PER_COEF = 3
+
+
+def _fine_residual(lr: np.ndarray, hr1: np.ndarray, f1: int, sigma: float,
+                   reg: Registration, local: bool, stride: int = 3) -> float:
+    """Fraction of the LR's variance left by the quadratic intensity fit to the HR reduced by
+    ``f1`` (``hr1``) and blurred by ``sigma`` (its px), through ``reg`` with or without its
+    local field, over every ``stride``-th LR pixel the HR covers."""
+    ys, values = _grid_samples(lr, stride)
+    x = reg.lr_to_hr(ys, local=local) / f1
+    ok = np.all((x >= 1.0) & (x <= np.array(hr1.shape)[:, None] - 2.0), axis=0)
+    w = interpolate(ndi.gaussian_filter(hr1, sigma), x[:, ok]).astype(float)
+    _, res, *_ = np.linalg.lstsq(_quadratic(w), values[ok], rcond=None)
+    return float(res[0] / max(values[ok].var() * ok.sum(), 1e-30)) if len(res) else 1.0
+
+
 def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
                  opts: _PatchSearch, scan_knots: int,
                  smoothing: float) -> tuple[np.ndarray | None, int, int]:
-    """Dense local field (2, h, w) from the patch search, or None if too few patches pass (at
-    least one per coefficient of the field's splines). Also returns the numbers of patches tried
-    and accepted.
+    """Dense local field (2, h, w) from the patch search, or None if too few patches pass. The
+    splines have at most ``scan_knots`` knot intervals, fewer than there are rows of patches,
+    and few enough for :data:`PATCHES_PER_COEF` accepted patches per coefficient.
+    Also returns the numbers of patches tried and accepted.
     """
     patches = _patch_results(lr, hr, matrix, offset, hr_noise, opts)
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
-    model = _ScanLineField(matrix, offset, tuple(hr.shape), lr.shape[0], scan_knots)
-    if passed < model.n_coef:
+    edge = opts.size // 2 + opts.radius
+    patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))
+    for knots in range(int(np.clip(patch_rows - 1, 1, scan_knots)), 0, -1):
+        model = _ScanLineField(matrix, offset, tuple(hr.shape), lr.shape[0], knots)
+        if passed >= PATCHES_PER_COEF * model.n_coef:
+            break
+    else:
         warnings.warn(
             f"local registration skipped: only {passed} of {tried} textured patches matched "
-            f"reliably, fewer than the {model.n_coef} coefficients of the local field; the "
-            "registration is global only",
+            f"reliably, fewer than {PATCHES_PER_COEF} per coefficient of the stiffest local "
+            f"field ({model.n_coef}); the registration is global only",
             stacklevel=3,
         )
         return None, tried, 0
@@ -905,21 +1116,37 @@ def _central(image, size: int = 2048) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+#: LR pixels by which scan drift may stretch the HR's extent: widens the accepted zoom range.
+DRIFT_ALLOWANCE = 1.0
+
+
+def _patch_search(hr_shape: tuple[int, int], zoom: float, blur: float, size: int | None,
+                  step: int | None, radius: int | None) -> _PatchSearch:
+    """Local-search parameters scaled to the pair (HR px): patches of 24 LR px (at most a third
+    of the HR's side, at least 16 px) spaced by half a patch, searched ±3 LR px; ``None``
+    takes the scaled default."""
+    if size is None:
+        size = int(np.clip(round(24 * zoom), 16, max(16, min(hr_shape) // 3)))
+    step = max(1, size // 2) if step is None else step
+    radius = max(2, round(3 * zoom)) if radius is None else radius
+    return _PatchSearch(size, step, radius, blur)
+
+
 def register_pair(
     lr,
     hr,
     zoom: float = 2.0,
     *,
-    max_rotation_deg: float = 5.0,
+    max_rotation_deg: float = 10.0,
     zoom_tolerance: float = 0.03,
     affine: bool = True,
     local: bool = True,
-    allow_inversion: bool = False,
-    min_ncc: float = 0.3,
+    allow_inversion: bool = True,
+    min_ncc: float | None = None,
     min_peak_ratio: float = 1.5,
-    patch_size: int = 48,
-    patch_step: int = 24,
-    search_radius: int = 6,
+    patch_size: int | None = None,
+    patch_step: int | None = None,
+    search_radius: int | None = None,
     scan_knots: int = 12,
     smoothing: float = 1.0,
 ) -> Registration:
@@ -932,7 +1159,7 @@ def register_pair(
         array: its global step reads it reduced, its local step chunk by chunk.
     zoom
         Nominal HR/LR pixel-density ratio; the found one must be within ``zoom_tolerance``
-        (relative) of it.
+        (relative) of it, plus what :data:`DRIFT_ALLOWANCE` LR px of drift across the HR give.
     max_rotation_deg
         Rotation search range ±, degrees.
     affine
@@ -940,14 +1167,19 @@ def register_pair(
     local
         Estimate the local displacement field (scan drift).
     allow_inversion
-        Accept an HR whose contrast is inverted with respect to the LR (else it is an error).
-    min_ncc, min_peak_ratio
-        Least coarse-search NCC peak, and least ratio of the best to the second-best peak.
+        Accept, with a warning, an HR whose contrast is inverted with respect to the LR (else
+        it is an error).
+    min_ncc
+        Least coarse-search NCC peak, on top of the significance test (None: that test alone).
+    min_peak_ratio
+        Ratio of the best to the second-best coarse peak above which the coarse match is unique;
+        below it, the peaks within that ratio are refined and compared at the finest level.
     patch_size, patch_step, search_radius
-        Local patch search, HR pixels.
+        Local patch search, HR pixels; None scales them with the zoom and the HR size (24, 12
+        and 3 LR px).
     scan_knots, smoothing
-        Local field: knot intervals over each scan's height, and relative penalty of its
-        per-scan-line P-splines.
+        Local field: most knot intervals over each scan's height (fewer where fewer patch rows
+        fit, or fewer patches are accepted), and relative penalty of its per-scan-line P-splines.
 
     Returns
     -------
@@ -956,47 +1188,67 @@ def register_pair(
     Raises
     ------
     RegistrationError
-        Textureless images; HR not found in the LR (low NCC or ambiguous peak); contrast
-        inverted; rotation at the edge of the search range; zoom out of range; less than half of
-        the HR inside the LR. A warning is given when part of the HR lies outside the LR.
+        HR not found in the LR (coarse match within chance, and no candidate that explains the
+        LR); ambiguous match (a periodic specimen with nothing aperiodic in the HR field);
+        contrast inverted (with ``allow_inversion=False``); rotation at the edge of the search
+        range; zoom out of range; less than half of the HR inside the LR. A warning is given
+        when part of the HR lies outside the LR, when the contrast is inverted, and when the
+        local field is skipped.
     """
     lr = _as_image(lr, "lr")
     hr = _as_image(hr, "hr", allow_dask=True)
     if not zoom > 0:
         raise ValueError(f"zoom must be positive, got {zoom}")
-    hr_sample = _central(hr)
-    _check_texture(lr, "LR")
-    _check_texture(hr_sample, "HR")
     reg = _global(lr, hr, zoom, max_rotation_deg=max_rotation_deg, affine=affine,
                   allow_inversion=allow_inversion, min_ncc=min_ncc,
                   min_peak_ratio=min_peak_ratio)
-    if abs(reg.zoom / zoom - 1) > zoom_tolerance:
+    # Scan drift of up to DRIFT_ALLOWANCE LR px across the HR's extent scales the global fit.
+    tolerance = zoom_tolerance + DRIFT_ALLOWANCE * zoom / min(hr.shape)
+    if abs(reg.zoom / zoom - 1) > tolerance:
         raise RegistrationError(
-            f"found zoom {reg.zoom:.4f} is outside the accepted range {zoom} ± "
-            f"{100 * zoom_tolerance:g} %: wrong nominal zoom, or a wrong match"
+            f"found zoom {reg.zoom:.4f} is outside the accepted range {zoom:g} ± "
+            f"{100 * tolerance:.3g} %: if that is the pair's zoom, pass --zoom "
+            f"{reg.zoom:.3g}; else the match is wrong"
         )
     if abs(reg.rotation_deg) > max_rotation_deg:
         raise RegistrationError(
             f"found rotation {reg.rotation_deg:+.2f}° is at the edge of the search range "
-            f"±{max_rotation_deg}°; widen max_rotation_deg"
+            f"±{max_rotation_deg:g}°; widen it with --max-rotation"
         )
     inside = reg.inside_fraction
     if inside < 0.5:
         raise RegistrationError(
-            f"only {100 * inside:.0f} % of the HR image lies inside the LR image (need 50 %)"
+            f"only {100 * inside:.0f} % of the HR image lies inside the LR image (need 50 %): "
+            "the HR must image a sub-area of the LR field; use the LR scan that contains it"
         )
     if inside < 0.999:
         warnings.warn(f"{100 * (1 - inside):.1f} % of the HR image lies outside the LR image",
                       stacklevel=2)
     if local:
         hr_signed = 1.0 - hr if reg.inverted else hr
-        opts = _PatchSearch(patch_size, patch_step, search_radius, reg.blur_sigma)
+        opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
+                             search_radius)
         disp, reg.patches_tried, reg.patches_accepted = _local_field(
-            lr, hr_signed, reg.matrix, reg.offset, _noise_sigma(hr_sample), opts, scan_knots,
+            lr, hr_signed, reg.matrix, reg.offset, _noise_sigma(_central(hr)), opts, scan_knots,
             smoothing,
         )
         if disp is not None:
-            reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp)
+            with_field = Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
+                                      disp=disp)
+            f1 = max(1, round(reg.zoom))
+            hr1 = _reduce(hr_signed, f1)
+            sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
+            gain = [_fine_residual(lr, hr1, f1, sigma, with_field, local)
+                    for local in (False, True)]
+            if gain[1] < gain[0]:
+                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp)
+            else:
+                reg.patches_accepted = 0
+                warnings.warn(
+                    f"local registration skipped: the local field from {reg.patches_tried} "
+                    f"patches does not improve the fit (fraction of the LR's variance left "
+                    f"{gain[1]:.4f} with it, {gain[0]:.4f} without); the registration is "
+                    "global only", stacklevel=2)
     return reg
 
 
