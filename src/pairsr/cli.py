@@ -346,11 +346,6 @@ def _register_options(max_rotation: float | None = None, allow_inversion: bool =
             **{k: v for k, v in options.items() if v is not None}}
 
 
-def _report_inversion(reg) -> None:
-    if getattr(reg, "inverted", False):
-        console.print("[yellow]warning:[/yellow] the HR contrast is inverted with respect to the "
-                      "LR; accepted (pass --refuse-inversion to refuse such pairs)")
-
 
 def _prepare(lr_path: Path, hr_path: Path, *, lr_crop=None, hr_crop=None, local=True,
              zoom: float | None = None, auto_crop=True, **register_options):
@@ -365,7 +360,6 @@ def _prepare(lr_path: Path, hr_path: Path, *, lr_crop=None, hr_crop=None, local=
     r = pair.registration
     console.print(f"  zoom {r.zoom:.4f} (SR ×{pair.zoom}), rotation {r.rotation_deg:+.3f}°, "
                   f"NCC {r.ncc:.3f}")
-    _report_inversion(r)
     return pair
 
 
@@ -407,7 +401,6 @@ def register_cmd(
             plot_registration(to_float32(lr_img.values), to_float32(hr_img.values), reg, plot)
     except (ValueError, OSError) as err:
         raise _fail(err) from err
-    _report_inversion(reg)
     console.print(
         f"registered in {seconds:.2f} s: zoom {reg.zoom:.4f}, rotation {reg.rotation_deg:+.3f}°, "
         f"NCC {reg.ncc:.3f} (peak ratio {reg.peak_ratio:.2f}), {100 * reg.inside_fraction:.0f}% "
