@@ -35,8 +35,8 @@ arrays are kept per thread for the call (:class:`pairsr.patches.Scratch`), not r
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from functools import cache
 
 import numpy as np
@@ -44,15 +44,25 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.library import Library
-from pairsr.patches import Scratch, overlap_average, threads, valid_corners
+from pairsr.patches import Scratch, axis_grid, overlap_average, threads, valid_corners
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
+#: The same on a torch device (1 GiB): fewer, larger steps.
+DEVICE_BLOCK = 2**28
 #: A query whose weights sum to less (all its logits below about −20) is computed again with
 #: its logits shifted by their largest, and those more than :data:`_MIN_LOGIT` below it raised.
 _FAR = math.exp(-20.0)
 #: For such queries: weights below e⁻⁴⁰ (≈ 4e-18) of the largest count as e⁻⁴⁰.
 _MIN_LOGIT = 40.0
+#: Reduced attention: the standard deviation (in logit units, where 1 changes a weight by a
+#: factor e) allowed for the term a category's principal basis drops from the logits.
+TOLERANCE = 0.03
+#: Reduced attention: the fraction of the HR values' variance their basis keeps.
+ENERGY = 0.999
+#: Reduced filter: off the lattice, a patch whose standard deviation is below ``FLAT·σ`` (flat
+#: background at the scale of the weights) is not estimated.
+FLAT = 3.0
 
 #: ``attend(q, categories, out)``: HR estimates of the ``(b, n²)`` query patches ``q`` into
 #: ``out`` ``(b, n²)``.
@@ -72,73 +82,194 @@ def halo(n: int, zoom: int = 2) -> int:
     return math.ceil((n - 1) / zoom) + BICUBIC_HALO
 
 
-def _numpy_attention(keys: np.ndarray, values: np.ndarray, groups: dict, scale: float) -> Attend:
+def _basis(x: np.ndarray, rank: Callable[[np.ndarray], int] | None) -> tuple:
+    """Mean ``(D,)`` of the rows of ``x`` ``(N, D)`` and, unless ``rank`` is None, the ``(D, r)``
+    principal directions of the centred rows, ``r = rank(variances)`` (variances descending)."""
+    mean = x.mean(axis=0)
+    if rank is None:
+        return mean, None
+    centred = x - mean
+    variances, vectors = np.linalg.eigh(centred.T @ centred / len(x))
+    variances, vectors = np.maximum(variances[::-1], 0), vectors[:, ::-1]
+    return mean, np.ascontiguousarray(vectors[:, : rank(variances)])
+
+
+def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> tuple:
+    """Projections of one category set's pairs for the attention (see the module docstring).
+
+    Returns ``(shift, basis, k_aug, v_mean, v_basis, v_aug)``: the keys' basis ``B`` ``(d, r)``
+    and the projected key mean ``μB`` (exact: ``B`` None and ``μ``), the augmented key columns
+    ``(r + 2, L)``, the values' mean and basis ``C`` ``(d, r)`` (exact: None) and the augmented
+    value rows ``(L, r + 1)``, all float32.
+    """
+    mean, basis = _basis(keys, None if exact else (lambda v: _rank(v, scale)))
+    centred = keys - mean
+    projected = centred if basis is None else centred @ basis
+    # Columns [k·s; -‖k - μ‖²·s/2; -s/2] against [q; 1; ‖q‖²]: the logits -s(‖q - k‖² + ρ)/2,
+    # with ρ = ‖k - μ‖² - ‖k‖² the keys' residual energy off the basis (0 when exact).
+    k_aug = np.vstack([projected.T * scale, -0.5 * scale * np.einsum("ij,ij->i", centred, centred),
+                       np.full(len(keys), -0.5 * scale)])  # fmt: skip
+    # The values in a basis of the same rank (their mean apart).
+    v_mean, v_basis = (0.0, None) if exact else _basis(values, _energy_rank)
+    v_rows = values if v_basis is None else (values - v_mean) @ v_basis
+    v_aug = np.hstack([v_rows, np.ones((len(values), 1))])
+    shift = mean if basis is None else mean @ basis
+    return tuple(None if a is None else np.asarray(a, dtype=np.float32)
+                 for a in (shift, basis, k_aug, v_mean, v_basis, v_aug))  # fmt: skip
+
+
+#: Prepared category sets of the libraries in use, by the identity of their arrays.
+_PREPARED: dict[tuple, Callable[[tuple[int, ...]], tuple]] = {}
+
+
+def _prepared(
+    keys: np.ndarray, values: np.ndarray, labels: np.ndarray, scale: float, exact: bool
+) -> Callable[[tuple[int, ...]], tuple]:
+    """``prepare(categories)``: :func:`_reduce` of those categories' pairs, computed once.
+
+    Kept across calls (tiles of one image) while ``keys``, ``values`` and ``labels`` live; they
+    must not change in place meanwhile.
+    """
+    key = (id(keys), id(values), id(labels), scale, exact)
+    prepare = _PREPARED.get(key)
+    if prepare is None:
+        groups = {c: np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)}
+
+        @cache
+        def prepare(combo: tuple[int, ...]) -> tuple:
+            rows = np.concatenate([groups[c] for c in combo])
+            return _reduce(keys[rows], values[rows], scale, exact)
+
+        _PREPARED[key] = prepare
+        for array in (keys, values, labels):
+            weakref.finalize(array, _PREPARED.pop, key, None)
+    return prepare
+
+
+def _energy_rank(variances: np.ndarray) -> int:
+    """The fewest principal components that keep :data:`ENERGY` of the total variance."""
+    kept = np.cumsum(variances)
+    return int(np.searchsorted(kept, ENERGY * kept[-1])) + 1
+
+
+def _rank(variances: np.ndarray, scale: float) -> int:
+    """The fewest principal components for which the term dropped from a logit, the product
+    ``s·q_⊥·k_⊥`` of a query's and a key's residuals off them, has a standard deviation of at
+    most :data:`TOLERANCE` (for independent residuals of the keys' covariance:
+    ``s·(Σ_tail λ²)^½``)."""
+    tail = np.sqrt(np.cumsum((variances**2)[::-1])[::-1])  # tail[r]: of components r, r+1, ...
+    return int(np.argmax(np.append(scale * tail, 0.0) <= TOLERANCE))
+
+
+def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
     """Softmax attention of queries over the key/value rows of a set of categories, in numpy."""
-    d = keys.shape[1]
-
-    @cache
-    def prepare(combo: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = np.concatenate([groups[c] for c in combo])
-        mean = keys[rows].mean(axis=0)
-        k = keys[rows] - mean
-        # Rows [k·s; -‖k‖²·s/2; -s/2] against [q; 1; ‖q‖²] (s = scale): one product gives the
-        # logits -s·‖q - k‖²/2, at most (about) 0.
-        k_aug = np.vstack(
-            [k.T * scale, -0.5 * scale * np.einsum("ij,ij->i", k, k), np.full(len(k), -0.5 * scale)]
-        )
-        v_aug = np.hstack([values[rows], np.ones((len(rows), 1))])
-        return mean, k_aug.astype(np.float32), v_aug.astype(np.float32)
-
     scratch = Scratch()
 
     def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
-        mean, k_aug, v_aug = prepare(combo)
-        q_aug = scratch("queries", (len(q), d + 2))
-        centred = np.subtract(q, mean, out=q_aug[:, :d])
-        q_aug[:, d] = 1
-        np.einsum("ij,ij->i", centred, centred, out=q_aug[:, d + 1])
+        shift, basis, k_aug, v_mean, v_basis, v_aug = prepare(combo)
+        r, dv = len(k_aug) - 2, v_aug.shape[1] - 1
+        q_aug = scratch("queries", (len(q), r + 2))
+        if basis is None:
+            np.subtract(q, shift, out=q_aug[:, :r])
+        else:
+            np.subtract(np.matmul(q, basis, out=q_aug[:, :r]), shift, out=q_aug[:, :r])
+        q_aug[:, r] = 1
+        np.einsum("ij,ij->i", q_aug[:, :r], q_aug[:, :r], out=q_aug[:, r + 1])
         # The logits, then (in place) their exponentials.
         weights = np.matmul(q_aug, k_aug, out=scratch("weights", (len(q), k_aug.shape[1])))
         np.exp(weights, out=weights)
         # Weighted sums and, in the last column, the sums of weights.
-        sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), d + 1)))
-        far = np.flatnonzero(sums[:, d] < _FAR)
+        sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), dv + 1)))
+        far = np.flatnonzero(sums[:, dv] < _FAR)
         if len(far):  # no library patch near: shift the logits so that the best weighs 1
             logits = q_aug[far] @ k_aug
             logits -= logits.max(axis=1, keepdims=True)
             np.clip(logits, -_MIN_LOGIT, None, out=logits)
             sums[far] = np.exp(logits, out=logits) @ v_aug
-        np.divide(sums[:, :d], sums[:, d:], out=out)
+        if v_basis is None:
+            np.divide(sums[:, :dv], sums[:, dv:], out=out)
+        else:
+            mixed = np.divide(sums[:, :dv], sums[:, dv:], out=scratch("mixed", (len(q), dv)))
+            np.add(np.matmul(mixed, v_basis.T, out=out), v_mean, out=out)
 
     return attend
 
 
-def _torch_attention(
-    keys: np.ndarray, values: np.ndarray, groups: dict, scale: float, device: str
-) -> Attend:
-    """The same attention with ``torch.nn.functional.scaled_dot_product_attention``."""
+def _torch_filter(
+    up: np.ndarray,
+    prepare: Callable[[tuple[int, ...]], tuple],
+    centroids: np.ndarray,
+    n: int,
+    *,
+    categories: int,
+    stride: int,
+    step: int,
+    device: str,
+    flat: float | None,
+    lattice: int,
+) -> np.ndarray:
+    """The filter on a torch device: the image goes there once and the SR image comes back.
+
+    Queries, category choice, attention and overlap-add (``fold``) run there on ``step``
+    queries at a time; per step only the category sets present (a few ints) come to the host.
+    The softmax shifts the logits itself, so far queries need no second pass; with ``flat``
+    the patches the numpy path leaves out are computed too, but weigh 0.
+    """
     import torch
-    from torch.nn.functional import scaled_dot_product_attention
+    from torch.nn.functional import fold
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}, but torch finds no CUDA device")
-
-    @cache
-    def prepare(combo: tuple[int, ...]) -> tuple:
-        rows = np.concatenate([groups[c] for c in combo])
-        mean = keys[rows].mean(axis=0)
-        k = torch.from_numpy(keys[rows] - mean).to(dev)
-        v = torch.from_numpy(values[rows]).to(dev)
-        return mean, k[None], v[None], (-0.5 * scale) * (k * k).sum(dim=1)
-
-    def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
-        mean, k, v, bias = prepare(combo)
-        with torch.no_grad():
-            qt = torch.from_numpy(q - mean).to(dev)[None]
-            out[:] = scaled_dot_product_attention(qt, k, v, attn_mask=bias, scale=scale)[0].cpu()
-
-    return attend
+    (rows, pad_r), (cols, pad_c) = (axis_grid(length, n, stride) for length in up.shape)
+    before, width = (n - 1) // 2, (cols - 1) * stride + n
+    padded = np.pad(up, ((before, pad_r), (before, pad_c)), mode="symmetric")
+    on_device: dict[tuple[int, ...], tuple] = {}
+    with torch.no_grad():
+        image = torch.from_numpy(padded).to(dev)
+        c = torch.from_numpy(centroids).to(dev)
+        c_bias = -0.5 * (c * c).sum(dim=1)
+        sums, counts = torch.zeros_like(image), torch.zeros_like(image)
+        chunk = max(1, step // cols)
+        for r0 in range(0, rows, chunk):
+            r1 = min(rows, r0 + chunk)
+            top, height = r0 * stride, (r1 - r0 - 1) * stride + n
+            windows = image[top : top + height].unfold(0, n, stride).unfold(1, n, stride)
+            q = windows[:, :cols].reshape(-1, n * n)
+            scores = q @ c.T + c_bias
+            if categories == 1:
+                combos = scores.argmax(dim=1, keepdim=True)
+            else:
+                combos = scores.topk(categories, dim=1).indices.sort(dim=1).values
+            present, inverse = torch.unique(combos, dim=0, return_inverse=True)
+            order = torch.argsort(inverse, stable=True)
+            sizes = torch.bincount(inverse, minlength=len(present)).tolist()
+            ranked, done, start = q[order], torch.empty_like(q), 0
+            for combo, size in zip(map(tuple, present.tolist()), sizes, strict=True):
+                if combo not in on_device:
+                    on_device[combo] = tuple(None if a is None else torch.from_numpy(a).to(dev)
+                                             for a in prepare(combo))  # fmt: skip
+                shift, basis, k_aug, v_mean, v_basis, v_aug = on_device[combo]
+                part = ranked[start : start + size]
+                x = part - shift if basis is None else part @ basis - shift
+                weights = torch.softmax(x @ k_aug[:-2] + k_aug[-2], dim=1)
+                est = weights @ v_aug[:, :-1]
+                done[start : start + size] = est if v_basis is None else est @ v_basis.T + v_mean
+                start += size
+            est = torch.empty_like(done)
+            est[order] = done
+            weight = torch.ones(len(q), device=dev)
+            if flat is not None:
+                grid = torch.arange(r0, r1, device=dev)[:, None] % lattice == 0
+                grid = grid & (torch.arange(cols, device=dev) % lattice == 0)
+                weight = (grid.reshape(-1) | (q.std(dim=1, correction=0) >= flat)).float()
+                est *= weight[:, None]
+            for total, x in ((sums, est.T), (counts, weight.expand(n * n, -1))):
+                total[top : top + height, :width] += fold(
+                    x[None], (height, width), n, stride=stride)[0, 0]  # fmt: skip
+        h, w = up.shape
+        out = (sums / counts)[before : before + h, before : before + w]
+        return out.cpu().numpy()
 
 
 def _group(scores: np.ndarray, m: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
@@ -168,9 +299,11 @@ def _filter(
     sigma: float,
     categories: int,
     stride: int,
-    block: int,
+    block: int | None,
     device: str | None,
     workers: int | None,
+    exact: bool,
+    lattice: int = 2,
 ) -> np.ndarray:
     """Overlap-averaged attention of every patch of ``up`` over its nearest categories' pairs."""
     up = np.asarray(up, dtype=np.float32)
@@ -178,23 +311,26 @@ def _filter(
     problems = {
         "sigma": (np.isfinite(sigma) and sigma > 0, f"> 0 in [0, 1] intensity units, got {sigma}"),
         "categories": (1 <= categories <= k, f"in [1, {k}] (the library's), got {categories}"),
-        "block": (block >= 1, f">= 1, got {block}"),
+        "block": (block is None or block >= 1, f">= 1, got {block}"),
         "workers": (workers is None or workers >= 1, f">= 1, got {workers}"),
     }
     for name, (ok, must) in problems.items():  # the image and stride: overlap_average checks
         if not ok:
             raise ValueError(f"{name} must be {must}")
-    groups = {c: np.flatnonzero(labels == c) for c in range(k)}
+    if not np.isfinite(up).all() or up.ndim != 2:
+        raise ValueError(f"image must be a finite 2-D array, got shape {up.shape}")
     scale = 1.0 / (d * sigma**2)
-    if device is None:
-        attend = _numpy_attention(keys, values, groups, scale)
-    else:
-        attend = _torch_attention(keys, values, groups, scale, device)
-    # Torch on the CPU runs its own threads; elsewhere our threads share the cores, with numpy's
-    # BLAS single-threaded so they don't fight over them.
-    torch_cpu = device is not None and str(device).split(":")[0] == "cpu"
-    workers = workers or (1 if torch_cpu else threads())
-    limits = nullcontext() if torch_cpu else threadpool_limits(limits=1, user_api="blas")
+    prepare = _prepared(keys, values, labels, scale, exact)
+    # Per query a step holds at most one row of weights (the largest category set) and about
+    # four copies of its patch: ``block`` float32 values in all.
+    largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
+    block = block or (BLOCK if device is None else DEVICE_BLOCK)
+    step = max(1, block // (largest + 4 * d))
+    flat = None if exact or stride > 1 else FLAT * sigma
+    if device is not None:
+        return _torch_filter(up, prepare, centroids, n, categories=categories, stride=stride,
+                             step=step, device=device, flat=flat, lattice=lattice)  # fmt: skip
+    attend = _numpy_attention(prepare)
 
     # Centroid scores q·c - ‖c‖²/2 rank the categories by distance to q, nearest first.
     c_t = np.ascontiguousarray(centroids.T)
@@ -220,12 +356,13 @@ def _filter(
         est[order] = done
         return est
 
-    # Per query a step holds at most one row of weights (the largest category set) and about
-    # four copies of its patch: ``block`` float32 values in all.
-    largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
-    with limits:
-        return overlap_average(up, n, stride, estimate, step=max(1, block // (largest + 4 * d)),
-                               workers=workers)  # fmt: skip
+    def structured(q: np.ndarray) -> np.ndarray:
+        return q[:, 0].std(axis=1) >= flat
+
+    # Our threads share the cores, with numpy's BLAS single-threaded so they don't fight.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return overlap_average(up, n, stride, estimate, step=step, workers=workers or threads(),
+                               keep=None if flat is None else structured, lattice=lattice)
 
 
 def lbnlm_filter(
@@ -236,9 +373,11 @@ def lbnlm_filter(
     categories: int = 1,
     stride: int = 1,
     residual: bool = False,
-    block: int = BLOCK,
+    block: int | None = None,
     device: str | None = None,
     workers: int | None = None,
+    exact: bool = False,
+    lattice: int = 2,
 ) -> np.ndarray:
     """Super-resolve an upsampled image with the paired LB-NLM filter (Algorithm 1, steps 5-9).
 
@@ -279,6 +418,7 @@ def lbnlm_filter(
     out = _filter(
         up, library.up, values, library.labels, library.centroids, library.n, sigma=sigma,
         categories=categories, stride=stride, block=block, device=device, workers=workers,
+        exact=exact, lattice=lattice,
     )  # fmt: skip
     return out + np.asarray(up, dtype=np.float32) if residual else out
 
@@ -289,7 +429,7 @@ def lbnlm_original(
     *,
     sigma: float,
     stride: int = 1,
-    block: int = BLOCK,
+    block: int | None = None,
     device: str | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
@@ -303,6 +443,7 @@ def lbnlm_original(
     return _filter(
         up, hr, hr, np.zeros(len(hr), dtype=np.int64), hr.mean(axis=0, keepdims=True), library.n,
         sigma=sigma, categories=1, stride=stride, block=block, device=device, workers=workers,
+        exact=True,
     )  # fmt: skip
 
 

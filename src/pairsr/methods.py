@@ -234,7 +234,8 @@ class LBNLM(SRMethod):
 
         p = self.params
         return lbnlm_filter(up, self.library, sigma=p["sigma"], categories=p["categories"],
-                            stride=p["stride"], residual=p["residual"], device=p.get("device"))
+                            stride=p["stride"], residual=p["residual"], device=p.get("device"),
+                            exact=p.get("exact", False), lattice=self.zoom)
 
     def predict(self, lr: np.ndarray) -> np.ndarray:
         return self._filter(bicubic(lr, self.zoom))
@@ -256,7 +257,8 @@ class LBNLM(SRMethod):
     @classmethod
     def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, n: int = 9, k: int = 50, K: int = 10,
             L: int = 20000, sigma: float | str = "auto", categories: int = 1, stride: int = 1,
-            residual: bool = False, seed: int = 0, device: str | None = None) -> SRMethod:
+            residual: bool = False, seed: int = 0, device: str | None = None,
+            exact: bool = False) -> SRMethod:
         """Build the library from ``pairs``; ``sigma="auto"`` picks σ on a held-out 20 % strip."""
         from pairsr.lbnlm import select_sigma
         from pairsr.library import build_library
@@ -265,7 +267,7 @@ class LBNLM(SRMethod):
         check_grid(n, stride, zoom)
         ups = [bicubic(lr, zoom) for lr, _ in pairs]
         params = {"n": n, "k": k, "K": K, "L": L, "categories": categories, "stride": stride,
-                  "residual": residual, "seed": seed, "device": device}
+                  "residual": residual, "seed": seed, "device": device, "exact": exact}
         if sigma == "auto":
             split = [_holdout(hr, 0.2) for _, hr in pairs]
             lib = build_library([(u, f) for u, (f, _) in zip(ups, split)], n=n, k=k, K=K, L=L,
