@@ -45,8 +45,10 @@ def held_out(model: SRMethod, ep: EvalPair) -> tuple[list[float], float]:
     bic = Bicubic(zoom=ZOOM).predict(crop)
     scores = []
     for by0, by1, bx0, bx1 in boxes:
-        own = np.s_[(by0 - cy0) * ZOOM : (by1 - cy0) * ZOOM, (bx0 - cx0) * ZOOM : (bx1 - cx0) * ZOOM]
-        ref = ep.pair.hr[by0 * ZOOM : by1 * ZOOM, bx0 * ZOOM : bx1 * ZOOM]
+        rows, cols = slice(by0 * ZOOM, by1 * ZOOM), slice(bx0 * ZOOM, bx1 * ZOOM)
+        own = np.s_[rows.start - cy0 * ZOOM : rows.stop - cy0 * ZOOM,
+                    cols.start - cx0 * ZOOM : cols.stop - cx0 * ZOOM]  # fmt: skip
+        ref = ep.pair.hr[rows, cols]
         scores.append(score(np.clip(sr[own], 0, 1), np.clip(bic[own], 0, 1), ref)["dpsnr"])
     return scores, seconds
 
@@ -84,8 +86,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, help="folder for the pairs and models, reused if there")
     args = ap.parse_args()
     fitted = setup(args.builtin, not args.no_real, args.cache)
-    print(f"\n| pair | σ | exact ΔPSNR (dB) | default ΔPSNR (dB) | difference (dB) "
-          f"| exact (s) | default (s) |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    print("\n| pair | σ | exact ΔPSNR (dB) | default ΔPSNR (dB) | difference (dB) "
+          "| exact (s) | default (s) |\n|---|---|---|---|---|---|---|")  # fmt: skip
     worst = 0.0
     for ep, model in fitted:
         results = {}
@@ -95,8 +97,9 @@ def main() -> None:
         (ref, ref_s), (new, new_s) = results[True], results[False]
         diff = float(np.mean(new) - np.mean(ref))
         worst = max(worst, abs(diff))
-        print(f"| {ep.name} | {model.params['sigma']:g} | {np.mean(ref):+.3f} | {np.mean(new):+.3f} "
-              f"| {diff:+.3f} | {ref_s:.1f} | {new_s:.1f} |", flush=True)  # fmt: skip
+        print(f"| {ep.name} | {model.params['sigma']:g} | {np.mean(ref):+.3f} "
+              f"| {np.mean(new):+.3f} | {diff:+.3f} | {ref_s:.1f} | {new_s:.1f} |",
+              flush=True)  # fmt: skip
     print(f"\nlargest |difference|: {worst:.3f} dB over {len(fitted)} pairs")
 
 

@@ -18,17 +18,36 @@ weights sum to less than e⁻²⁰ (no library patch near) is computed again wit
 by their largest (softmax is shift-invariant; the best match then weighs 1, so no underflow to
 0/0) and those more than 40 below it raised to that (weights e⁻⁴⁰ change no float32 result).
 The weights (ordinary or subnormal floats or 0) times ``[P_hr, 1]`` give the weighted sums and
-the sums of weights. The torch path passes ``scale = s`` and ``attn_mask = −‖P − μ‖²·s/2`` to
-``scaled_dot_product_attention``: the same logits up to the per-query constant ``s‖Q − μ‖²/2``,
-which the softmax removes.
+the sums of weights. That is the exact path (``exact=True``), the paper's algorithm.
 
-Memory: each worker thread holds about ``block`` float32 values (``4·block`` bytes,
-32 MiB by default): the weights of a chunk of query patches against the largest set of
-``categories`` categories, and a few copies of the chunk's patches. Up to ``2·workers + 1``
-bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the overlap-add, and the
-image costs the input, a padded copy, the sums and the output (16 bytes per pixel). Measured
-with tracemalloc at the defaults and 2 workers, n = 9, k = 50: a 100 MiB peak for a 1024 × 1024
-image with L ≈ 20000 (116 MiB with L ≈ 5000); benchmarks/bench_lbnlm.py prints it. The work
+The default reduces the arithmetic in two ways. (1) Reduced attention: a category set's keys
+are centred and projected on their first ``r`` principal directions ``B``, with ``r`` the
+fewest for which the term dropped from a logit, ``s·q_⊥·k_⊥`` (the product of a query's and a
+key's residuals off ``B``), has a standard deviation of at most :data:`TOLERANCE` logit units
+for residuals of the keys' covariance; the logits are ``−s(‖(Q − μ)B − (P − μ)B‖² + ρ)/2`` with
+``ρ`` the key's residual energy (``‖Q_⊥‖²`` is the same for all keys and cancels). The HR
+values are averaged in their own principal basis ``C`` (the fewest directions keeping
+:data:`ENERGY` of their variance) and mapped back, ``ν + (Σ w c)/(Σ w) Cᵀ``: the logits cost
+``r + 2`` instead of ``n² + 2`` products per key and the sums ``rank C + 1`` instead of
+``n² + 1``. A noisy category keeps many components, a smooth one few. (2) Flat background:
+every patch on the lattice of every ``lattice``-th row and column is estimated, the others
+only where their standard deviation reaches :data:`FLAT` ``·σ`` (flat at the scale of the
+weights, where neighbouring estimates agree); pixels average the estimates that cover them
+(:func:`pairsr.patches.overlap_average` with ``keep``). Both depend only on the library and
+on the patch itself, so tiles that start on the lattice agree with the whole image.
+
+The torch path (``device``) runs the whole filter there: the padded image goes to the device
+once, and patches (``unfold``), category choice, attention (a softmax, which shifts the logits
+itself) and the overlap-add (``fold``) run there, on ``block``-sized steps; only the category
+sets present in a step (a few ints) and the SR image come back.
+
+Memory: each worker thread holds about ``block`` float32 values (``4·block`` bytes, 32 MiB
+by default, 1 GiB on a torch device): the weights of a chunk of query patches against the
+largest set of ``categories`` categories, and a few copies of the chunk's patches. Up to
+``2·workers + 1`` bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the
+overlap-add, and the image costs the input, a padded copy, the sums and the output (16 bytes
+per pixel, 20 on the reduced path, which counts the estimates covering each pixel). Measured
+with tracemalloc: benchmarks/bench_lbnlm.py prints the peak. The work
 arrays are kept per thread for the call (:class:`pairsr.patches.Scratch`), not reallocated.
 """
 
@@ -168,13 +187,15 @@ def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
     def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
         shift, basis, k_aug, v_mean, v_basis, v_aug = prepare(combo)
         r, dv = len(k_aug) - 2, v_aug.shape[1] - 1
-        q_aug = scratch("queries", (len(q), r + 2))
+        x = scratch("projected", (len(q), r))  # contiguous, for BLAS
         if basis is None:
-            np.subtract(q, shift, out=q_aug[:, :r])
+            np.subtract(q, shift, out=x)
         else:
-            np.subtract(np.matmul(q, basis, out=q_aug[:, :r]), shift, out=q_aug[:, :r])
+            np.subtract(np.matmul(q, basis, out=x), shift, out=x)
+        q_aug = scratch("queries", (len(q), r + 2))
+        q_aug[:, :r] = x
         q_aug[:, r] = 1
-        np.einsum("ij,ij->i", q_aug[:, :r], q_aug[:, :r], out=q_aug[:, r + 1])
+        np.einsum("ij,ij->i", x, x, out=q_aug[:, r + 1])
         # The logits, then (in place) their exponentials.
         weights = np.matmul(q_aug, k_aug, out=scratch("weights", (len(q), k_aug.shape[1])))
         np.exp(weights, out=weights)
@@ -262,7 +283,8 @@ def _torch_filter(
             if flat is not None:
                 grid = torch.arange(r0, r1, device=dev)[:, None] % lattice == 0
                 grid = grid & (torch.arange(cols, device=dev) % lattice == 0)
-                weight = (grid.reshape(-1) | (q.std(dim=1, correction=0) >= flat)).float()
+                variance = (q * q).mean(dim=1) - q.mean(dim=1) ** 2
+                weight = (grid.reshape(-1) | (variance >= flat**2)).float()
                 est *= weight[:, None]
             for total, x in ((sums, est.T), (counts, weight.expand(n * n, -1))):
                 total[top : top + height, :width] += fold(
@@ -285,7 +307,8 @@ def _group(scores: np.ndarray, m: int) -> list[tuple[tuple[int, ...], np.ndarray
         order = np.lexsort(combos.T[::-1])
     ranked = combos[order]
     starts = np.flatnonzero(np.any(ranked[1:] != ranked[:-1], axis=1)) + 1
-    return [(tuple(combos[idx[0]].tolist()), idx) for idx in np.split(order, starts)]
+    firsts = ranked[np.concatenate([[0], starts])].tolist()
+    return list(zip(map(tuple, firsts), np.split(order, starts), strict=True))
 
 
 def _filter(
@@ -357,7 +380,10 @@ def _filter(
         return est
 
     def structured(q: np.ndarray) -> np.ndarray:
-        return q[:, 0].std(axis=1) >= flat
+        """Patches whose variance reaches ``flat²``: not flat background."""
+        q = q[:, 0]
+        mean = np.matmul(q, np.full(d, 1 / d, dtype=np.float32))
+        return np.einsum("ij,ij->i", q, q) / d - mean**2 >= flat**2
 
     # Our threads share the cores, with numpy's BLAS single-threaded so they don't fight.
     with threadpool_limits(limits=1, user_api="blas"):
@@ -397,17 +423,24 @@ def lbnlm_filter(
         Step between patch centres, 1 to ``n`` (1: a patch at every pixel, as in the paper).
     residual : bool
         Average ``P_hr − P_up`` and add it back to ``up`` instead of averaging ``P_hr``.
-    block : int
-        float32 values one worker holds at most (weights and patch copies); bounds memory.
+    block : int, optional
+        float32 values one worker holds at most (weights and patch copies); bounds memory
+        (default :data:`BLOCK`, :data:`DEVICE_BLOCK` on a torch device).
     device : str, optional
-        ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) computes the attention
-        with ``torch.nn.functional.scaled_dot_product_attention`` there.
+        ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) runs the whole filter
+        there (same results to float32 rounding).
     workers : int, optional
-        Threads that filter rows of patches at once (default :func:`pairsr.patches.threads`:
-        1 in a Dask worker, else the CPUs this process may use; 1 for ``device="cpu"``, where
-        torch runs its own threads). Except with ``device="cpu"``, numpy's BLAS is
-        single-threaded, process-wide, while the filter runs. Pass 1 when the caller already runs
-        tiles in parallel.
+        Threads that filter rows of patches at once in numpy (default
+        :func:`pairsr.patches.threads`: 1 in a Dask worker, else the CPUs this process may use;
+        torch runs its own threads). numpy's BLAS is single-threaded, process-wide, while the
+        numpy filter runs. Pass 1 when the caller already runs tiles in parallel.
+    exact : bool
+        The paper's algorithm: full-rank attention and every patch estimated (the reference).
+        The default approximates it with less arithmetic (module docstring).
+    lattice : int
+        Reduced path with ``stride`` 1: patches on every ``lattice``-th row and column are
+        always estimated, the others off flat background only. Tiles must start on multiples
+        of it (pass the zoom, 2 to ``n``).
 
     Returns
     -------

@@ -219,9 +219,11 @@ def overlap_average(
             grid = np.arange(r0, r0 + part.shape[0])[:, None] % lattice == 0
             grid = grid & (np.arange(cols) % lattice == 0)
             chosen = grid.ravel() | keep(q)
-            est[:] = 0
+            full = scratch("estimates", (len(q), n * n))
+            full[~chosen] = 0
             if chosen.any():
-                est[:, chosen] = estimate(q[chosen]).T
+                full[chosen] = estimate(q[chosen])
+            np.copyto(est, full.T)
             counts = _box_sum(chosen.reshape(grid.shape).astype(np.float32), n)
         est = est.reshape(n, n, -1, cols)
         span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
