@@ -121,15 +121,22 @@ def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> 
     ``(r + 2, L)``, the values' mean and basis ``C`` ``(d, r)`` (exact: None) and the augmented
     value rows ``(L, r + 1)``, all float32.
     """
+    size, d = keys.shape
+    # A basis of rank r pays when its products, d·r per query and r per key, cost less.
+    pays = (lambda r: d * r + r * size < d * size)  # fmt: skip
     mean, basis = _basis(keys, None if exact else (lambda v: _rank(v, scale)))
+    if basis is not None and not pays(basis.shape[1]):
+        basis = None
     centred = keys - mean
     projected = centred if basis is None else centred @ basis
     # Columns [k·s; -‖k - μ‖²·s/2; -s/2] against [q; 1; ‖q‖²]: the logits -s(‖q - k‖² + ρ)/2,
     # with ρ = ‖k - μ‖² - ‖k‖² the keys' residual energy off the basis (0 when exact).
     k_aug = np.vstack([projected.T * scale, -0.5 * scale * np.einsum("ij,ij->i", centred, centred),
                        np.full(len(keys), -0.5 * scale)])  # fmt: skip
-    # The values in a basis of the same rank (their mean apart).
+    # The values in their own basis (their mean apart), where it pays.
     v_mean, v_basis = (0.0, None) if exact else _basis(values, _energy_rank)
+    if v_basis is not None and not pays(v_basis.shape[1]):
+        v_mean, v_basis = 0.0, None
     v_rows = values if v_basis is None else (values - v_mean) @ v_basis
     v_aug = np.hstack([v_rows, np.ones((len(values), 1))])
     shift = mean if basis is None else mean @ basis
