@@ -56,7 +56,6 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from functools import cache
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -122,15 +121,18 @@ def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> 
     value rows ``(L, r + 1)``, all float32.
     """
     size, d = keys.shape
-    # A basis of rank r pays when its products, d·r per query and r per key, cost less.
-    pays = (lambda r: d * r + r * size < d * size)  # fmt: skip
+
+    def pays(r: int) -> bool:
+        """A basis of rank r pays when its products, d·r per query and r per key, cost less."""
+        return d * r + r * size < d * size
+
     mean, basis = _basis(keys, None if exact else (lambda v: _rank(v, scale)))
     if basis is not None and not pays(basis.shape[1]):
         basis = None
     centred = keys - mean
     projected = centred if basis is None else centred @ basis
-    # Columns [k·s; -‖k - μ‖²·s/2; -s/2] against [q; 1; ‖q‖²]: the logits -s(‖q - k‖² + ρ)/2,
-    # with ρ = ‖k - μ‖² - ‖k‖² the keys' residual energy off the basis (0 when exact).
+    # Columns [k·s; -‖k - μ‖²·s/2; -s/2] against [q; 1; ‖q‖²] (k, q: centred, projected): the
+    # logits -s(‖q - k‖² + ρ)/2, with ρ = ‖k - μ‖² - ‖(k - μ)B‖² the key's energy off the basis.
     k_aug = np.vstack([projected.T * scale, -0.5 * scale * np.einsum("ij,ij->i", centred, centred),
                        np.full(len(keys), -0.5 * scale)])  # fmt: skip
     # The values in their own basis (their mean apart), where it pays.
@@ -144,8 +146,9 @@ def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> 
                  for a in (shift, basis, k_aug, v_mean, v_basis, v_aug))  # fmt: skip
 
 
-#: Prepared category sets of the libraries in use, by the identity of their arrays.
-_PREPARED: dict[tuple, Callable[[tuple[int, ...]], tuple]] = {}
+#: Prepared category sets of the libraries in use, by the identity of their arrays: copies
+#: derived from them only, so that the arrays can go (and take their entries with them).
+_PREPARED: dict[tuple, dict[tuple[int, ...], tuple]] = {}
 
 
 def _prepared(
@@ -157,18 +160,19 @@ def _prepared(
     must not change in place meanwhile.
     """
     key = (id(keys), id(values), id(labels), scale, exact)
-    prepare = _PREPARED.get(key)
-    if prepare is None:
-        groups = {c: np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)}
-
-        @cache
-        def prepare(combo: tuple[int, ...]) -> tuple:
-            rows = np.concatenate([groups[c] for c in combo])
-            return _reduce(keys[rows], values[rows], scale, exact)
-
-        _PREPARED[key] = prepare
+    done = _PREPARED.get(key)
+    if done is None:
+        done = _PREPARED[key] = {}
         for array in (keys, values, labels):
             weakref.finalize(array, _PREPARED.pop, key, None)
+    groups = {c: np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)}
+
+    def prepare(combo: tuple[int, ...]) -> tuple:
+        if combo not in done:
+            rows = np.concatenate([groups[c] for c in combo])
+            done[combo] = _reduce(keys[rows], values[rows], scale, exact)
+        return done[combo]
+
     return prepare
 
 
