@@ -10,7 +10,7 @@ import pytest
 from skimage import draw, filters, transform
 
 from pairsr.grid import BICUBIC_HALO, bicubic
-from pairsr.lbnlm import halo, lbnlm_filter, lbnlm_original
+from pairsr.lbnlm import _numpy_attention, _prepared, halo, lbnlm_filter, lbnlm_original
 from pairsr.library import Library, build_library
 
 SHARED = Path(__file__).parents[2] / "shared"
@@ -75,7 +75,8 @@ def tiny():
 )  # fmt: skip
 def test_filter_matches_loop_reference(tiny, sigma, m, stride, residual):
     lib, up = tiny
-    out = lbnlm_filter(up, lib, sigma=sigma, categories=m, stride=stride, residual=residual)
+    out = lbnlm_filter(up, lib, sigma=sigma, categories=m, stride=stride, residual=residual,
+                       exact=True)  # fmt: skip
     values = lib.hr - lib.up if residual else lib.hr
     ref = reference(up, lib.up, values, lib.labels, lib.centroids, lib.n, sigma, m=m,
                     stride=stride, residual=residual)  # fmt: skip
@@ -119,9 +120,9 @@ def test_sigma_limits(tiny, residual):
         best = members[np.argmin(((lib.up[members] - q) ** 2).sum(1))]
         nearest[pos] = values[best] + (q if residual else 0)
         means[pos] = values[members].mean(0) + (q if residual else 0)
-    small = lbnlm_filter(up, lib, sigma=1e-4, stride=n, residual=residual)
+    small = lbnlm_filter(up, lib, sigma=1e-4, stride=n, residual=residual, exact=True)
     np.testing.assert_allclose(small, _assemble(nearest, n, n + 1), atol=1e-6)
-    large = lbnlm_filter(up, lib, sigma=1e4, stride=n, residual=residual)
+    large = lbnlm_filter(up, lib, sigma=1e4, stride=n, residual=residual, exact=True)
     np.testing.assert_allclose(large, _assemble(means, n, n + 1), atol=1e-6)
 
 
@@ -210,6 +211,38 @@ def test_lbnlm_beats_bicubic_on_a_synthetic_pair(synthetic):
     bicubic_psnr = _psnr(up, hr)
     assert _psnr(lbnlm_filter(up, lib, sigma=0.02), hr) > bicubic_psnr + 0.8
     assert _psnr(lbnlm_filter(up, lib, sigma=0.02, residual=True), hr) > bicubic_psnr + 2
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_reduced_filter_is_close_to_the_exact_one(synthetic, residual):
+    """The default (reduced attention, flat background on a lattice) against the exact path."""
+    lib, (up, hr) = synthetic
+    exact = lbnlm_filter(up, lib, sigma=0.02, residual=residual, exact=True)
+    reduced = lbnlm_filter(up, lib, sigma=0.02, residual=residual)
+    assert not np.array_equal(reduced, exact)
+    assert abs(_psnr(reduced, hr) - _psnr(exact, hr)) < 0.05
+    assert np.abs(reduced - exact).mean() < 2e-3
+
+
+def test_a_query_equal_to_a_library_patch(synthetic):
+    """For a small σ (0.002) a category's own up patches get their HR patches: exactly on the exact path,
+    and their projections on the category's HR basis on the reduced path."""
+    lib, _ = synthetic
+    scale = 1 / (lib.n**2 * 0.002**2)
+    for c in range(lib.k):
+        rows = np.flatnonzero(lib.labels == c)
+        exact, reduced = np.empty_like(lib.hr[rows]), np.empty_like(lib.hr[rows])
+        _numpy_attention(_prepared(lib.up, lib.hr, lib.labels, scale, True))(lib.up[rows], (c,),
+                                                                            exact)  # fmt: skip
+        prepare = _prepared(lib.up, lib.hr, lib.labels, scale, False)
+        _numpy_attention(prepare)(lib.up[rows], (c,), reduced)
+        _, basis, _, v_mean, v_basis, _ = prepare((c,))
+        assert basis.shape[1] < lib.n**2  # reduced indeed
+        np.testing.assert_allclose(exact, lib.hr[rows], atol=2e-3)
+        projected = lib.hr[rows]
+        if v_basis is not None:
+            projected = v_mean + (projected - v_mean) @ v_basis @ v_basis.T
+        np.testing.assert_allclose(reduced, projected, atol=2e-3)
 
 
 def test_halo_makes_tiles_exact(tiny):

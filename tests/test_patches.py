@@ -12,6 +12,33 @@ def test_overlap_average_of_the_patches_themselves_is_the_image(n, stride):
     np.testing.assert_allclose(out, up, atol=3e-6)  # float32 sums of up to n² estimates
 
 
+@pytest.mark.parametrize(("n", "lattice"), [(9, 2), (4, 2), (5, 3), (3, 3)])
+def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice):
+    """With ``keep``, the lattice patches and the kept others still reproduce the image, only
+    the chosen ones are estimated, and a tile starting on the lattice gets the same result."""
+    up = np.random.default_rng(4).random((29, 31)).astype(np.float32)
+    seen = []
+
+    def keep(p):
+        return p[:, 0].mean(axis=1) > 0.5
+
+    def estimate(p):
+        seen.append(len(p))
+        return p[:, 0] * (1 + p[:, 0].std(axis=1))[:, None]
+
+    out = overlap_average(up, n, 1, lambda p: p[:, 0], step=40, keep=keep, lattice=lattice)
+    np.testing.assert_allclose(out, up, atol=3e-6)
+    full = overlap_average(up, n, 1, estimate, keep=keep, lattice=lattice)
+    assert 29 * 31 / lattice**2 < sum(seen) < 29 * 31  # the lattice and some of the others
+    c, r0, c0 = n - 1, lattice, 2 * lattice  # the tile's corner, on the lattice
+    tile = overlap_average(up[r0 : r0 + 2 * c + 8, c0 : c0 + 2 * c + 9], n, 1, estimate,
+                           keep=keep, lattice=lattice)  # fmt: skip
+    np.testing.assert_allclose(tile[c:-c, c:-c], full[r0 + c : r0 + c + 8, c0 + c : c0 + c + 9],
+                               atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="keep needs stride 1"):
+        overlap_average(up, n, 2, estimate, keep=keep)
+
+
 @pytest.mark.parametrize(("channels", "reach"), [(None, 0), (scsr_channels, FEATURE_REACH)])
 def test_overlap_average_needs_exactly_its_reach_of_context(channels, reach):
     """An output pixel depends on the pixels within n - 1 (+ the features' reach) of it."""

@@ -18,41 +18,69 @@ weights sum to less than e⁻²⁰ (no library patch near) is computed again wit
 by their largest (softmax is shift-invariant; the best match then weighs 1, so no underflow to
 0/0) and those more than 40 below it raised to that (weights e⁻⁴⁰ change no float32 result).
 The weights (ordinary or subnormal floats or 0) times ``[P_hr, 1]`` give the weighted sums and
-the sums of weights. The torch path passes ``scale = s`` and ``attn_mask = −‖P − μ‖²·s/2`` to
-``scaled_dot_product_attention``: the same logits up to the per-query constant ``s‖Q − μ‖²/2``,
-which the softmax removes.
+the sums of weights. That is the exact path (``exact=True``), the paper's algorithm.
 
-Memory: each worker thread holds about ``block`` float32 values (``4·block`` bytes,
-32 MiB by default): the weights of a chunk of query patches against the largest set of
-``categories`` categories, and a few copies of the chunk's patches. Up to ``2·workers + 1``
-bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the overlap-add, and the
-image costs the input, a padded copy, the sums and the output (16 bytes per pixel). Measured
-with tracemalloc at the defaults and 2 workers, n = 9, k = 50: a 100 MiB peak for a 1024 × 1024
-image with L ≈ 20000 (116 MiB with L ≈ 5000); benchmarks/bench_lbnlm.py prints it. The work
+The default reduces the arithmetic in two ways. (1) Reduced attention: a category set's keys
+are centred and projected on their first ``r`` principal directions ``B``, with ``r`` the
+fewest for which the term dropped from a logit, ``s·q_⊥·k_⊥`` (the product of a query's and a
+key's residuals off ``B``), has a standard deviation of at most :data:`TOLERANCE` logit units
+for residuals of the keys' covariance; the logits are ``−s(‖(Q − μ)B − (P − μ)B‖² + ρ)/2`` with
+``ρ`` the key's residual energy (``‖Q_⊥‖²`` is the same for all keys and cancels). The HR
+values are averaged in their own principal basis ``C`` (the fewest directions keeping
+:data:`ENERGY` of their variance) and mapped back, ``ν + (Σ w c)/(Σ w) Cᵀ``: the logits cost
+``r + 2`` instead of ``n² + 2`` products per key and the sums ``rank C + 1`` instead of
+``n² + 1``. A noisy category keeps many components, a smooth one few. (2) Flat background:
+every patch on the lattice of every ``lattice``-th row and column is estimated, the others
+only where their standard deviation reaches :data:`FLAT` ``·σ`` (flat at the scale of the
+weights, where neighbouring estimates agree); pixels average the estimates that cover them
+(:func:`pairsr.patches.overlap_average` with ``keep``). Both depend only on the library and
+on the patch itself, so tiles that start on the lattice agree with the whole image.
+
+The torch path (``device``) runs the whole filter there: the padded image goes to the device
+once, and patches (``unfold``), category choice, attention (a softmax, which shifts the logits
+itself) and the overlap-add (``fold``) run there, on ``block``-sized steps; only the category
+sets present in a step (a few ints) and the SR image come back.
+
+Memory: each worker thread holds about ``block`` float32 values (``4·block`` bytes, 32 MiB
+by default, 1 GiB on a torch device): the weights of a chunk of query patches against the
+largest set of ``categories`` categories, and a few copies of the chunk's patches. Up to
+``2·workers + 1`` bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the
+overlap-add, and the image costs the input, a padded copy, the sums and the output (16 bytes
+per pixel, 20 on the reduced path, which counts the estimates covering each pixel). Measured
+with tracemalloc: benchmarks/bench_lbnlm.py prints the peak. The work
 arrays are kept per thread for the call (:class:`pairsr.patches.Scratch`), not reallocated.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
-from contextlib import nullcontext
-from functools import cache
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.library import Library
-from pairsr.patches import Scratch, overlap_average, threads
+from pairsr.patches import Scratch, axis_grid, overlap_average, threads
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
+#: The same on a torch device (1 GiB): fewer, larger steps.
+DEVICE_BLOCK = 2**28
 #: A query whose weights sum to less (all its logits below about −20) is computed again with
 #: its logits shifted by their largest, and those more than :data:`_MIN_LOGIT` below it raised.
 _FAR = math.exp(-20.0)
 #: For such queries: weights below e⁻⁴⁰ (≈ 4e-18) of the largest count as e⁻⁴⁰.
 _MIN_LOGIT = 40.0
+#: Reduced attention: the standard deviation (in logit units, where 1 changes a weight by a
+#: factor e) allowed for the term a category's principal basis drops from the logits.
+TOLERANCE = 0.03
+#: Reduced attention: the fraction of the HR values' variance their basis keeps.
+ENERGY = 0.999
+#: Reduced filter: off the lattice, a patch whose standard deviation is below ``FLAT·σ`` (flat
+#: background at the scale of the weights) is not estimated.
+FLAT = 3.0
 
 #: ``attend(q, categories, out)``: HR estimates of the ``(b, n²)`` query patches ``q`` into
 #: ``out`` ``(b, n²)``.
@@ -72,73 +100,209 @@ def halo(n: int, zoom: int = 2) -> int:
     return math.ceil((n - 1) / zoom) + BICUBIC_HALO
 
 
-def _numpy_attention(keys: np.ndarray, values: np.ndarray, groups: dict, scale: float) -> Attend:
+def _basis(x: np.ndarray, rank: Callable[[np.ndarray], int] | None) -> tuple:
+    """Mean ``(D,)`` of the rows of ``x`` ``(N, D)`` and, unless ``rank`` is None, the ``(D, r)``
+    principal directions of the centred rows, ``r = rank(variances)`` (variances descending)."""
+    mean = x.mean(axis=0)
+    if rank is None:
+        return mean, None
+    centred = x - mean
+    variances, vectors = np.linalg.eigh(centred.T @ centred / len(x))
+    variances, vectors = np.maximum(variances[::-1], 0), vectors[:, ::-1]
+    return mean, np.ascontiguousarray(vectors[:, : rank(variances)])
+
+
+def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> tuple:
+    """Projections of one category set's pairs for the attention (see the module docstring).
+
+    Returns ``(shift, basis, k_aug, v_mean, v_basis, v_aug)``: the keys' basis ``B`` ``(d, r)``
+    and the projected key mean ``μB`` (exact: ``B`` None and ``μ``), the augmented key columns
+    ``(r + 2, L)``, the values' mean and basis ``C`` ``(d, r)`` (exact: None) and the augmented
+    value rows ``(L, r + 1)``, all float32.
+    """
+    size, d = keys.shape
+
+    def pays(r: int) -> bool:
+        """A basis of rank r pays when its products, d·r per query and r per key, cost less."""
+        return d * r + r * size < d * size
+
+    mean, basis = _basis(keys, None if exact else (lambda v: _rank(v, scale)))
+    if basis is not None and not pays(basis.shape[1]):
+        basis = None
+    centred = keys - mean
+    projected = centred if basis is None else centred @ basis
+    # Columns [k·s; -‖k - μ‖²·s/2; -s/2] against [q; 1; ‖q‖²] (k, q: centred, projected): the
+    # logits -s(‖q - k‖² + ρ)/2, with ρ = ‖k - μ‖² - ‖(k - μ)B‖² the key's energy off the basis.
+    k_aug = np.vstack([projected.T * scale, -0.5 * scale * np.einsum("ij,ij->i", centred, centred),
+                       np.full(len(keys), -0.5 * scale)])  # fmt: skip
+    # The values in their own basis (their mean apart), where it pays.
+    v_mean, v_basis = (0.0, None) if exact else _basis(values, _energy_rank)
+    if v_basis is not None and not pays(v_basis.shape[1]):
+        v_mean, v_basis = 0.0, None
+    v_rows = values if v_basis is None else (values - v_mean) @ v_basis
+    v_aug = np.hstack([v_rows, np.ones((len(values), 1))])
+    shift = mean if basis is None else mean @ basis
+    return tuple(None if a is None else np.asarray(a, dtype=np.float32)
+                 for a in (shift, basis, k_aug, v_mean, v_basis, v_aug))  # fmt: skip
+
+
+#: Prepared category sets of the libraries in use, by the identity of their arrays: copies
+#: derived from them only, so that the arrays can go (and take their entries with them).
+_PREPARED: dict[tuple, dict[tuple[int, ...], tuple]] = {}
+
+
+def _prepared(
+    keys: np.ndarray, values: np.ndarray, labels: np.ndarray, scale: float, exact: bool
+) -> Callable[[tuple[int, ...]], tuple]:
+    """``prepare(categories)``: :func:`_reduce` of those categories' pairs, computed once.
+
+    Kept across calls (tiles of one image) while ``keys``, ``values`` and ``labels`` live; they
+    must not change in place meanwhile.
+    """
+    key = (id(keys), id(values), id(labels), scale, exact)
+    done = _PREPARED.get(key)
+    if done is None:
+        done = _PREPARED[key] = {}
+        for array in (keys, values, labels):
+            weakref.finalize(array, _PREPARED.pop, key, None)
+    groups = {c: np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)}
+
+    def prepare(combo: tuple[int, ...]) -> tuple:
+        if combo not in done:
+            rows = np.concatenate([groups[c] for c in combo])
+            done[combo] = _reduce(keys[rows], values[rows], scale, exact)
+        return done[combo]
+
+    return prepare
+
+
+def _energy_rank(variances: np.ndarray) -> int:
+    """The fewest principal components that keep :data:`ENERGY` of the total variance."""
+    kept = np.cumsum(variances)
+    return int(np.searchsorted(kept, ENERGY * kept[-1])) + 1
+
+
+def _rank(variances: np.ndarray, scale: float) -> int:
+    """The fewest principal components for which the term dropped from a logit, the product
+    ``s·q_⊥·k_⊥`` of a query's and a key's residuals off them, has a standard deviation of at
+    most :data:`TOLERANCE` (for independent residuals of the keys' covariance:
+    ``s·(Σ_tail λ²)^½``)."""
+    tail = np.sqrt(np.cumsum((variances**2)[::-1])[::-1])  # tail[r]: of components r, r+1, ...
+    return int(np.argmax(np.append(scale * tail, 0.0) <= TOLERANCE))
+
+
+def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
     """Softmax attention of queries over the key/value rows of a set of categories, in numpy."""
-    d = keys.shape[1]
-
-    @cache
-    def prepare(combo: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = np.concatenate([groups[c] for c in combo])
-        mean = keys[rows].mean(axis=0)
-        k = keys[rows] - mean
-        # Rows [k·s; -‖k‖²·s/2; -s/2] against [q; 1; ‖q‖²] (s = scale): one product gives the
-        # logits -s·‖q - k‖²/2, at most (about) 0.
-        k_aug = np.vstack(
-            [k.T * scale, -0.5 * scale * np.einsum("ij,ij->i", k, k), np.full(len(k), -0.5 * scale)]
-        )
-        v_aug = np.hstack([values[rows], np.ones((len(rows), 1))])
-        return mean, k_aug.astype(np.float32), v_aug.astype(np.float32)
-
     scratch = Scratch()
 
     def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
-        mean, k_aug, v_aug = prepare(combo)
-        q_aug = scratch("queries", (len(q), d + 2))
-        centred = np.subtract(q, mean, out=q_aug[:, :d])
-        q_aug[:, d] = 1
-        np.einsum("ij,ij->i", centred, centred, out=q_aug[:, d + 1])
+        shift, basis, k_aug, v_mean, v_basis, v_aug = prepare(combo)
+        r, dv = len(k_aug) - 2, v_aug.shape[1] - 1
+        x = scratch("projected", (len(q), r))  # contiguous, for BLAS
+        if basis is None:
+            np.subtract(q, shift, out=x)
+        else:
+            np.subtract(np.matmul(q, basis, out=x), shift, out=x)
+        q_aug = scratch("queries", (len(q), r + 2))
+        q_aug[:, :r] = x
+        q_aug[:, r] = 1
+        np.einsum("ij,ij->i", x, x, out=q_aug[:, r + 1])
         # The logits, then (in place) their exponentials.
         weights = np.matmul(q_aug, k_aug, out=scratch("weights", (len(q), k_aug.shape[1])))
         np.exp(weights, out=weights)
         # Weighted sums and, in the last column, the sums of weights.
-        sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), d + 1)))
-        far = np.flatnonzero(sums[:, d] < _FAR)
+        sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), dv + 1)))
+        far = np.flatnonzero(sums[:, dv] < _FAR)
         if len(far):  # no library patch near: shift the logits so that the best weighs 1
             logits = q_aug[far] @ k_aug
             logits -= logits.max(axis=1, keepdims=True)
             np.clip(logits, -_MIN_LOGIT, None, out=logits)
             sums[far] = np.exp(logits, out=logits) @ v_aug
-        np.divide(sums[:, :d], sums[:, d:], out=out)
+        if v_basis is None:
+            np.divide(sums[:, :dv], sums[:, dv:], out=out)
+        else:
+            mixed = np.divide(sums[:, :dv], sums[:, dv:], out=scratch("mixed", (len(q), dv)))
+            np.add(np.matmul(mixed, v_basis.T, out=out), v_mean, out=out)
 
     return attend
 
 
-def _torch_attention(
-    keys: np.ndarray, values: np.ndarray, groups: dict, scale: float, device: str
-) -> Attend:
-    """The same attention with ``torch.nn.functional.scaled_dot_product_attention``."""
+def _torch_filter(
+    up: np.ndarray,
+    prepare: Callable[[tuple[int, ...]], tuple],
+    centroids: np.ndarray,
+    n: int,
+    *,
+    categories: int,
+    stride: int,
+    step: int,
+    device: str,
+    flat: float | None,
+    lattice: int,
+) -> np.ndarray:
+    """The filter on a torch device: the image goes there once and the SR image comes back.
+
+    Queries, category choice, attention and overlap-add (``fold``) run there on ``step``
+    queries at a time; per step only the category sets present (a few ints) come to the host.
+    The softmax shifts the logits itself, so far queries need no second pass; with ``flat``
+    the patches the numpy path leaves out are computed too, but weigh 0.
+    """
     import torch
-    from torch.nn.functional import scaled_dot_product_attention
+    from torch.nn.functional import fold
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}, but torch finds no CUDA device")
-
-    @cache
-    def prepare(combo: tuple[int, ...]) -> tuple:
-        rows = np.concatenate([groups[c] for c in combo])
-        mean = keys[rows].mean(axis=0)
-        k = torch.from_numpy(keys[rows] - mean).to(dev)
-        v = torch.from_numpy(values[rows]).to(dev)
-        return mean, k[None], v[None], (-0.5 * scale) * (k * k).sum(dim=1)
-
-    def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
-        mean, k, v, bias = prepare(combo)
-        with torch.no_grad():
-            qt = torch.from_numpy(q - mean).to(dev)[None]
-            out[:] = scaled_dot_product_attention(qt, k, v, attn_mask=bias, scale=scale)[0].cpu()
-
-    return attend
+    (rows, pad_r), (cols, pad_c) = (axis_grid(length, n, stride) for length in up.shape)
+    before, width = (n - 1) // 2, (cols - 1) * stride + n
+    padded = np.pad(up, ((before, pad_r), (before, pad_c)), mode="symmetric")
+    on_device: dict[tuple[int, ...], tuple] = {}
+    with torch.no_grad():
+        image = torch.from_numpy(padded).to(dev)
+        c = torch.from_numpy(centroids).to(dev)
+        c_bias = -0.5 * (c * c).sum(dim=1)
+        sums, counts = torch.zeros_like(image), torch.zeros_like(image)
+        chunk = max(1, step // cols)
+        for r0 in range(0, rows, chunk):
+            r1 = min(rows, r0 + chunk)
+            top, height = r0 * stride, (r1 - r0 - 1) * stride + n
+            windows = image[top : top + height].unfold(0, n, stride).unfold(1, n, stride)
+            q = windows[:, :cols].reshape(-1, n * n)
+            scores = q @ c.T + c_bias
+            if categories == 1:
+                combos = scores.argmax(dim=1, keepdim=True)
+            else:
+                combos = scores.topk(categories, dim=1).indices.sort(dim=1).values
+            present, inverse = torch.unique(combos, dim=0, return_inverse=True)
+            order = torch.argsort(inverse, stable=True)
+            sizes = torch.bincount(inverse, minlength=len(present)).tolist()
+            ranked, done, start = q[order], torch.empty_like(q), 0
+            for combo, size in zip(map(tuple, present.tolist()), sizes, strict=True):
+                if combo not in on_device:
+                    on_device[combo] = tuple(None if a is None else torch.from_numpy(a).to(dev)
+                                             for a in prepare(combo))  # fmt: skip
+                shift, basis, k_aug, v_mean, v_basis, v_aug = on_device[combo]
+                part = ranked[start : start + size]
+                x = part - shift if basis is None else part @ basis - shift
+                weights = torch.softmax(x @ k_aug[:-2] + k_aug[-2], dim=1)
+                est = weights @ v_aug[:, :-1]
+                done[start : start + size] = est if v_basis is None else est @ v_basis.T + v_mean
+                start += size
+            est = torch.empty_like(done)
+            est[order] = done
+            weight = torch.ones(len(q), device=dev)
+            if flat is not None:
+                grid = torch.arange(r0, r1, device=dev)[:, None] % lattice == 0
+                grid = grid & (torch.arange(cols, device=dev) % lattice == 0)
+                variance = (q * q).mean(dim=1) - q.mean(dim=1) ** 2
+                weight = (grid.reshape(-1) | (variance >= flat**2)).float()
+                est *= weight[:, None]
+            for total, x in ((sums, est.T), (counts, weight.expand(n * n, -1))):
+                total[top : top + height, :width] += fold(
+                    x[None], (height, width), n, stride=stride)[0, 0]  # fmt: skip
+        h, w = up.shape
+        out = (sums / counts)[before : before + h, before : before + w]
+        return out.cpu().numpy()
 
 
 def _group(scores: np.ndarray, m: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
@@ -154,7 +318,8 @@ def _group(scores: np.ndarray, m: int) -> list[tuple[tuple[int, ...], np.ndarray
         order = np.lexsort(combos.T[::-1])
     ranked = combos[order]
     starts = np.flatnonzero(np.any(ranked[1:] != ranked[:-1], axis=1)) + 1
-    return [(tuple(combos[idx[0]].tolist()), idx) for idx in np.split(order, starts)]
+    firsts = ranked[np.concatenate([[0], starts])].tolist()
+    return list(zip(map(tuple, firsts), np.split(order, starts), strict=True))
 
 
 def _filter(
@@ -168,9 +333,11 @@ def _filter(
     sigma: float,
     categories: int,
     stride: int,
-    block: int,
+    block: int | None,
     device: str | None,
     workers: int | None,
+    exact: bool,
+    lattice: int = 2,
 ) -> np.ndarray:
     """Overlap-averaged attention of every patch of ``up`` over its nearest categories' pairs."""
     up = np.asarray(up, dtype=np.float32)
@@ -178,23 +345,26 @@ def _filter(
     problems = {
         "sigma": (np.isfinite(sigma) and sigma > 0, f"> 0 in [0, 1] intensity units, got {sigma}"),
         "categories": (1 <= categories <= k, f"in [1, {k}] (the library's), got {categories}"),
-        "block": (block >= 1, f">= 1, got {block}"),
+        "block": (block is None or block >= 1, f">= 1, got {block}"),
         "workers": (workers is None or workers >= 1, f">= 1, got {workers}"),
     }
     for name, (ok, must) in problems.items():  # the image and stride: overlap_average checks
         if not ok:
             raise ValueError(f"{name} must be {must}")
-    groups = {c: np.flatnonzero(labels == c) for c in range(k)}
+    if not np.isfinite(up).all() or up.ndim != 2:
+        raise ValueError(f"image must be a finite 2-D array, got shape {up.shape}")
     scale = 1.0 / (d * sigma**2)
-    if device is None:
-        attend = _numpy_attention(keys, values, groups, scale)
-    else:
-        attend = _torch_attention(keys, values, groups, scale, device)
-    # Torch on the CPU runs its own threads; elsewhere our threads share the cores, with numpy's
-    # BLAS single-threaded so they don't fight over them.
-    torch_cpu = device is not None and str(device).split(":")[0] == "cpu"
-    workers = workers or (1 if torch_cpu else threads())
-    limits = nullcontext() if torch_cpu else threadpool_limits(limits=1, user_api="blas")
+    prepare = _prepared(keys, values, labels, scale, exact)
+    # Per query a step holds at most one row of weights (the largest category set) and about
+    # four copies of its patch: ``block`` float32 values in all.
+    largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
+    block = block or (BLOCK if device is None else DEVICE_BLOCK)
+    step = max(1, block // (largest + 4 * d))
+    flat = None if exact or stride > 1 else FLAT * sigma
+    if device is not None:
+        return _torch_filter(up, prepare, centroids, n, categories=categories, stride=stride,
+                             step=step, device=device, flat=flat, lattice=lattice)  # fmt: skip
+    attend = _numpy_attention(prepare)
 
     # Centroid scores q·c - ‖c‖²/2 rank the categories by distance to q, nearest first.
     c_t = np.ascontiguousarray(centroids.T)
@@ -220,12 +390,16 @@ def _filter(
         est[order] = done
         return est
 
-    # Per query a step holds at most one row of weights (the largest category set) and about
-    # four copies of its patch: ``block`` float32 values in all.
-    largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
-    with limits:
-        return overlap_average(up, n, stride, estimate, step=max(1, block // (largest + 4 * d)),
-                               workers=workers)  # fmt: skip
+    def structured(q: np.ndarray) -> np.ndarray:
+        """Patches whose variance reaches ``flat²``: not flat background."""
+        q = q[:, 0]
+        mean = np.matmul(q, np.full(d, 1 / d, dtype=np.float32))
+        return np.einsum("ij,ij->i", q, q) / d - mean**2 >= flat**2
+
+    # Our threads share the cores, with numpy's BLAS single-threaded so they don't fight.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return overlap_average(up, n, stride, estimate, step=step, workers=workers or threads(),
+                               keep=None if flat is None else structured, lattice=lattice)
 
 
 def lbnlm_filter(
@@ -236,9 +410,11 @@ def lbnlm_filter(
     categories: int = 1,
     stride: int = 1,
     residual: bool = False,
-    block: int = BLOCK,
+    block: int | None = None,
     device: str | None = None,
     workers: int | None = None,
+    exact: bool = False,
+    lattice: int = 2,
 ) -> np.ndarray:
     """Super-resolve an upsampled image with the paired LB-NLM filter (Algorithm 1, steps 5-9).
 
@@ -258,17 +434,24 @@ def lbnlm_filter(
         Step between patch centres, 1 to ``n`` (1: a patch at every pixel, as in the paper).
     residual : bool
         Average ``P_hr − P_up`` and add it back to ``up`` instead of averaging ``P_hr``.
-    block : int
-        float32 values one worker holds at most (weights and patch copies); bounds memory.
+    block : int, optional
+        float32 values one worker holds at most (weights and patch copies); bounds memory
+        (default :data:`BLOCK`, :data:`DEVICE_BLOCK` on a torch device).
     device : str, optional
-        ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) computes the attention
-        with ``torch.nn.functional.scaled_dot_product_attention`` there.
+        ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) runs the whole filter
+        there (same results to float32 rounding).
     workers : int, optional
-        Threads that filter rows of patches at once (default :func:`pairsr.patches.threads`:
-        1 in a Dask worker, else the CPUs this process may use; 1 for ``device="cpu"``, where
-        torch runs its own threads). Except with ``device="cpu"``, numpy's BLAS is
-        single-threaded, process-wide, while the filter runs. Pass 1 when the caller already runs
-        tiles in parallel.
+        Threads that filter rows of patches at once in numpy (default
+        :func:`pairsr.patches.threads`: 1 in a Dask worker, else the CPUs this process may use;
+        torch runs its own threads). numpy's BLAS is single-threaded, process-wide, while the
+        numpy filter runs. Pass 1 when the caller already runs tiles in parallel.
+    exact : bool
+        The paper's algorithm: full-rank attention and every patch estimated (the reference).
+        The default approximates it with less arithmetic (module docstring).
+    lattice : int
+        Reduced path with ``stride`` 1: patches on every ``lattice``-th row and column are
+        always estimated, the others off flat background only. Tiles must start on multiples
+        of it (pass the zoom, 2 to ``n``).
 
     Returns
     -------
@@ -279,6 +462,7 @@ def lbnlm_filter(
     out = _filter(
         up, library.up, values, library.labels, library.centroids, library.n, sigma=sigma,
         categories=categories, stride=stride, block=block, device=device, workers=workers,
+        exact=exact, lattice=lattice,
     )  # fmt: skip
     return out + np.asarray(up, dtype=np.float32) if residual else out
 
@@ -289,7 +473,7 @@ def lbnlm_original(
     *,
     sigma: float,
     stride: int = 1,
-    block: int = BLOCK,
+    block: int | None = None,
     device: str | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
@@ -303,4 +487,5 @@ def lbnlm_original(
     return _filter(
         up, hr, hr, np.zeros(len(hr), dtype=np.int64), hr.mean(axis=0, keepdims=True), library.n,
         sigma=sigma, categories=1, stride=stride, block=block, device=device, workers=workers,
+        exact=True,
     )  # fmt: skip

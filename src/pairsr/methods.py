@@ -220,7 +220,8 @@ class LBNLM(SRMethod):
 
         p = self.params
         return lbnlm_filter(up, self.library, sigma=p["sigma"], categories=p["categories"],
-                            stride=p["stride"], residual=p["residual"], device=p.get("device"))
+                            stride=p["stride"], residual=p["residual"], device=p.get("device"),
+                            exact=p.get("exact", False), lattice=self.zoom)
 
     def predict(self, lr: np.ndarray) -> np.ndarray:
         return self._filter(bicubic(lr, self.zoom))
@@ -242,13 +243,16 @@ class LBNLM(SRMethod):
     @classmethod
     def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, n: int = 9, k: int = 50, K: int = 10,
             L: int = 20000, sigma: float | str = "auto", categories: int = 1, stride: int = 1,
-            residual: bool = False, seed: int = 0, device: str | None = None) -> SRMethod:
+            residual: bool = False, seed: int = 0, device: str | None = None,
+            exact: bool = False) -> SRMethod:
         """Build the library from ``pairs`` (:func:`pairsr.library.sample_patches`: ``k``
         categories, fewer for an HR of under ``k·n²`` patches, and ``categories`` at most that;
         ``L // k`` members each); with
         ``sigma="auto"``, choose σ by k-fold validation on held-out bands of the HR footprint
         (:func:`pairsr.sigma.select_sigma`; a documented default and a warning when the HR is
-        too small to validate), recorded in ``params["sigma_search"]``."""
+        too small to validate), recorded in ``params["sigma_search"]``. ``exact`` runs the
+        paper's full attention instead of the reduced-rank default
+        (:func:`pairsr.lbnlm.lbnlm_filter`)."""
         from pairsr.library import sample_patches
         from pairsr.patches import check_grid
         from pairsr.sigma import select_sigma
@@ -259,7 +263,7 @@ class LBNLM(SRMethod):
         library = sample.library()
         categories = min(categories, library.k)
         params = {"n": n, "k": k, "K": K, "L": L, "categories": categories, "stride": stride,
-                  "residual": residual, "seed": seed, "device": device}
+                  "residual": residual, "seed": seed, "device": device, "exact": exact}
         if sigma == "auto":
             choice = select_sigma(sample, train, categories=categories, residual=residual,
                                   seed=seed, device=device)

@@ -24,6 +24,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 Estimate = Callable[[np.ndarray], np.ndarray]
 #: ``channels(padded)``: the ``(C, H, W)`` maps a window is read from (default ``padded[None]``).
 Channels = Callable[[np.ndarray], np.ndarray]
+#: ``keep(q)``: which windows ``q`` ``(M, C, n*n)`` off the lattice to estimate, bool ``(M,)``.
+Keep = Callable[[np.ndarray], np.ndarray]
 
 
 class Scratch(threading.local):
@@ -147,7 +149,7 @@ def ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def _axis_grid(length: int, n: int, stride: int) -> tuple[int, int]:
+def axis_grid(length: int, n: int, stride: int) -> tuple[int, int]:
     """Patch positions per axis (every ``stride``-th pixel from 0, one more if the last pixel
     would be uncovered) and the padding after the image they need."""
     count = (length - 1) // stride + 1
@@ -164,6 +166,17 @@ def _coverage(count: int, padded: int, n: int, stride: int) -> np.ndarray:
     return cover
 
 
+def _box_sum(mask: np.ndarray, n: int) -> np.ndarray:
+    """Sums of ``mask`` (R, C) over every ``n × n`` window that overlaps it: ``(R+n-1, C+n-1)``."""
+    rows = np.zeros((mask.shape[0] + n - 1, mask.shape[1]), dtype=np.float32)
+    for i in range(n):
+        rows[i : i + len(mask)] += mask
+    out = np.zeros((rows.shape[0], mask.shape[1] + n - 1), dtype=np.float32)
+    for j in range(n):
+        out[:, j : j + mask.shape[1]] += rows
+    return out
+
+
 def overlap_average(
     image: np.ndarray,
     n: int,
@@ -173,6 +186,8 @@ def overlap_average(
     channels: Channels | None = None,
     step: int = 4096,
     workers: int = 1,
+    keep: Keep | None = None,
+    lattice: int = 2,
 ) -> np.ndarray:
     """Overlap-averaged HR patch estimates of every ``stride``-th window of an image.
 
@@ -183,13 +198,22 @@ def overlap_average(
     ``workers`` threads run the steps (``estimate`` must be thread-safe; numpy releases the GIL
     in its array work). Returns the float32 (H, W) image whose pixels are the means of the
     estimates covering them.
+
+    With ``keep`` (``stride`` 1 only), a window is estimated if it lies on the lattice of every
+    ``lattice``-th row and column (counted from the image's first pixel; ``lattice <= n``, so
+    that these cover every pixel) or ``keep`` marks it, and the pixels average the estimates
+    that cover them. Tiles of one image agree where their lattices do: they must start on
+    multiples of ``lattice`` pixels.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2 or not np.isfinite(image).all():
         raise ValueError(f"image must be a finite 2-D array, got shape {image.shape}")
     if not 1 <= stride <= n:
         raise ValueError(f"stride must be in [1, n={n}] for patches to cover, got {stride}")
-    (rows, pad_r), (cols, pad_c) = (_axis_grid(length, n, stride) for length in image.shape)
+    if keep is not None and (stride != 1 or not 1 <= lattice <= n):
+        raise ValueError(f"keep needs stride 1 and a lattice in [1, n={n}], got stride {stride} "
+                         f"and lattice {lattice}")  # fmt: skip
+    (rows, pad_r), (cols, pad_c) = (axis_grid(length, n, stride) for length in image.shape)
     before = (n - 1) // 2
     padded = np.pad(image, ((before, pad_r), (before, pad_c)), mode="symmetric")
     stack = padded[None] if channels is None else channels(padded)
@@ -197,30 +221,48 @@ def overlap_average(
     chunk = max(1, step // cols)
     scratch = Scratch()
 
-    def band(r0: int) -> np.ndarray:
-        """The summed estimates of the patches of grid rows ``r0 .. r0+chunk``: a band of
-        ``padded`` from row ``r0·stride`` on."""
+    def band(r0: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The summed estimates of the patches of grid rows ``r0 .. r0+chunk`` (a band of
+        ``padded`` from row ``r0·stride`` on) and, with ``keep``, how many cover each pixel."""
         part = np.moveaxis(windows[:, r0 : r0 + chunk], 0, 2)
         q = scratch("windows", part.shape)
         np.copyto(q, part)
         q = q.reshape(-1, len(stack), n * n)
         est = scratch("transposed", (n * n, len(q)))
-        np.copyto(est, estimate(q).T)
+        counts = None
+        if keep is None:
+            np.copyto(est, estimate(q).T)
+        else:
+            grid = np.arange(r0, r0 + part.shape[0])[:, None] % lattice == 0
+            grid = grid & (np.arange(cols) % lattice == 0)
+            chosen = grid.ravel() | keep(q)
+            full = scratch("estimates", (len(q), n * n))
+            full[~chosen] = 0
+            if chosen.any():
+                full[chosen] = estimate(q[chosen])
+            np.copyto(est, full.T)
+            counts = _box_sum(chosen.reshape(grid.shape).astype(np.float32), n)
         est = est.reshape(n, n, -1, cols)
         span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
         sums = np.zeros((span[0] + n - 1, padded.shape[1]), dtype=np.float32)
         for i in range(n):
             for j in range(n):
                 sums[i : i + span[0] : stride, j : j + span[1] : stride] += est[i, j]
-        return sums
+        return sums, counts
 
     sums = np.zeros_like(padded)
+    covered = None if keep is None else np.zeros_like(padded)
     starts = range(0, rows, chunk)
-    for r0, part in zip(starts, ordered_map(band, starts, workers), strict=True):
+    for r0, (part, counts) in zip(starts, ordered_map(band, starts, workers), strict=True):
         sums[r0 * stride : r0 * stride + len(part)] += part
+        if counts is not None:
+            covered[r0 : r0 + len(counts), : counts.shape[1]] += counts
     h, w = image.shape
     inner_r, inner_c = slice(before, before + h), slice(before, before + w)
     out = sums[inner_r, inner_c]
+    if covered is not None:
+        out /= covered[inner_r, inner_c]
+        return out
     out /= _coverage(rows, padded.shape[0], n, stride)[inner_r, None]
     out /= _coverage(cols, padded.shape[1], n, stride)[None, inner_c]
     return out
