@@ -225,8 +225,8 @@ def test_reduced_filter_is_close_to_the_exact_one(synthetic, residual):
 
 
 def test_a_query_equal_to_a_library_patch(synthetic):
-    """For a small σ (0.002) a category's own up patches get their HR patches: exactly on the exact path,
-    and their projections on the category's HR basis on the reduced path."""
+    """For a small σ (0.002) a category's own up patches get their HR patches: exactly on the
+    exact path, and their projections on the category's HR basis on the reduced path."""
     lib, _ = synthetic
     scale = 1 / (lib.n**2 * 0.002**2)
     for c in range(lib.k):
