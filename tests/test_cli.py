@@ -271,3 +271,22 @@ def test_bokeh_is_a_core_dependency_and_the_dashboard_serves_its_page():
         assert link.startswith("http://127.0.0.1:")
         page = urllib.request.urlopen(link, timeout=30).read().decode()
     assert "Dask Diagnostic UI" in page and "needs bokeh" not in page.lower()
+
+
+def test_simulate_options_reach_the_simulator(tmp_path):
+    """Acquisition options: a built-in lattice at ×3, a set rotation, doses, an inverted HR; and
+    --wide draws a whole acquisition (same seed, same pair)."""
+    result = pairsr("simulate", tmp_path / "a", "--specimen", "lattice", "--lr-shape", "96x128",
+                    "--zoom", "3", "--rotation", "6", "--lr-dose", "5", "--hr-gamma", "1.5",
+                    "--hr-inverted")
+    assert result.exit_code == 0, result.output
+    truth = json.loads((tmp_path / "a" / "truth.json").read_text())
+    assert truth["nominal_zoom"] == 3 and truth["hr_scan"]["rotation_deg"] == 6
+    assert truth["lr_scan"]["dose"] == 5 and truth["hr_scan"]["gamma"] == 1.5
+    assert truth["hr_scan"]["inverted"] and not truth["lr_scan"]["inverted"]
+    assert read_image(tmp_path / "a" / "gt.tif").shape == (288, 384)
+    for name in ("b", "c"):
+        assert pairsr("simulate", tmp_path / name, "--wide", "--seed", "4").exit_code == 0
+    same = [(tmp_path / name / "truth.json").read_text() for name in ("b", "c")]
+    assert same[0] == same[1]
+    assert pairsr("simulate", tmp_path / "d", "--specimen", "nothing.tif").exit_code == 2

@@ -224,38 +224,72 @@ def _rows_progress(description: str):
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+Dose = Annotated[float | None, typer.Option(
+    metavar="COUNTS", help="Counts per pixel at full signal (default drawn from 15-60).")]
+Gamma = Annotated[float | None, typer.Option(help="Detector gamma (default drawn 0.8-1.25).")]
+
+
 @app.command()
 def simulate(
     outdir: Annotated[Path, typer.Argument(help="Folder for lr.tif, hr.tif, gt.tif, truth.json.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    specimen: Annotated[
-        Path | None, typer.Option(help="Real HR micrograph to use as specimen.")
-    ] = None,
+    specimen: Annotated[str | None, typer.Option(
+        help="Real HR micrograph to use as specimen, or a built-in one: nanocomposite (default), "
+        "lattice, lattice-perfect.")] = None,
     crop: Crop = None,
     lr_shape: Annotated[
         str | None, typer.Option(help="LR field ROWSxCOLS (default 944x1280 built-in).")
     ] = None,
-    zoom: Annotated[float | None, typer.Option(
-        "--zoom", help="LR/HR pixel-size ratio, e.g. 2, 3 or 4 (default 2).")] = None,
+    hr_shape: Annotated[str | None, typer.Option(
+        help="HR scan ROWSxCOLS (default: from --hr-fraction).")] = None,
+    zoom: Annotated[int | None, typer.Option(
+        "--zoom", help="LR/HR pixel-size ratio: 2, 3 or 4 (default 2).")] = None,
     hr_fraction: Annotated[float | None, typer.Option(
         "--hr-fraction", help="HR field area as a fraction of the LR field.")] = None,
+    rotation: Annotated[float | None, typer.Option(
+        metavar="DEG", help="HR scan rotation, degrees (default: drawn).")] = None,
     max_rotation: Annotated[float | None, typer.Option(
         "--max-rotation", metavar="DEG", help="HR scan rotation drawn from ±DEG degrees.")] = None,
+    hr_inside: Annotated[float | None, typer.Option(
+        help="Fraction of the HR area inside the LR field (default: all of it).")] = None,
+    lr_dose: Dose = None,
+    hr_dose: Dose = None,
+    lr_gamma: Gamma = None,
+    hr_gamma: Gamma = None,
+    lr_inverted: Annotated[bool, typer.Option(help="Invert the LR detector (BSE/TSEM).")] = False,
+    hr_inverted: Annotated[bool, typer.Option(help="Invert the HR detector.")] = False,
+    wide: Annotated[bool, typer.Option(
+        help="Draw the acquisition from the wide ranges users meet (pairsr.simulate."
+        "WIDE_RANGES: HR 128-4096 px, 10-100 %, ±8°, doses 2-200, gammas 0.6-1.7, inverted "
+        "detectors, ×2/×3/×4); the options above override single draws.")] = False,
     overwrite: Overwrite = False,
     auto_crop: AutoCrop = True,
 ) -> None:
     """Simulate a physical LR/HR pair (two independent scans of one specimen)."""
-    from pairsr.io import read_image, to_float32
-    from pairsr.simulate import save_pair, simulate_pair
+    import numpy as np
 
-    options = {k: v for k, v in {"zoom": zoom, "hr_fraction": hr_fraction,
-                                 "max_rotation_deg": max_rotation}.items() if v is not None}
+    from pairsr.io import read_image, to_float32
+    from pairsr.simulate import BUILTIN, draw_acquisition, save_pair, simulate_pair
+
+    given = {"zoom": zoom, "hr_fraction": hr_fraction, "max_rotation_deg": max_rotation,
+             "lr_shape": _shape(lr_shape), "hr_shape": _shape(hr_shape), "rotation_deg": rotation,
+             "hr_inside": hr_inside, "lr_dose": lr_dose, "hr_dose": hr_dose,
+             "lr_gamma": lr_gamma, "hr_gamma": hr_gamma,
+             "lr_inverted": lr_inverted or None, "hr_inverted": hr_inverted or None}
     try:
-        _check_inputs(specimen)
-        spec = None
-        if specimen is not None:
-            spec = to_float32(read_image(specimen, crop=crop, auto_crop=auto_crop).values)
-        pair = simulate_pair(spec, lr_shape=_shape(lr_shape), seed=seed, **options)
+        spec, path = None, None
+        if specimen is not None and specimen not in BUILTIN:
+            path = Path(specimen)
+            _check_inputs(path)
+            spec = to_float32(read_image(path, crop=crop, auto_crop=auto_crop).values)
+        options = {}
+        if wide:
+            options = draw_acquisition(np.random.default_rng(seed),
+                                       specimen_shape=None if spec is None else spec.shape)
+            if given["hr_fraction"] is not None or given["lr_shape"] is not None:
+                options.pop("hr_shape", None)  # the given field size decides the HR's
+        options.update({k: v for k, v in given.items() if v is not None})
+        pair = simulate_pair(spec if path is not None else specimen, seed=seed, **options)
         save_pair(pair, outdir, overwrite=overwrite)
     except (ValueError, OSError) as err:
         raise _fail(err) from err
