@@ -85,18 +85,32 @@ def test_resume_refuses_changed_settings_and_overwriting(pair, tmp_path):
 
 
 def test_early_stopping_keeps_the_best_epoch(pair, tmp_path):
-    # Too high a learning rate: validation PSNR soon stops improving.
-    result = train([pair], "edsr", "edsr-tiny", out=tmp_path, epochs=12, lr_rate=0.02,
-                   patience=2, **FAST)
+    # Validation PSNR first passes bicubic's, then drops: patience 1 stops the epoch after.
+    result = train([pair], "edsr", "edsr-tiny", out=tmp_path, epochs=12, lr_rate=3e-3,
+                   patience=1, **FAST)
     val = [e["val_psnr"] for e in result.log]
     res = result.config["result"]
-    assert res["stopped_early"] and len(val) == res["best_epoch"] + 2 < 12
+    assert res["stopped_early"] and len(val) == res["best_epoch"] + 1 < 12
     assert res["best_val_psnr"] == max(val) == val[res["best_epoch"] - 1]
+    assert res["best_val_psnr"] > res["bicubic_val_psnr"] > max(val[:-2])
     # The returned weights are those of the best epoch: they score its validation PSNR.
     _, blocks = _split([pair], 2 * FAST["patch"], 0.2, np.random.default_rng(0))
     score = _val_psnr(lambda x: predict(result.model, x, device="cpu"),
                       result.model.receptive_field, [pair], blocks)
     assert score == pytest.approx(res["best_val_psnr"], abs=1e-6)
+
+
+def test_patience_cannot_stop_below_bicubic_and_the_budget_stops(pair, tmp_path):
+    # Too high a learning rate: never as good as bicubic, so patience never stops it.
+    result = train([pair], "edsr", "edsr-tiny", out=tmp_path / "a", epochs=6, lr_rate=0.02,
+                   patience=1, **FAST)
+    res = result.config["result"]
+    assert not res["stopped_early"] and res["epochs_run"] == 6
+    assert res["best_val_psnr"] < res["bicubic_val_psnr"]
+    result = train([pair], "vdsr", "vdsr-tiny", out=tmp_path / "b", epochs=6, budget_s=1e-6,
+                   **FAST)
+    assert result.config["result"]["out_of_budget"] and len(result.log) == 1
+    assert result.config["training"]["lr_rate"] == 5e-4  # the tiny presets' default
 
 
 def test_model_folder_round_trip_and_corrupt_folders(pair, tmp_path):
