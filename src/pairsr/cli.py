@@ -441,7 +441,8 @@ Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="Method p
 @app.command("fit")
 def fit_cmd(
     lr: Annotated[Path, typer.Argument(help="LR image of the whole field.")],
-    hr: Annotated[Path, typer.Argument(help="HR image of a sub-area.")],
+    hr: Annotated[list[Path], typer.Argument(help="HR image(s) of sub-areas of this field, "
+                                             "each registered in it; one library of all.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     method: Method = "lbnlm",
     pair: Annotated[list[str] | None, typer.Option(
@@ -458,7 +459,8 @@ def fit_cmd(
     overwrite: Overwrite = False,
     auto_crop: AutoCrop = True,
 ) -> None:
-    """Register the pair(s) and fit a method on the overlap; write a model folder (×zoom)."""
+    """Register the HR scan(s) in the LR field (and the --pair pairs) and fit a method on the
+    overlaps; write a model folder (×zoom)."""
     from pairsr.api import fit
 
     options = {"local": local, "zoom": zoom,
@@ -467,12 +469,12 @@ def fit_cmd(
         params = _params(param)
         _check_method(method, params)
         extra = [_pair_paths(p) for p in pair or []]
-        _check_inputs(lr, hr, *(path for paths in extra for path in paths))
+        _check_inputs(lr, *hr, *(path for paths in extra for path in paths))
         if (out / "model.json").exists() and not overwrite:
             raise FileExistsError(f"{out}: a model exists there; pass --overwrite to replace it")
         _check_out(out / "model.json", True, formats=())
-        pairs = [_prepare(lr, hr, lr_crop=lr_crop, hr_crop=hr_crop, auto_crop=auto_crop,
-                          **options)]
+        pairs = [_prepare(lr, path, lr_crop=lr_crop, hr_crop=hr_crop, auto_crop=auto_crop,
+                          **options) for path in hr]
         pairs += [_prepare(*paths, auto_crop=auto_crop, **options) for paths in extra]
         t0 = time.perf_counter()
         _fit_stages(method, len(pairs), params)
