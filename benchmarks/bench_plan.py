@@ -3,7 +3,7 @@
 Heterogeneous simulated fields: two specimens side by side (the built-in nanocomposite and a real
 micrograph from ``../shared/data/real``), or a real specimen as a rare region in one corner of the
 built-in one. Each field is simulated once with an HR scan covering nearly all of it
-(``hr_fraction`` 0.95, no rotation) and registered; an HR scan of a box is then that registered
+(``hr_fraction`` 0.9, no rotation) and registered; an HR scan of a box is then that registered
 HR kept inside the box (NaN elsewhere), so every box sees the same specimen, probe and noise.
 Paired LB-NLM (``-L`` members) is fitted on the planned box, on random boxes, on the 9 boxes of a
 3×3 grid, and on the two planned boxes together; each model super-resolves the whole field and is
@@ -84,7 +84,7 @@ def specimen(layout: str, real, lr_shape: tuple[int, int], seed: int) -> np.ndar
 def make_field(layout, real, lr_shape, seed):
     """(lr, hr on the SR grid, gt) of the part of the field the big HR scan covers."""
     sim = simulate_pair(specimen(layout, real, lr_shape, seed), seed=seed, scale=SCALE,
-                        lr_shape=lr_shape, hr_fraction=0.95, max_rotation_deg=0.0)
+                        lr_shape=lr_shape, hr_fraction=0.9, max_rotation_deg=0.0)
     lr, hr = to_float32(sim.lr), to_float32(sim.hr)
     try:
         with warnings.catch_warnings():
