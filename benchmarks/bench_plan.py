@@ -167,6 +167,9 @@ def main() -> int:
           f"{sum(v <= 0.2 for v in vs_grid)}/{len(rows)}")
     print(f"two planned − best single box (grid or planned): mean {np.mean(two_vs):+.2f} dB, "
           f"> 0 on {sum(v > 0 for v in two_vs)}/{len(rows)}")
+    two_one = [r["two"] - r["planned"] for r in rows]
+    print(f"two planned − one planned: mean {np.mean(two_one):+.2f} dB, > 0 on "
+          f"{sum(v > 0 for v in two_one)}/{len(rows)}")
     return 0
 
 
