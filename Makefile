@@ -33,6 +33,7 @@ bench: setup
 	$(PY) benchmarks/bench_tiles.py --quick
 	$(PY) benchmarks/bench_networks.py --quick
 	$(PY) benchmarks/robustness.py --quick
+	$(PY) benchmarks/bench_plan.py --fields 2 --random 3
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -167,10 +167,40 @@ def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *
                         reg)
 
 
+def merge_fields(pairs: Sequence[TrainingPair]) -> list[TrainingPair]:
+    """One pair per LR field: pairs whose LR arrays are equal (several HR scans registered in
+    one field) become one pair whose HR is the union of their footprints on the SR grid (the
+    mean where footprints overlap), with the first one's registration; the others are kept as
+    they are, in order. A method then upsamples each field once and samples its patches from
+    every footprint."""
+    fields: list[tuple[TrainingPair, list[np.ndarray]]] = []
+    for pair in pairs:
+        for first, hrs in fields:
+            if first.lr.shape == pair.lr.shape and first.hr.shape == pair.hr.shape and (
+                    first.lr is pair.lr or np.array_equal(first.lr, pair.lr)):
+                hrs.append(pair.hr)
+                break
+        else:
+            fields.append((pair, [pair.hr]))
+    out = []
+    for first, hrs in fields:
+        if len(hrs) == 1:
+            out.append(first)
+            continue
+        stack = np.stack(hrs)
+        seen = np.isfinite(stack)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            hr = (np.where(seen, stack, 0).sum(0) / seen.sum(0)).astype(np.float32)
+        out.append(TrainingPair(first.lr, hr, first.registration))
+    return out
+
+
 def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path | None = None,
         overwrite: bool = False, zoom: int | None = None, **params) -> SRMethod:
     """Fit ``method`` on one pair (self-training) or many (pooled) at the pairs' zoom (``zoom``,
-    if given, must agree); save it to ``out`` if given. The model stores the zoom."""
+    if given, must agree); save it to ``out`` if given. The model stores the zoom and every
+    pair's registration. Pairs of one LR field (several HR scans of it) are fitted as one
+    (:func:`merge_fields`)."""
     zooms = sorted({p.zoom for p in pairs})
     if len(zooms) > 1:
         raise ValueError(f"pairs of different zooms ({', '.join(f'×{z}' for z in zooms)}) cannot "
@@ -180,8 +210,8 @@ def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path
     cls = method_class(method)
     if getattr(cls, "trains_in_folder", False) and out is not None:
         params.setdefault("folder", out)
-    model = cls.fit([(p.lr, p.hr) for p in pairs], zoom=zooms[0] if zooms else zoom or 2,
-                    **params)
+    model = cls.fit([(p.lr, p.hr) for p in merge_fields(pairs)],
+                    zoom=zooms[0] if zooms else zoom or 2, **params)
     if out is not None:
         records = [p.registration.to_dict() for p in pairs]
         save_model(model, out, extra={"registrations": records}, overwrite=overwrite)

@@ -468,7 +468,8 @@ Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="Method p
 @app.command("fit")
 def fit_cmd(
     lr: Annotated[Path, typer.Argument(help="LR image of the whole field.")],
-    hr: Annotated[Path, typer.Argument(help="HR image of a sub-area.")],
+    hr: Annotated[list[Path], typer.Argument(help="HR image(s) of sub-areas of this field, "
+                                             "each registered in it; one library of all.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     method: Method = "lbnlm",
     pair: Annotated[list[str] | None, typer.Option(
@@ -485,7 +486,8 @@ def fit_cmd(
     overwrite: Overwrite = False,
     auto_crop: AutoCrop = True,
 ) -> None:
-    """Register the pair(s) and fit a method on the overlap; write a model folder (×zoom)."""
+    """Register the HR scan(s) in the LR field (and the --pair pairs) and fit a method on the
+    overlaps; write a model folder (×zoom)."""
     from pairsr.api import fit
 
     options = {"local": local, "zoom": zoom,
@@ -494,12 +496,12 @@ def fit_cmd(
         params = _params(param)
         _check_method(method, params)
         extra = [_pair_paths(p) for p in pair or []]
-        _check_inputs(lr, hr, *(path for paths in extra for path in paths))
+        _check_inputs(lr, *hr, *(path for paths in extra for path in paths))
         if (out / "model.json").exists() and not overwrite:
             raise FileExistsError(f"{out}: a model exists there; pass --overwrite to replace it")
         _check_out(out / "model.json", True, formats=())
-        pairs = [_prepare(lr, hr, lr_crop=lr_crop, hr_crop=hr_crop, auto_crop=auto_crop,
-                          **options)]
+        pairs = [_prepare(lr, path, lr_crop=lr_crop, hr_crop=hr_crop, auto_crop=auto_crop,
+                          **options) for path in hr]
         pairs += [_prepare(*paths, auto_crop=auto_crop, **options) for paths in extra]
         t0 = time.perf_counter()
         _fit_stages(method, len(pairs), params)
@@ -508,6 +510,62 @@ def fit_cmd(
         raise _fail(err) from err
     console.print(f"fitted {model.name} ×{model.zoom} on {len(pairs)} pair(s) in "
                   f"{time.perf_counter() - t0:.1f} s → {out}")
+
+
+@app.command("plan")
+def plan_cmd(
+    lr: Annotated[Path, typer.Argument(help="LR image of the whole field (zarr for large ones).")],
+    hr_shape: Annotated[str, typer.Option("--hr-shape", help="HR scan size ROWSxCOLS in HR "
+                                          "pixels.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON.")],
+    count: Annotated[int, typer.Option("--count", "-n", help="HR boxes to propose.")] = 1,
+    zoom: Annotated[float, typer.Option("--zoom", help="HR pixels per LR pixel along an axis "
+                                        "(the HR box is --hr-shape / --zoom LR pixels).")] = 2.0,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the field with the boxes.")] = None,
+    classes: Annotated[int, typer.Option(help="Structure classes of the field.")] = 16,
+    overwrite: Overwrite = False,
+    pixel_size: PixelSize = None,
+    crop: Crop = None,
+    auto_crop: AutoCrop = True,
+) -> None:
+    """Propose where to scan the HR: the box(es) whose library covers the whole field's
+    structures best, weighted by how much SR changes them (boxes in LR pixels and nm)."""
+    from pairsr.io import read_image
+    from pairsr.plan import plan_acquisition, plot_plan
+
+    try:
+        shape = _shape(hr_shape)
+        if count < 1 or zoom <= 0:
+            raise UsageError(f"--count must be at least 1 and --zoom positive, got {count}, "
+                             f"{zoom:g}")
+        _check_inputs(lr)
+        for path in (out, plot):
+            if path is not None:
+                _check_out(path, overwrite, formats=())
+        image = read_image(lr, pixel_size=pixel_size, crop=crop, auto_crop=auto_crop)
+        t0 = time.perf_counter()
+        with _rows_progress(f"reading {lr.name} (rows)") as progress:
+            plan = plan_acquisition(image, shape, count, zoom=zoom, classes=classes,
+                                    info_bar=crop is None, progress=progress)
+        pixel = image.attrs.get("pixel_size_nm")
+        record = plan.to_dict(pixel, image.attrs.get("translation_nm", (0.0, 0.0)),
+                              source=str(lr), hr_shape=list(shape), zoom=zoom)
+        origin = image.attrs.get("origin_px", (0, 0))
+        for box in record["boxes"]:  # pixels of the file, not of a --crop
+            box["row"], box["col"] = box["row"] + origin[0], box["col"] + origin[1]
+        out.write_text(json.dumps(record, indent=1))
+        if plot is not None:
+            plot_plan(plan, plot)
+    except (ValueError, OSError) as err:
+        raise _fail(err) from err
+    for i, box in enumerate(record["boxes"]):
+        nm = (f" = ({box['row_nm']:.1f}, {box['col_nm']:.1f}) nm" if box["row_nm"] is not None
+              else "")
+        console.print(f"box {i + 1}: rows {box['row']}:{box['row'] + box['rows']}, cols "
+                      f"{box['col']}:{box['col'] + box['cols']} (LR px){nm}, adds "
+                      f"{100 * box['gain']:.1f}% coverage")
+    console.print(f"planned {len(plan.boxes)} box(es) in {time.perf_counter() - t0:.1f} s: "
+                  f"{100 * plan.coverage:.1f}% of the field's structure covered → {out}")
 
 
 Workers = Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")]
