@@ -12,7 +12,7 @@ def test_overlap_average_of_the_patches_themselves_is_the_image(n, stride):
     np.testing.assert_allclose(out, up, atol=3e-6)  # float32 sums of up to n² estimates
 
 
-@pytest.mark.parametrize(("n", "lattice"), [(9, 2), (4, 2), (5, 3), (3, 3)])
+@pytest.mark.parametrize(("n", "lattice"), [(9, 2), (4, 2), (5, 3), (3, 3), (5, 4)])
 def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice):
     """With ``keep``, the lattice patches and the kept others still reproduce the image, only
     the chosen ones are estimated, and a tile starting on the lattice gets the same result."""
@@ -28,6 +28,9 @@ def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice
 
     out = overlap_average(up, n, 1, lambda p: p[:, 0], step=40, keep=keep, lattice=lattice)
     np.testing.assert_allclose(out, up, atol=3e-6)
+    nothing = overlap_average(up, n, 1, lambda p: p[:, 0], keep=lambda p: np.zeros(len(p), bool),
+                              lattice=lattice)  # fmt: skip
+    np.testing.assert_allclose(nothing, up, atol=3e-6)  # the lattice alone covers every pixel
     full = overlap_average(up, n, 1, estimate, keep=keep, lattice=lattice)
     assert 29 * 31 / lattice**2 < sum(seen) < 29 * 31  # the lattice and some of the others
     c, r0, c0 = n - 1, lattice, 2 * lattice  # the tile's corner, on the lattice

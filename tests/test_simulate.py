@@ -274,8 +274,10 @@ def test_small_specimen_gives_a_pair_inside_the_field():
                                                               p.lr.shape[1] * zoom)
         c = true_lr_coords(p.truth)
         assert c.min() > 0 and c[0].max() < p.lr.shape[0] - 1 and c[1].max() < p.lr.shape[1] - 1
-    with pytest.raises(ValueError, match="integer"):
-        simulate_pair(small, zoom=2.5)
+    with pytest.raises(ValueError, match=r"at least 1\.5"):
+        simulate_pair(small, zoom=1.2)
+    p = simulate_pair(small, seed=0, zoom=2.4)  # a fractional ratio: gt on the nearest grid, ×2
+    assert p.gt.shape == (2 * p.lr.shape[0], 2 * p.lr.shape[1])
 
 
 def test_gt_drift_follows_the_lr_scan(specimen):

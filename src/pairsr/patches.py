@@ -166,6 +166,12 @@ def _coverage(count: int, padded: int, n: int, stride: int) -> np.ndarray:
     return cover
 
 
+def _on_lattice(index: np.ndarray, count: int, lattice: int) -> np.ndarray:
+    """Grid positions on the lattice: every ``lattice``-th from 0, and the last one (``count-1``),
+    so that the lattice's patches cover every pixel whatever the image size."""
+    return (index % lattice == 0) | (index == count - 1)
+
+
 def _box_sum(mask: np.ndarray, n: int) -> np.ndarray:
     """Sums of ``mask`` (R, C) over every ``n × n`` window that overlaps it: ``(R+n-1, C+n-1)``."""
     rows = np.zeros((mask.shape[0] + n - 1, mask.shape[1]), dtype=np.float32)
@@ -200,10 +206,10 @@ def overlap_average(
     estimates covering them.
 
     With ``keep`` (``stride`` 1 only), a window is estimated if it lies on the lattice of every
-    ``lattice``-th row and column (counted from the image's first pixel; ``lattice <= n``, so
-    that these cover every pixel) or ``keep`` marks it, and the pixels average the estimates
-    that cover them. Tiles of one image agree where their lattices do: they must start on
-    multiples of ``lattice`` pixels.
+    ``lattice``-th row and column (counted from the image's first pixel, plus the last row and
+    column; ``lattice <= n``, so that these cover every pixel) or ``keep`` marks it, and the
+    pixels average the estimates that cover them. Tiles of one image agree where their lattices
+    do: they must start on multiples of ``lattice`` pixels.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2 or not np.isfinite(image).all():
@@ -233,8 +239,8 @@ def overlap_average(
         if keep is None:
             np.copyto(est, estimate(q).T)
         else:
-            grid = np.arange(r0, r0 + part.shape[0])[:, None] % lattice == 0
-            grid = grid & (np.arange(cols) % lattice == 0)
+            grid = _on_lattice(np.arange(r0, r0 + part.shape[0]), rows, lattice)[:, None]
+            grid = grid & _on_lattice(np.arange(cols), cols, lattice)
             chosen = grid.ravel() | keep(q)
             full = scratch("estimates", (len(q), n * n))
             full[~chosen] = 0

@@ -432,8 +432,10 @@ def simulate_pair(
         LR field (rows, cols); default (944, 1280) for a built-in specimen, else the largest
         field the specimen covers at ``scale``.
     zoom
-        Nominal HR/LR pixel-density ratio, an integer ≥ 2 (the SR grid's factor); the true one
-        differs by up to ``zoom_error`` (relative).
+        Nominal HR/LR pixel-density ratio ≥ 1.5; the true one differs by up to ``zoom_error``
+        (relative). ``gt`` is on the SR grid of its nearest integer (halves rounded up, as
+        :func:`pairsr.api.pair_zoom` rounds a pixel-size ratio), so a fractional zoom simulates
+        a pair whose SR factor differs from its pixel-size ratio.
     hr_fraction
         HR field area as a fraction of the LR field (ignored when ``hr_shape`` is given).
     max_rotation_deg
@@ -464,9 +466,9 @@ def simulate_pair(
         Default: the drift-free geometry of the LR field.
     """
     rng = np.random.default_rng(seed)
-    z = int(round(zoom))
-    if z < 2 or abs(zoom - z) > 1e-9:
-        raise ValueError(f"zoom must be an integer of at least 2, got {zoom}")
+    z = int(np.floor(zoom + 0.5))
+    if not zoom >= 1.5:
+        raise ValueError(f"zoom must be at least 1.5 (an SR factor of 2 or more), got {zoom}")
     if hr_inside is not None and not 0.0 < hr_inside <= 1.0:
         raise ValueError(f"hr_inside must be in (0, 1], got {hr_inside}")
     builtin = specimen is None or isinstance(specimen, str)
@@ -637,7 +639,8 @@ def save_pair(pair: SimulatedPair, outdir: str | Path, *, overwrite: bool = Fals
     write_image(outdir / "lr.tif", pair.lr, pixel_size_nm=t["lr_pixel_size_nm"], overwrite=True)
     write_image(outdir / "hr.tif", pair.hr, pixel_size_nm=t["hr_pixel_size_nm"], overwrite=True)
     write_image(outdir / "gt.tif", pair.gt,
-                pixel_size_nm=t["lr_pixel_size_nm"] / round(t["nominal_zoom"]), overwrite=True)
+                pixel_size_nm=t["lr_pixel_size_nm"] / np.floor(t["nominal_zoom"] + 0.5),
+                overwrite=True)
     (outdir / "truth.json").write_text(json.dumps(t, indent=1))
     return outdir
 
