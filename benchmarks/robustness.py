@@ -22,7 +22,8 @@ defaults otherwise: ×2, HR 25 % of the field, rotation ±2°, doses 15-60, gamm
 (HR 2048-4096 px, ×3/×4, LR ≤ 1280 px); ``fraction-low`` (10-15 %), ``fraction-high``
 (60-100 %, capped to what fits rotated); ``rotated`` (5-8°); ``low-dose`` (2-8 counts/px, each
 scan); ``gamma`` (0.6-0.75 or 1.4-1.7, each scan); ``inverted`` (the LR's or the HR's detector);
-``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°); ``x3``, ``x4``;
+``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°, the HR field holding the
+precipitate); ``x3``, ``x4``;
 ``overhang`` (60-95 % of the HR inside the LR); ``wide`` (everything at once, built-in
 nanocomposite or lattice); ``small-specimen`` (a 300×300 crop of a real micrograph, sized by the
 simulator, ±3°); ``real-<specimen>`` (each real micrograph: rotation within ±3°; zoom, rotation
@@ -83,8 +84,15 @@ from scipy import ndimage as ndi
 from pairsr.grid import bicubic, sr_to_lr
 from pairsr.io import read_image, to_float32, write_image
 from pairsr.metrics import psnr
-from pairsr.simulate import (MARGIN, SYNTHETIC_SCALE, VARIABLES, SimulatedPair, draw_acquisition,
-                             lattice, simulate_pair)
+from pairsr.simulate import (
+    MARGIN,
+    SYNTHETIC_SCALE,
+    VARIABLES,
+    SimulatedPair,
+    draw_acquisition,
+    lattice,
+    simulate_pair,
+)
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 #: Real HR micrographs used as specimens: files (one drawn per case) and the crop that drops the
