@@ -19,7 +19,8 @@ interpreter start-up and imports per command); ``--subprocess`` runs the ``pairs
 Classes (``CLASSES``; each draws what it names from the wide ranges and keeps the simulator's
 defaults otherwise: ×2, HR 25 % of the field, rotation ±2°, doses 15-60, gammas 0.8-1.25, LR
 256-768 px): ``typical``; ``small-hr`` (HR 128-600 px, 10-30 % of the field, ±3°); ``large-hr``
-(HR 2048-4096 px, ×3/×4, LR ≤ 1280 px); ``fraction-low`` (10-15 %), ``fraction-high``
+(HR 2048-4096 px, ×3/×4, LR ≤ 1280 px); ``fraction-low`` (10-15 %, the LR long enough
+for an HR of 128 px or more, the wide ranges' least), ``fraction-high``
 (60-100 %, capped to what fits rotated); ``rotated`` (5-8°); ``low-dose`` (2-8 counts/px, each
 scan); ``gamma`` (0.6-0.75 or 1.4-1.7, each scan); ``inverted`` (the LR's or the HR's detector);
 ``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°, the HR field holding the
@@ -88,6 +89,7 @@ from pairsr.simulate import (
     MARGIN,
     SYNTHETIC_SCALE,
     VARIABLES,
+    WIDE_RANGES,
     SimulatedPair,
     draw_acquisition,
     lattice,
@@ -166,8 +168,11 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
     elif cls == "large-hr":
         kw = _acq(rng, ("size", "zoom", "rotation", "fraction"), lr_max=max(lr_max, 1280),
                   hr_side=(2048, 4096), hr_fraction=(0.5, 1.0), zoom=(3, 4))
-    elif cls == "fraction-low":
-        kw = _acq(rng, ("fraction",), lr_max=lr_max, hr_fraction=(0.10, 0.15))
+    elif cls == "fraction-low":  # an LR long enough for the HR's longer side to reach 128 px
+        lo = int(np.ceil(WIDE_RANGES["hr_side"][0] / (2 * np.sqrt(0.10))))
+        kw = _acq(rng, ("fraction",), lr_max=max(lr_max, lo), hr_fraction=(0.10, 0.15),
+                  lr_side=(max(lo, min(TYPICAL_LR[0], lr_max)), max(lo, min(TYPICAL_LR[1],
+                                                                             lr_max))))
     elif cls == "fraction-high":
         kw = _acq(rng, ("fraction",), lr_max=lr_max, hr_fraction=(0.6, 1.0))
     elif cls == "rotated":  # |rotation| in 5-8°, beyond the simulator's default ±2°
