@@ -479,7 +479,11 @@ def _refine(
 
     Minimises Σ (L(y) − p(H(a y + t)))² over LR pixels ``y`` whose ``x`` falls inside H, with
     ``p`` a quadratic intensity map fitted jointly (ECC-style), over a similarity (4 parameters)
-    or affine (6) transform. Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
+    or affine (6) transform. A step that raises the fraction of L's variance left (by over
+    0.001: the compared pixels change with the map) is halved, down to 1/64, then the fit
+    stops: on a pattern near the level's resolution (a lattice) the linearisation can point
+    far off. Returns the new ``a``, ``t`` and the NCC of L and H
+    at the fit.
     """
     ys, values = _grid_samples(lr_l, max(1, int(np.ceil(np.sqrt(lr_l.size / max_points)))))
     centre = ys.mean(1)
@@ -488,7 +492,9 @@ def _refine(
     tc = t + a @ centre  # translation in centred coordinates
     grad = np.gradient(hr_l)
     hi = np.array(hr_l.shape, dtype=float)[:, None] - 2.0
-    for _ in range(max_iter):
+
+    def evaluate(a, tc):
+        """Fraction of variance left, NCC, and the Gauss-Newton step at the map ``a``, ``tc``."""
         x = a @ yc + tc[:, None]
         ok = np.all((x >= 1.0) & (x <= hi), axis=0)
         if ok.sum() < 64:
@@ -513,10 +519,27 @@ def _refine(
             da, dt = delta[:4].reshape(2, 2), delta[4:6]
         else:
             da, dt = np.array([[delta[0], -delta[1]], [delta[1], delta[0]]]), delta[2:4]
-        a, tc = a + da, tc + dt
-        if np.abs(dt).max() + np.abs(da).sum(1).max() * span < 1e-3:  # largest change of x
+        left = float(resid @ resid / max(lv.var() * lv.size, 1e-30))
+        return left, float(np.corrcoef(w, lv)[0, 1]), da, dt
+
+    left, ncc, da, dt = evaluate(a, tc)
+    step = 1.0
+    for _ in range(max_iter):
+        try:
+            trial = evaluate(a + step * da, tc + step * dt)
+        except RegistrationError:
+            trial = None
+        if trial is None or trial[0] > left + 1e-3:
+            step *= 0.5
+            if step < 1 / 64:
+                break
+            continue
+        change = step * (np.abs(dt).max() + np.abs(da).sum(1).max() * span)  # largest of x
+        a, tc = a + step * da, tc + step * dt
+        left, ncc, da, dt = trial
+        step = 1.0
+        if change < 1e-3:
             break
-    ncc = float(np.corrcoef(w, lv)[0, 1])
     return a, tc - a @ centre, ncc
 
 
