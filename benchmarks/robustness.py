@@ -34,7 +34,10 @@ and fraction drawn; everything drawn); negative controls ``neg-other`` (the HR o
 
 Per case it reports:
 
-* ``class``: what the case stresses (``CLASSES``), ``expect``: ``accept`` or ``refuse``;
+* ``class``: what the case stresses (``CLASSES``), ``expect``: ``accept``, ``refuse`` or
+  ``blind`` (an acquisition whose LR shows nothing at its resolution: the noise-free truth
+  explains under ``MIN_LR_SIGNAL`` of its variance, ``lr_signal`` in the CSV; it may be refused,
+  and if fitted it must register like an ``accept``);
 * ``reg_err``: registration corner error vs truth, LR px: the mean distance of the HR image's 4
   corners mapped by the fitted model's registration record (``model.json``) and by the
   simulator's ``truth.json`` affine (max in the CSV);
@@ -123,6 +126,10 @@ HOLDOUT_MARGIN = 8  # LR px between the HR footprint and the held-out area (patc
 MIN_HOLDOUT = 1000  # LR px of held-out area needed to score out of sample
 MAX_CORNER_ERROR = 0.5  # LR px; a fitted pair registered worse than this is a failure
 TYPICAL_LR = (256, 768)  # LR longer side of the cases that do not draw the size
+#: Least fraction of the LR's variance that the simulator's noise-free truth explains
+#: (:func:`lr_signal`) for a pair to count as one a human can register: under it the LR shows
+#: nothing at its resolution (a dim specimen at a low dose), and a refusal is deliberate.
+MIN_LR_SIGNAL = 0.05
 #: Words by which a warning names an ambiguous (periodic) match.
 AMBIGUITY_WORDS = ("ambigu", "period")
 
@@ -133,7 +140,7 @@ class Case:
 
     name: str
     cls: str
-    expect: str  # "accept" or "refuse"
+    expect: str  # "accept" or "refuse" (run_case: "blind" where the LR shows nothing)
     make: Callable[[], tuple[SimulatedPair, np.ndarray | None]]  # pair, replacement HR or None
     info: dict = field(default_factory=dict)
 
@@ -420,6 +427,19 @@ def gains(sr: np.ndarray, lr: np.ndarray, gt: np.ndarray, truth: dict, zoom: int
     return out
 
 
+def lr_signal(pair: SimulatedPair) -> float:
+    """Fraction of the LR's variance explained by the truth: the noise-free ``gt`` (SR grid)
+    averaged over each LR pixel, mapped by the least-squares quadratic (detector response and
+    gamma): how much of the LR is specimen rather than noise."""
+    z = int(round(pair.truth["nominal_zoom"]))
+    lr = to_float32(pair.lr).astype(float).ravel()
+    h, w = pair.lr.shape
+    g = pair.gt[:h * z, :w * z].reshape(h, z, w, z).mean((1, 3)).ravel().astype(float)
+    design = np.stack([np.ones_like(g), g, g * g], axis=1)
+    coef, *_ = np.linalg.lstsq(design, lr, rcond=None)
+    return float(1 - np.mean((lr - design @ coef) ** 2) / max(lr.var(), 1e-30))
+
+
 def run_case(case: Case, work: Path, *, cli=_cli_inprocess, sigmas=()) -> dict:
     """Simulate ``case``, run ``pairsr fit`` and ``pairsr apply`` on it, and score the result."""
     t0 = time.perf_counter()
@@ -435,7 +455,10 @@ def run_case(case: Case, work: Path, *, cli=_cli_inprocess, sigmas=()) -> dict:
     write_image(hr_path, pair.hr if replaced_hr is None else replaced_hr,
                 pixel_size_nm=t["hr_pixel_size_nm"])
     row.update(lr=pair.lr.shape, hr=pair.hr.shape, zoom=zoom, rotation=t["rotation_deg"],
-               hr_inside=t["hr_inside"], t_sim=time.perf_counter() - t0)
+               hr_inside=t["hr_inside"], lr_signal=lr_signal(pair),
+               t_sim=time.perf_counter() - t0)
+    if row["expect"] == "accept" and row["lr_signal"] < MIN_LR_SIGNAL:
+        row["expect"] = "blind"  # the LR shows nothing: a refusal is right, a fit must be right
     fit = cli(["fit", str(lr_path), str(hr_path), "--out", str(folder / "model")])
     row["t_fit"] = time.perf_counter() - t0 - row["t_sim"]
     row["fit"] = "ok" if fit.code == 0 else ("crash" if fit.crashed else "refused")
@@ -489,7 +512,7 @@ def status(row: dict, fit: Outcome) -> str:
     crashed = "crash" in (row["fit"], row["apply"])
     if crashed:
         return "FAIL-crash"
-    if row["expect"] == "refuse":
+    if row["expect"] == "refuse" or (row["expect"] == "blind" and not accepted):
         if not accepted:
             return "refused"
         ambiguous = any(w in row["warnings"].lower() for w in AMBIGUITY_WORDS)
