@@ -680,9 +680,12 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
             in zip(("LR", "HR"), reliability, MIN_RELIABILITY) if rel < least]
     if flat:
         raise not_found(" and ".join(
-            f"the {name} image is textureless at the LR's resolution (signal {100 * rel:.0f} % "
+            f"the {name} image is textureless at the LR's resolution (signal "
+            f"{np.floor(100 * rel):.0f} % "
             f"of its variance, need {100 * least:.0f} %, the rest noise)"
-            for name, rel, least in flat))
+            for name, rel, least in flat)
+            + ": rescan with more counts per pixel (a longer dwell time, a higher beam current "
+              "or frame averaging)")
     explained = best.explained(reliability)
     if explained < MIN_EXPLAINED:
         raise not_found(f"the best fit explains {100 * explained:.0f} % of the LR's variance "
