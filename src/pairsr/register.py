@@ -1114,16 +1114,23 @@ def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_
     return None, tried, 0
 
 
-def _absorb_affine(matrix: np.ndarray, offset: np.ndarray,
-                   disp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, disp: np.ndarray,
+                   lr_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refit the affine as the least-squares affine of ``x → matrix (x + disp) + offset`` over
-    the HR grid; return it with the field re-expressed relative to it (no affine part left)."""
+    the HR pixels that land inside the LR field of ``lr_shape`` (where patches measured the
+    field: outside it the field is only extrapolated; all pixels if under 3 rows and columns
+    land inside); return it with the field re-expressed relative to it (no affine part left)."""
     grid = np.indices(disp.shape[1:], dtype=float)
     lr_coords = _apply(matrix, offset, grid + disp)
-    # Normal equations over every pixel centre, basis (row, col, 1).
+    inside = np.all((lr_coords >= -0.5)
+                    & (lr_coords <= np.array(lr_shape, dtype=float).reshape(2, 1, 1) - 0.5),
+                    axis=0)
+    if inside.any(1).sum() < 3 or inside.any(0).sum() < 3:
+        inside = np.ones_like(inside)
+    # Normal equations over those pixel centres, basis (row, col, 1).
     basis = np.concatenate([grid, np.ones((1, *grid.shape[1:]))])
-    gram = np.tensordot(basis, basis, axes=([1, 2], [1, 2]))
-    moments = np.tensordot(basis, lr_coords, axes=([1, 2], [1, 2]))
+    gram = np.tensordot(basis * inside, basis, axes=([1, 2], [1, 2]))
+    moments = np.tensordot(basis * inside, lr_coords, axes=([1, 2], [1, 2]))
     coef = np.linalg.solve(gram, moments)  # (3, 2)
     new_matrix, new_offset = coef[:2].T, coef[2]
     inv = np.linalg.inv(new_matrix)
@@ -1267,7 +1274,8 @@ def register_pair(
             gain = [_fine_residual(lr, hr1, f1, sigma, with_field, local)
                     for local in (False, True)]
             if gain[1] < gain[0]:
-                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp)
+                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp,
+                                                                  lr.shape)
             else:
                 reg.patches_accepted = 0
                 warnings.warn(
