@@ -26,9 +26,10 @@ scan); ``gamma`` (0.6-0.75 or 1.4-1.7, each scan); ``inverted`` (the LR's or the
 ``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°, the HR field holding the
 precipitate); ``x3``, ``x4``;
 ``overhang`` (60-95 % of the HR inside the LR); ``wide`` (everything at once, built-in
-nanocomposite or lattice); ``small-specimen`` (a 300×300 crop of a real micrograph, sized by the
-simulator, ±3°); ``real-<specimen>`` (each real micrograph: rotation within ±3°; zoom, rotation
-and fraction drawn; everything drawn); negative controls ``neg-other`` (the HR of another specimen),
+nanocomposite or lattice, the HR holding the lattice's precipitate); ``small-specimen`` (a
+300×300 crop of a real micrograph, sized by the simulator, ±3°); ``real-<specimen>`` (each
+real micrograph: rotation within ±3°; zoom, rotation and fraction drawn; everything drawn);
+negative controls ``neg-other`` (the HR of another specimen),
 ``neg-noise`` (a white-noise HR), ``neg-outside`` (20-45 % of the HR inside the LR) and
 ``neg-perfect-lattice`` (a lattice without aperiodic content: ambiguous by a period).
 
@@ -209,6 +210,9 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
     elif cls == "wide":
         specimen = str(rng.choice(["nanocomposite", "lattice"]))
         kw = _acq(rng, VARIABLES, lr_max=lr_max)
+        if specimen == "lattice":  # with its precipitate in the HR, as in "periodic"
+            return Case(f"{cls}-{seed}", cls, expect, lambda: _periodic_pair(seed, kw),
+                        _summary(kw, specimen))
     elif cls == "neg-outside":
         expect = "refuse"
         kw = _acq(rng, ("fraction",), lr_max=lr_max, hr_fraction=(0.15, 0.4))
