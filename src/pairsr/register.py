@@ -471,6 +471,11 @@ def _quadratic(w: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(w), w, w * w], axis=-1)
 
 
+#: Rise of the fraction of the LR's variance left, over the least reached so far, beyond which
+#: a global refinement step is halved (the compared pixels change with the map).
+TOLERANCE = 1e-3
+
+
 def _refine(
     lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
     max_iter: int = 30, max_points: int = 100_000,
@@ -479,11 +484,10 @@ def _refine(
 
     Minimises Σ (L(y) − p(H(a y + t)))² over LR pixels ``y`` whose ``x`` falls inside H, with
     ``p`` a quadratic intensity map fitted jointly (ECC-style), over a similarity (4 parameters)
-    or affine (6) transform. A step that raises the fraction of L's variance left (by over
-    0.001: the compared pixels change with the map) is halved, down to 1/64, then the fit
-    stops: on a pattern near the level's resolution (a lattice) the linearisation can point
-    far off. Returns the new ``a``, ``t`` and the NCC of L and H
-    at the fit.
+    or affine (6) transform. A step that raises the fraction of L's variance left by more than
+    :data:`TOLERANCE` over the least reached is halved, down to 1/64, then the fit stops: on a
+    pattern near the level's resolution (a lattice) the linearisation can point far off.
+    Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
     """
     ys, values = _grid_samples(lr_l, max(1, int(np.ceil(np.sqrt(lr_l.size / max_points)))))
     centre = ys.mean(1)
@@ -523,13 +527,13 @@ def _refine(
         return left, float(np.corrcoef(w, lv)[0, 1]), da, dt
 
     left, ncc, da, dt = evaluate(a, tc)
-    step = 1.0
+    least, step = left, 1.0
     for _ in range(max_iter):
         try:
             trial = evaluate(a + step * da, tc + step * dt)
         except RegistrationError:
             trial = None
-        if trial is None or trial[0] > left + 1e-3:
+        if trial is None or trial[0] > least + TOLERANCE:
             step *= 0.5
             if step < 1 / 64:
                 break
@@ -537,7 +541,7 @@ def _refine(
         change = step * (np.abs(dt).max() + np.abs(da).sum(1).max() * span)  # largest of x
         a, tc = a + step * da, tc + step * dt
         left, ncc, da, dt = trial
-        step = 1.0
+        least, step = min(least, left), 1.0
         if change < 1e-3:
             break
     return a, tc - a @ centre, ncc
