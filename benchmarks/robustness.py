@@ -19,20 +19,26 @@ interpreter start-up and imports per command); ``--subprocess`` runs the ``pairs
 Classes (``CLASSES``; each draws what it names from the wide ranges and keeps the simulator's
 defaults otherwise: ×2, HR 25 % of the field, rotation ±2°, doses 15-60, gammas 0.8-1.25, LR
 256-768 px): ``typical``; ``small-hr`` (HR 128-600 px, 10-30 % of the field, ±3°); ``large-hr``
-(HR 2048-4096 px, ×3/×4, LR ≤ 1280 px); ``fraction-low`` (10-15 %), ``fraction-high``
+(HR 2048-4096 px, ×3/×4, LR ≤ 1280 px); ``fraction-low`` (10-15 %, the LR long enough
+for an HR of 128 px or more, the wide ranges' least), ``fraction-high``
 (60-100 %, capped to what fits rotated); ``rotated`` (5-8°); ``low-dose`` (2-8 counts/px, each
 scan); ``gamma`` (0.6-0.75 or 1.4-1.7, each scan); ``inverted`` (the LR's or the HR's detector);
-``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°); ``x3``, ``x4``;
+``periodic`` (the built-in lattice with a precipitate and vacancies, ±4°, the HR field holding the
+precipitate); ``x3``, ``x4``;
 ``overhang`` (60-95 % of the HR inside the LR); ``wide`` (everything at once, built-in
-nanocomposite or lattice); ``small-specimen`` (a 300×300 crop of a real micrograph, sized by the
-simulator, ±3°); ``real-<specimen>`` (each real micrograph: rotation within ±3°; zoom, rotation
-and fraction drawn; everything drawn); negative controls ``neg-other`` (the HR of another specimen),
+nanocomposite or lattice, the HR holding the lattice's precipitate); ``small-specimen`` (a
+300×300 crop of a real micrograph, sized by the simulator, ±3°); ``real-<specimen>`` (each
+real micrograph: rotation within ±3°; zoom, rotation and fraction drawn; everything drawn);
+negative controls ``neg-other`` (the HR of another specimen),
 ``neg-noise`` (a white-noise HR), ``neg-outside`` (20-45 % of the HR inside the LR) and
 ``neg-perfect-lattice`` (a lattice without aperiodic content: ambiguous by a period).
 
 Per case it reports:
 
-* ``class``: what the case stresses (``CLASSES``), ``expect``: ``accept`` or ``refuse``;
+* ``class``: what the case stresses (``CLASSES``), ``expect``: ``accept``, ``refuse`` or
+  ``blind`` (an acquisition whose LR shows nothing at its resolution: the noise-free truth
+  explains under ``MIN_LR_SIGNAL`` of its variance, ``lr_signal`` in the CSV; it may be refused,
+  and if fitted it must register like an ``accept``);
 * ``reg_err``: registration corner error vs truth, LR px: the mean distance of the HR image's 4
   corners mapped by the fitted model's registration record (``model.json``) and by the
   simulator's ``truth.json`` affine (max in the CSV);
@@ -78,11 +84,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from pairsr.grid import bicubic, sr_to_lr
 from pairsr.io import read_image, to_float32, write_image
 from pairsr.metrics import psnr
-from pairsr.simulate import VARIABLES, SimulatedPair, draw_acquisition, simulate_pair
+from pairsr.simulate import (
+    MARGIN,
+    SYNTHETIC_SCALE,
+    VARIABLES,
+    WIDE_RANGES,
+    SimulatedPair,
+    draw_acquisition,
+    lattice,
+    simulate_pair,
+)
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 #: Real HR micrographs used as specimens: files (one drawn per case) and the crop that drops the
@@ -111,6 +127,10 @@ HOLDOUT_MARGIN = 8  # LR px between the HR footprint and the held-out area (patc
 MIN_HOLDOUT = 1000  # LR px of held-out area needed to score out of sample
 MAX_CORNER_ERROR = 0.5  # LR px; a fitted pair registered worse than this is a failure
 TYPICAL_LR = (256, 768)  # LR longer side of the cases that do not draw the size
+#: Least fraction of the LR's variance that the simulator's noise-free truth explains
+#: (:func:`lr_signal`) for a pair to count as one a human can register: under it the LR shows
+#: nothing at its resolution (a dim specimen at a low dose), and a refusal is deliberate.
+MIN_LR_SIGNAL = 0.05
 #: Words by which a warning names an ambiguous (periodic) match.
 AMBIGUITY_WORDS = ("ambigu", "period")
 
@@ -121,7 +141,7 @@ class Case:
 
     name: str
     cls: str
-    expect: str  # "accept" or "refuse"
+    expect: str  # "accept" or "refuse" (run_case: "blind" where the LR shows nothing)
     make: Callable[[], tuple[SimulatedPair, np.ndarray | None]]  # pair, replacement HR or None
     info: dict = field(default_factory=dict)
 
@@ -156,8 +176,11 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
     elif cls == "large-hr":
         kw = _acq(rng, ("size", "zoom", "rotation", "fraction"), lr_max=max(lr_max, 1280),
                   hr_side=(2048, 4096), hr_fraction=(0.5, 1.0), zoom=(3, 4))
-    elif cls == "fraction-low":
-        kw = _acq(rng, ("fraction",), lr_max=lr_max, hr_fraction=(0.10, 0.15))
+    elif cls == "fraction-low":  # an LR long enough for the HR's longer side to reach 128 px
+        lo = int(np.ceil(WIDE_RANGES["hr_side"][0] / (2 * np.sqrt(0.10))))
+        kw = _acq(rng, ("fraction",), lr_max=max(lr_max, lo), hr_fraction=(0.10, 0.15),
+                  lr_side=(max(lo, min(TYPICAL_LR[0], lr_max)), max(lo, min(TYPICAL_LR[1],
+                                                                             lr_max))))
     elif cls == "fraction-high":
         kw = _acq(rng, ("fraction",), lr_max=lr_max, hr_fraction=(0.6, 1.0))
     elif cls == "rotated":  # |rotation| in 5-8°, beyond the simulator's default ±2°
@@ -177,6 +200,8 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
     elif cls == "periodic":
         specimen = "lattice"
         kw = _acq(rng, ("rotation",), lr_max=lr_max, rotation_deg=4.0)
+        return Case(f"{cls}-{seed}", cls, expect, lambda: _periodic_pair(seed, kw),
+                    _summary(kw, specimen))
     elif cls in ("x3", "x4"):
         kw = _acq(rng, ("zoom",), lr_max=lr_max, zoom=(int(cls[1]),))
     elif cls == "overhang":
@@ -185,6 +210,9 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
     elif cls == "wide":
         specimen = str(rng.choice(["nanocomposite", "lattice"]))
         kw = _acq(rng, VARIABLES, lr_max=lr_max)
+        if specimen == "lattice":  # with its precipitate in the HR, as in "periodic"
+            return Case(f"{cls}-{seed}", cls, expect, lambda: _periodic_pair(seed, kw),
+                        _summary(kw, specimen))
     elif cls == "neg-outside":
         expect = "refuse"
         kw = _acq(rng, ("fraction",), lr_max=lr_max, hr_fraction=(0.15, 0.4))
@@ -211,6 +239,30 @@ def _synthetic(cls: str, seed: int, lr_max: int) -> Case:
         return pair, None
 
     return Case(f"{cls}-{seed}", cls, expect, make, _summary(kw, specimen or "nanocomposite"))
+
+
+def _periodic_pair(seed: int, kw: dict, tries: int = 50) -> tuple[SimulatedPair, None]:
+    """A pair of the built-in lattice whose HR field holds its precipitate: the aperiodic
+    content that tells one period from the next. A lattice HR field without it (the
+    site-to-site spread and a rare vacancy alone) is as ambiguous as a perfect lattice to a
+    careful human, which ``neg-perfect-lattice`` covers. The specimen is drawn once; the HR's
+    placement is redrawn (seeds ``seed + k``) until the precipitate's centre lies inside it."""
+    lr_shape = kw["lr_shape"]
+    spec_shape = tuple(int(np.ceil(n * SYNTHETIC_SCALE + 2 * MARGIN)) for n in lr_shape)
+    spec, perfect = (lattice(spec_shape, np.random.default_rng(seed), SYNTHETIC_SCALE,
+                             perfect=p) for p in (False, True))
+    # The precipitate: where the specimen differs from the perfect lattice over a region
+    # larger than a site (a vacancy or the site spread, smoothed over a few sites, fades).
+    aperiodic = ndi.gaussian_filter(np.abs(spec - perfect), 4 * SYNTHETIC_SCALE) > 0.15
+    centre = np.argwhere(aperiodic).mean(0)
+    for k in range(tries):
+        pair = _simulate(spec, seed + k, {**kw, "scale": SYNTHETIC_SCALE})
+        t = pair.truth
+        lr = (centre - np.asarray(t["lr_scan"]["origin"])) / t["scale"]  # LR px (drift aside)
+        u = np.linalg.solve(np.asarray(t["matrix"]), lr - np.asarray(t["offset"]))  # HR px
+        if np.all(u >= 0) and np.all(u <= np.array(pair.hr.shape) - 1):
+            break
+    return pair, None
 
 
 def _real_case(name: str, variant: int, seed: int, lr_max: int) -> Case:
@@ -379,6 +431,19 @@ def gains(sr: np.ndarray, lr: np.ndarray, gt: np.ndarray, truth: dict, zoom: int
     return out
 
 
+def lr_signal(pair: SimulatedPair) -> float:
+    """Fraction of the LR's variance explained by the truth: the noise-free ``gt`` (SR grid)
+    averaged over each LR pixel, mapped by the least-squares quadratic (detector response and
+    gamma): how much of the LR is specimen rather than noise."""
+    z = int(round(pair.truth["nominal_zoom"]))
+    lr = to_float32(pair.lr).astype(float).ravel()
+    h, w = pair.lr.shape
+    g = pair.gt[:h * z, :w * z].reshape(h, z, w, z).mean((1, 3)).ravel().astype(float)
+    design = np.stack([np.ones_like(g), g, g * g], axis=1)
+    coef, *_ = np.linalg.lstsq(design, lr, rcond=None)
+    return float(1 - np.mean((lr - design @ coef) ** 2) / max(lr.var(), 1e-30))
+
+
 def run_case(case: Case, work: Path, *, cli=_cli_inprocess, sigmas=()) -> dict:
     """Simulate ``case``, run ``pairsr fit`` and ``pairsr apply`` on it, and score the result."""
     t0 = time.perf_counter()
@@ -394,7 +459,10 @@ def run_case(case: Case, work: Path, *, cli=_cli_inprocess, sigmas=()) -> dict:
     write_image(hr_path, pair.hr if replaced_hr is None else replaced_hr,
                 pixel_size_nm=t["hr_pixel_size_nm"])
     row.update(lr=pair.lr.shape, hr=pair.hr.shape, zoom=zoom, rotation=t["rotation_deg"],
-               hr_inside=t["hr_inside"], t_sim=time.perf_counter() - t0)
+               hr_inside=t["hr_inside"], lr_signal=lr_signal(pair),
+               t_sim=time.perf_counter() - t0)
+    if row["expect"] == "accept" and row["lr_signal"] < MIN_LR_SIGNAL:
+        row["expect"] = "blind"  # the LR shows nothing: a refusal is right, a fit must be right
     fit = cli(["fit", str(lr_path), str(hr_path), "--out", str(folder / "model")])
     row["t_fit"] = time.perf_counter() - t0 - row["t_sim"]
     row["fit"] = "ok" if fit.code == 0 else ("crash" if fit.crashed else "refused")
@@ -448,7 +516,7 @@ def status(row: dict, fit: Outcome) -> str:
     crashed = "crash" in (row["fit"], row["apply"])
     if crashed:
         return "FAIL-crash"
-    if row["expect"] == "refuse":
+    if row["expect"] == "refuse" or (row["expect"] == "blind" and not accepted):
         if not accepted:
             return "refused"
         ambiguous = any(w in row["warnings"].lower() for w in AMBIGUITY_WORDS)

@@ -5,7 +5,8 @@ Each case simulates a physical pair (``benchmarks/robustness.py`` builds it), ru
 and checks the outcome against the simulator's truth: a pair that a careful human registers must
 fit and apply, register within ``MAX_CORNER_ERROR`` LR px and gain over bicubic on the part of the
 field the model never saw; a negative control must be refused with a handled error (a perfect
-lattice may instead be accepted with a warning that names the ambiguity).
+lattice may instead be accepted with a warning that names the ambiguity), and so may a pair
+whose LR shows nothing at its resolution (``expect`` "blind").
 """
 
 import importlib.util
@@ -32,7 +33,7 @@ def _check(row: dict) -> None:
     detail = "; ".join(f"{k}={row.get(k)}" for k in ("status", "lr", "hr", "zoom", "rotation",
                                                      "reg_err", "dpsnr", "dpsnr_in", "message",
                                                      "warnings"))
-    if row["expect"] == "refuse":
+    if row["expect"] == "refuse" or (row["expect"] == "blind" and row["fit"] != "ok"):
         assert row["status"] in ("refused", "warned"), detail
         if row["status"] == "refused":  # a handled error that says what is wrong
             assert row["message"].startswith("error:") and len(row["message"]) > 30, detail

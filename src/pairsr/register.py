@@ -471,6 +471,11 @@ def _quadratic(w: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(w), w, w * w], axis=-1)
 
 
+#: Rise of the fraction of the LR's variance left, over the least reached so far, beyond which
+#: a global refinement step is halved (the compared pixels change with the map).
+TOLERANCE = 1e-3
+
+
 def _refine(
     lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
     max_iter: int = 30, max_points: int = 100_000,
@@ -479,7 +484,10 @@ def _refine(
 
     Minimises Σ (L(y) − p(H(a y + t)))² over LR pixels ``y`` whose ``x`` falls inside H, with
     ``p`` a quadratic intensity map fitted jointly (ECC-style), over a similarity (4 parameters)
-    or affine (6) transform. Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
+    or affine (6) transform. A step that raises the fraction of L's variance left by more than
+    :data:`TOLERANCE` over the least reached is halved, down to 1/64, then the fit stops: on a
+    pattern near the level's resolution (a lattice) the linearisation can point far off.
+    Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
     """
     ys, values = _grid_samples(lr_l, max(1, int(np.ceil(np.sqrt(lr_l.size / max_points)))))
     centre = ys.mean(1)
@@ -488,7 +496,9 @@ def _refine(
     tc = t + a @ centre  # translation in centred coordinates
     grad = np.gradient(hr_l)
     hi = np.array(hr_l.shape, dtype=float)[:, None] - 2.0
-    for _ in range(max_iter):
+
+    def evaluate(a, tc):
+        """Fraction of variance left, NCC, and the Gauss-Newton step at the map ``a``, ``tc``."""
         x = a @ yc + tc[:, None]
         ok = np.all((x >= 1.0) & (x <= hi), axis=0)
         if ok.sum() < 64:
@@ -513,10 +523,27 @@ def _refine(
             da, dt = delta[:4].reshape(2, 2), delta[4:6]
         else:
             da, dt = np.array([[delta[0], -delta[1]], [delta[1], delta[0]]]), delta[2:4]
-        a, tc = a + da, tc + dt
-        if np.abs(dt).max() + np.abs(da).sum(1).max() * span < 1e-3:  # largest change of x
+        left = float(resid @ resid / max(lv.var() * lv.size, 1e-30))
+        return left, float(np.corrcoef(w, lv)[0, 1]), da, dt
+
+    left, ncc, da, dt = evaluate(a, tc)
+    least, step = left, 1.0
+    for _ in range(max_iter):
+        try:
+            trial = evaluate(a + step * da, tc + step * dt)
+        except RegistrationError:
+            trial = None
+        if trial is None or trial[0] > least + TOLERANCE:
+            step *= 0.5
+            if step < 1 / 64:
+                break
+            continue
+        change = step * (np.abs(dt).max() + np.abs(da).sum(1).max() * span)  # largest of x
+        a, tc = a + step * da, tc + step * dt
+        left, ncc, da, dt = trial
+        least, step = min(least, left), 1.0
+        if change < 1e-3:
             break
-    ncc = float(np.corrcoef(w, lv)[0, 1])
     return a, tc - a @ centre, ncc
 
 
@@ -657,9 +684,12 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
             in zip(("LR", "HR"), reliability, MIN_RELIABILITY) if rel < least]
     if flat:
         raise not_found(" and ".join(
-            f"the {name} image is textureless at the LR's resolution (signal {100 * rel:.0f} % "
+            f"the {name} image is textureless at the LR's resolution (signal "
+            f"{np.floor(100 * rel):.0f} % "
             f"of its variance, need {100 * least:.0f} %, the rest noise)"
-            for name, rel, least in flat))
+            for name, rel, least in flat)
+            + ": rescan with more counts per pixel (a longer dwell time, a higher beam current "
+              "or frame averaging)")
     explained = best.explained(reliability)
     if explained < MIN_EXPLAINED:
         raise not_found(f"the best fit explains {100 * explained:.0f} % of the LR's variance "
@@ -1088,16 +1118,23 @@ def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_
     return None, tried, 0
 
 
-def _absorb_affine(matrix: np.ndarray, offset: np.ndarray,
-                   disp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, disp: np.ndarray,
+                   lr_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refit the affine as the least-squares affine of ``x → matrix (x + disp) + offset`` over
-    the HR grid; return it with the field re-expressed relative to it (no affine part left)."""
+    the HR pixels that land inside the LR field of ``lr_shape`` (where patches measured the
+    field: outside it the field is only extrapolated; all pixels if under 3 rows and columns
+    land inside); return it with the field re-expressed relative to it (no affine part left)."""
     grid = np.indices(disp.shape[1:], dtype=float)
     lr_coords = _apply(matrix, offset, grid + disp)
-    # Normal equations over every pixel centre, basis (row, col, 1).
+    inside = np.all((lr_coords >= -0.5)
+                    & (lr_coords <= np.array(lr_shape, dtype=float).reshape(2, 1, 1) - 0.5),
+                    axis=0)
+    if inside.any(1).sum() < 3 or inside.any(0).sum() < 3:
+        inside = np.ones_like(inside)
+    # Normal equations over those pixel centres, basis (row, col, 1).
     basis = np.concatenate([grid, np.ones((1, *grid.shape[1:]))])
-    gram = np.tensordot(basis, basis, axes=([1, 2], [1, 2]))
-    moments = np.tensordot(basis, lr_coords, axes=([1, 2], [1, 2]))
+    gram = np.tensordot(basis * inside, basis, axes=([1, 2], [1, 2]))
+    moments = np.tensordot(basis * inside, lr_coords, axes=([1, 2], [1, 2]))
     coef = np.linalg.solve(gram, moments)  # (3, 2)
     new_matrix, new_offset = coef[:2].T, coef[2]
     inv = np.linalg.inv(new_matrix)
@@ -1241,7 +1278,8 @@ def register_pair(
             gain = [_fine_residual(lr, hr1, f1, sigma, with_field, local)
                     for local in (False, True)]
             if gain[1] < gain[0]:
-                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp)
+                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp,
+                                                                  lr.shape)
             else:
                 reg.patches_accepted = 0
                 warnings.warn(
