@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.library import Library
-from pairsr.patches import Scratch, axis_grid, overlap_average, threads
+from pairsr.patches import Scratch, axis_grid, on_lattice, overlap_average, threads
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
@@ -292,8 +292,8 @@ def _torch_filter(
             est[order] = done
             weight = torch.ones(len(q), device=dev)
             if flat is not None:
-                grid = torch.arange(r0, r1, device=dev)[:, None] % lattice == 0
-                grid = grid & (torch.arange(cols, device=dev) % lattice == 0)
+                grid = on_lattice(torch.arange(r0, r1, device=dev), rows, lattice)[:, None]
+                grid = grid & on_lattice(torch.arange(cols, device=dev), cols, lattice)
                 variance = (q * q).mean(dim=1) - q.mean(dim=1) ** 2
                 weight = (grid.reshape(-1) | (variance >= flat**2)).float()
                 est *= weight[:, None]

@@ -166,8 +166,8 @@ def _coverage(count: int, padded: int, n: int, stride: int) -> np.ndarray:
     return cover
 
 
-def _on_lattice(index: np.ndarray, count: int, lattice: int) -> np.ndarray:
-    """Grid positions on the lattice: every ``lattice``-th from 0, and the last one (``count-1``),
+def on_lattice(index: np.ndarray, count: int, lattice: int) -> np.ndarray:
+    """Which of the grid positions ``index`` (a numpy or torch integer array) lie on the lattice: every ``lattice``-th from 0, and the last one (``count-1``),
     so that the lattice's patches cover every pixel whatever the image size."""
     return (index % lattice == 0) | (index == count - 1)
 
@@ -239,8 +239,8 @@ def overlap_average(
         if keep is None:
             np.copyto(est, estimate(q).T)
         else:
-            grid = _on_lattice(np.arange(r0, r0 + part.shape[0]), rows, lattice)[:, None]
-            grid = grid & _on_lattice(np.arange(cols), cols, lattice)
+            grid = on_lattice(np.arange(r0, r0 + part.shape[0]), rows, lattice)[:, None]
+            grid = grid & on_lattice(np.arange(cols), cols, lattice)
             chosen = grid.ravel() | keep(q)
             full = scratch("estimates", (len(q), n * n))
             full[~chosen] = 0
