@@ -167,8 +167,9 @@ def _coverage(count: int, padded: int, n: int, stride: int) -> np.ndarray:
 
 
 def on_lattice(index: np.ndarray, count: int, lattice: int) -> np.ndarray:
-    """Which of the grid positions ``index`` (a numpy or torch integer array) lie on the lattice: every ``lattice``-th from 0, and the last one (``count-1``),
-    so that the lattice's patches cover every pixel whatever the image size."""
+    """Which grid positions ``index`` (a numpy or torch integer array) lie on the lattice: every
+    ``lattice``-th from 0, and the last one (``count - 1``), so that the lattice's patches cover
+    every pixel whatever the image size."""
     return (index % lattice == 0) | (index == count - 1)
 
 
