@@ -251,10 +251,10 @@ def _periodic_pair(seed: int, kw: dict, tries: int = 50) -> tuple[SimulatedPair,
     spec_shape = tuple(int(np.ceil(n * SYNTHETIC_SCALE + 2 * MARGIN)) for n in lr_shape)
     spec, perfect = (lattice(spec_shape, np.random.default_rng(seed), SYNTHETIC_SCALE,
                              perfect=p) for p in (False, True))
-    # The precipitate: where the specimen differs from the perfect lattice over a region
+    # The precipitate: where the specimen differs most from the perfect lattice over a region
     # larger than a site (a vacancy or the site spread, smoothed over a few sites, fades).
-    aperiodic = ndi.gaussian_filter(np.abs(spec - perfect), 4 * SYNTHETIC_SCALE) > 0.15
-    centre = np.argwhere(aperiodic).mean(0)
+    difference = ndi.gaussian_filter(np.abs(spec - perfect), 4 * SYNTHETIC_SCALE)
+    centre = np.array(np.unravel_index(np.argmax(difference), difference.shape), dtype=float)
     for k in range(tries):
         pair = _simulate(spec, seed + k, {**kw, "scale": SYNTHETIC_SCALE})
         t = pair.truth
