@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
@@ -28,3 +29,9 @@ def check_ngff(path: str | Path) -> dict:
 def ngff():
     """:func:`check_ngff` as a fixture."""
     return check_ngff
+
+
+def psnr(a, b, border: int) -> float:
+    """PSNR (dB, unit peak) of ``a`` against ``b`` inside a ``border``-px frame."""
+    inner = np.s_[border:-border, border:-border]
+    return float(-10 * np.log10(np.mean((a[inner] - b[inner]) ** 2)))

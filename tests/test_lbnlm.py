@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import psnr
 from skimage import draw, filters, transform
 
 from pairsr.grid import BICUBIC_HALO, bicubic
@@ -193,9 +194,8 @@ def _simulated_pair(hr, rng):
     return bicubic((lr + rng.normal(0, 0.01, lr.shape)).astype(np.float32)), hr
 
 
-def _psnr(a, b, border=6):
-    inner = np.s_[border:-border, border:-border]
-    return -10 * np.log10(np.mean((a[inner] - b[inner]) ** 2))
+def _psnr(a, b):
+    return psnr(a, b, border=6)
 
 
 @pytest.fixture(scope="module")

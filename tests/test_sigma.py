@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import psnr
 from scipy import ndimage as ndi
 
 from pairsr.grid import bicubic
@@ -37,9 +38,8 @@ def _masked(pair, mask):
     return up, np.where(mask, hr, np.nan).astype(np.float32)
 
 
-def _psnr(a, b, border=8):
-    inner = np.s_[border:-border, border:-border]
-    return -10 * np.log10(np.mean((a[inner] - b[inner]) ** 2))
+def _psnr(a, b):
+    return psnr(a, b, border=8)
 
 
 @pytest.fixture(scope="module")

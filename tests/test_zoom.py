@@ -248,3 +248,21 @@ def test_a_fractional_zoom_registers_and_trains_on_the_nearest_integer_grid(tmp_
     assert prepared.registration.zoom == pytest.approx(pair.truth["zoom"], rel=3e-3)
     valid = np.isfinite(prepared.hr)
     assert np.corrcoef(prepared.hr[valid], pair.gt[valid])[0, 1] > 0.75
+
+
+def test_lbnlm_patches_smaller_than_the_zoom_tile_exactly(tmp_path):
+    """n=3 at ×4: the always-estimated lattice must divide the zoom and be ≤ n (here 2); the
+    tiled output equals the in-memory one (it was refused before: lattice 4 > n)."""
+    rng = np.random.default_rng(5)
+    hr = ndi.gaussian_filter(rng.random((128, 144)), 2.0).astype(np.float32)
+    hr = (hr - hr.min()) / np.ptp(hr)
+    lr = hr.reshape(32, 4, 36, 4).mean((1, 3))
+    model = fit([TrainingPair(lr, hr, None)], "lbnlm", n=3, k=4, K=2, L=400, sigma=0.05)
+    values = from_float32(np.clip(lr + 0.05 * rng.random(lr.shape), 0, 1)[:29, :31], np.uint8)
+    write_ome_zarr(tmp_path / "lr.zarr", values, chunks=8, pixel_size_nm=6.0)
+    expected = model.predict(to_float32(values))
+    assert np.isfinite(expected).all()
+    out = apply_tiled(save_model(model, tmp_path / "m"), tmp_path / "lr.zarr",
+                      tmp_path / "sr.zarr", tile=7, out_dtype="float32", progress=False)
+    result = zarr.open_array(out / "0", mode="r")[:]
+    assert np.abs(result - expected).max() <= 1e-4 * np.ptp(expected)

@@ -249,7 +249,7 @@ def sample_patches(
     failing. Deterministic for a given ``seed``.
     """
     if not pairs:
-        raise ValueError("build_library needs at least one (up, hr) pair")
+        raise ValueError("a library needs at least one (up, hr) pair")
     if min(k, K, L) < 1 or L < k:
         raise ValueError(f"need k, K, L >= 1 and L >= k, got k={k}, K={K}, L={L}")
     rng = np.random.default_rng(seed)

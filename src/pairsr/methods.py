@@ -218,10 +218,13 @@ class LBNLM(SRMethod):
     def _filter(self, up: np.ndarray) -> np.ndarray:
         from pairsr.lbnlm import lbnlm_filter
 
-        p = self.params
+        p, n = self.params, self.library.n
+        # Tiles start on multiples of ``zoom`` SR px: the always-estimated lattice must divide it
+        # (and be at most n, so that its patches cover every pixel).
+        lattice = max(d for d in range(1, min(n, self.zoom) + 1) if self.zoom % d == 0)
         return lbnlm_filter(up, self.library, sigma=p["sigma"], categories=p["categories"],
                             stride=p["stride"], residual=p["residual"], device=p.get("device"),
-                            exact=p.get("exact", False), lattice=self.zoom)
+                            exact=p.get("exact", False), lattice=lattice)
 
     def predict(self, lr: np.ndarray) -> np.ndarray:
         return self._filter(bicubic(lr, self.zoom))
