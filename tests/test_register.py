@@ -15,14 +15,13 @@ from pairsr.grid import interpolate
 from pairsr.register import (
     Registration,
     RegistrationError,
-    _angle_peaks,
-    _ncc_maps,
-    _reduce,
-    _refine,
     plot_registration,
     register_pair,
     warp_hr_to_sr,
 )
+from pairsr.register._global import _angle_peaks, _refine
+from pairsr.register._images import _reduce
+from pairsr.register._local import _ncc_maps
 from pairsr.simulate import simulate_pair, true_lr_coords
 
 SCALE = 4.0  # specimen pixels per LR pixel in the exact pairs below
@@ -221,7 +220,7 @@ def test_chunked_dask_hr_gives_the_same_registration(simulated):
 
 def test_coarse_search_as_dask_tasks_finds_the_same_match(spec, monkeypatch):
     """The angles of the coarse search run as dask tasks on large images: same result."""
-    import pairsr.register as register
+    import pairsr.register._global as register
 
     lr, hr, _, _ = _pair(spec, zoom=2.02, angle=1.3)
     serial = register_pair(lr, hr, local=False)

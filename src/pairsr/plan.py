@@ -250,7 +250,7 @@ def plot_plan(plan: AcquisitionPlan, path: str | Path) -> Path:
     numbered by their order."""
     from PIL import Image, ImageDraw
 
-    from pairsr.register import _to_rgb
+    from pairsr.register._plot import _to_rgb
 
     rgb = _to_rgb(plan.thumbnail)
     scale = max(1, 1024 // max(rgb.shape[:2]))

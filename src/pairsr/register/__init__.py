@@ -1,0 +1,45 @@
+"""Register a physical LR/HR image pair (the paper's Sec. III-A, with sub-pixel accuracy).
+
+Mapping convention (README, :mod:`pairsr.grid`): ``lr = matrix @ hr + offset`` for ``(row, col)``
+pixel-centre coordinates. With the local field ``disp`` (2, h, w), in HR pixels, the LR coordinate
+of HR pixel ``x`` is ``matrix @ (x + disp[:, x]) + offset``.
+
+Pipeline of :func:`register_pair`:
+
+1. **Coarse global search**: the HR image, reduced to a coarse LR scale, is found anywhere in the
+   (equally reduced) LR image by an FFT normalised-cross-correlation template search
+   (:func:`skimage.feature.match_template`) over a sweep of rotations, for both signs of the
+   correlation (an inverted detector contrast). A peak well above the map's own chance level and
+   well above the second-best peak is the match; otherwise the best few peaks are candidates.
+2. **Fine global fit**: Gauss-Newton (ECC-style) on a pyramid of the LR image against the HR image
+   blurred and reduced to the same scale (the LR scan is the blurrier one), through a similarity
+   and then an affine transform, with a quadratic intensity model (gain, offset, gamma) fitted
+   jointly, so that contrast, brightness and gamma differences do not bias it. The extra blur that
+   brings the HR to the LR resolution is estimated on the way. The decision rests on this fit:
+   it must explain most of the LR's variance that the noise of both images lets any fit explain,
+   and, among several candidates (one period apart on a periodic specimen), one fit must be
+   better than the others by more than the noise allows.
+3. **Local field**: the paper's patch search (its Eq. 1): NCC of HR patches (blurred to the LR
+   resolution) against the LR resampled on the HR grid through the global mapping (``Ir``), on
+   textured patches (signal variance well above the noise), then a sub-pixel Lucas-Kanade step
+   with the same intensity model, quality tests (peak NCC, best/second peak, peak off the search
+   border), and a smooth field fitted to the accepted shifts, each weighted by its inverse
+   covariance, with robust (Tukey) outlier rejection. The field is the sum of a per-line shift
+   of each scan, a P-spline in the HR row plus one in the LR row, since scan drift moves whole
+   scan lines. The global affine is then refitted as the least-squares affine of the whole
+   HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
+   improves the fine fit. Patch sizes, search radius and knots scale with the zoom, the HR's
+   size and the patches accepted. For a chunked dask HR the patch search runs chunk by chunk
+   (with a halo); the global step reads the HR reduced.
+
+Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
+do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field
+skipped).
+"""
+
+from pairsr.register._mapping import Registration, RegistrationError, warp_hr_to_sr
+from pairsr.register._pair import register_pair
+from pairsr.register._plot import plot_registration
+
+__all__ = ["Registration", "RegistrationError", "plot_registration", "register_pair",
+           "warp_hr_to_sr"]

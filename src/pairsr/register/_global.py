@@ -1,0 +1,460 @@
+"""Global registration: coarse NCC search over rotations, then a Gauss-Newton fit."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from scipy import fft, optimize
+from scipy import ndimage as ndi
+from skimage.feature import match_template, peak_local_max
+
+from pairsr.grid import interpolate
+from pairsr.register._images import (
+    _box_sums,
+    _central,
+    _grid_samples,
+    _noise_sigma,
+    _quadratic,
+    _reduce,
+    _texture_note,
+)
+from pairsr.register._mapping import Registration, RegistrationError, _rotation
+
+#: Extra Gaussian pre-smoothing (coarse px) of both images for the coarse search, against noise.
+COARSE_SMOOTH = 1.0
+#: Candidate positions of the coarse search refined when its best match is not unique.
+MAX_CANDIDATES = 5
+#: Least significance (σ of the statistic) of a fine-scale difference between two candidates.
+MIN_SEPARATION = 3.0
+#: Least fraction of the LR's variance that the fit must explain, relative to the most that
+#: the noise of both images allows (:meth:`_Fit.explained`).
+MIN_EXPLAINED = 0.5
+#: Least signal fraction of the LR's and of the HR's variance at the LR's resolution: below
+#: it an image is textureless there (:meth:`_Fit.reliabilities`).
+MIN_RELIABILITY = (0.05, 0.25)
+
+
+@dataclass
+class _Match:
+    """Result of the coarse search for one sign of the correlation, at its best angle."""
+
+    angle: float  # degrees, refined between the sweep's steps
+    centres: np.ndarray  # (K, 2) coarse-LR (row, col) of the template centre at the K best peaks
+    scores: np.ndarray  # (K,) their scores (NCC·√overlap), best first
+    ncc: float  # NCC (of the signed correlation) at the best peak
+    null: tuple[float, float]  # median and robust std of the score over the map: chance
+    n_tests: float  # effectively independent positions searched (over every angle)
+    at_edge: bool  # the best angle is the first or last of the sweep
+
+    @property
+    def peak_ratio(self) -> float:
+        """Best peak over the second-best local maximum."""
+        if len(self.scores) < 2 or self.scores[1] <= 0:
+            return float("inf")
+        return float(self.scores[0] / self.scores[1])
+
+    @property
+    def significance(self) -> float:
+        """Best score above the map's median, in units of its robust std."""
+        return float((self.scores[0] - self.null[0]) / max(self.null[1], 1e-12))
+
+    @property
+    def min_significance(self) -> float:
+        """What the best of ``n_tests`` unrelated positions reaches (√(2 ln n)), plus 1."""
+        return float(np.sqrt(2 * np.log(max(self.n_tests, 2))) + 1.0)
+
+
+def _null_stats(score: np.ndarray) -> tuple[float, float, float]:
+    """Median, robust std (MAD) and effective number of independent values of a score map:
+    what unrelated positions give. The number is ``(Σ P)² / Σ P²`` over the map's power
+    spectrum ``P`` (N / Σ ρ², ρ its autocorrelation), so a smooth or periodic map counts few."""
+    med = float(np.median(score))
+    spread = 1.4826 * float(np.median(np.abs(score - med)))
+    power = np.abs(fft.rfft2(score - score.mean())) ** 2
+    power[..., 1 : (score.shape[1] + 1) // 2] *= 2  # the half-spectrum's mirrored columns
+    n_eff = float(power.sum() ** 2 / max((power**2).sum(), 1e-300))
+    return med, spread, n_eff
+
+
+#: LR pixels (at the coarse level) from which the coarse search's angles run as dask tasks.
+PARALLEL_SEARCH_PIXELS = 1024**2
+
+
+def _angle_search(lr_c: np.ndarray, tmpl: np.ndarray, angle: float,
+                  pad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The search at one angle: NCC map, score map (NCC·√overlap) and the rotated grid's origin.
+
+    The LR image is resampled on a grid rotated by ``angle`` (degrees), padded by ``pad`` with
+    its mean (so an HR sticking out of the LR can still be found), and searched.
+    """
+    rot = _rotation(angle)
+    corners = np.array([[0, 0], [0, lr_c.shape[1] - 1], [lr_c.shape[0] - 1, 0],
+                        np.array(lr_c.shape) - 1], dtype=float)
+    v = corners @ rot  # rotated-grid coords u of the LR corners (y = rot @ u)
+    umin = v.min(0) - pad
+    shape = tuple(np.ceil(v.max(0) + pad - umin).astype(int) + 1)
+    image, inside = (ndi.affine_transform(im, rot, offset=rot @ umin, output_shape=shape,
+                                          order=1, cval=cval)
+                     for im, cval in ((lr_c, float(lr_c.mean())), (np.ones_like(lr_c), 0.0)))
+    ncc = match_template(image, tmpl)
+    return ncc, ncc * np.sqrt(np.clip(_box_sums(inside, tmpl.shape) / tmpl.size, 0, 1)), umin
+
+
+def _angle_peaks(lr_c: np.ndarray, tmpl: np.ndarray, angle: float,
+                 pad: np.ndarray) -> tuple[float, float]:
+    """The best positive and negative (inverted-contrast) score at one angle."""
+    score = _angle_search(lr_c, tmpl, angle, pad)[1]
+    return float(score.max()), float(-score.min())
+
+
+def _coarse_search(lr_c: np.ndarray, tmpl: np.ndarray,
+                   max_rotation_deg: float) -> dict[int, _Match]:
+    """NCC template search of ``tmpl`` in ``lr_c`` over a sweep of rotations.
+
+    Each angle is searched by :func:`_angle_search`. Positions are scored by NCC·√overlap (the
+    overlap: the template's fraction inside the LR), the significance of a correlation over
+    that many pixels, so that a small overlap that happens to correlate does not compete with a
+    full one. The angles run as dask tasks (on the current scheduler: threads, or a
+    distributed cluster) when ``lr_c`` has :data:`PARALLEL_SEARCH_PIXELS` or more, and only
+    their best scores come back. Returns, for the positive (key 1) and negative (key −1:
+    inverted contrast) correlation, the :data:`MAX_CANDIDATES` best peaks at the best angle.
+    """
+    half_diag = 0.5 * np.hypot(*tmpl.shape)
+    step = float(np.clip(np.rad2deg(1.0 / half_diag), 0.1, 2.0))  # ≤ 1 px at the corners
+    n = int(np.ceil(max_rotation_deg / step)) + 1  # one step beyond the range: edge test
+    angles = np.linspace(-n * step, n * step, 2 * n + 1)
+    pad = 3 * np.array(tmpl.shape) // 4
+    if lr_c.size >= PARALLEL_SEARCH_PIXELS:
+        import dask
+
+        lazy_lr, lazy_tmpl = dask.delayed(lr_c), dask.delayed(tmpl)  # one task each, not per angle
+        peaks = dask.compute(*[dask.delayed(_angle_peaks)(lazy_lr, lazy_tmpl, a, pad)
+                               for a in angles])  # fmt: skip
+    else:
+        peaks = [_angle_peaks(lr_c, tmpl, a, pad) for a in angles]
+    scores = np.array(peaks).T  # (sign, angle): best score per sign and angle
+    matches = {}
+    for k, sign in enumerate((1, -1)):
+        i = int(np.argmax(scores[k]))
+        ncc, score, umin = _angle_search(lr_c, tmpl, angles[i], pad)
+        ncc, score = sign * ncc, sign * score
+        at_edge = i in (0, len(angles) - 1)
+        angle = angles[i]
+        if not at_edge:  # parabola through the neighbouring angles' scores
+            s = scores[k, i - 1 : i + 2]
+            curv = s[0] - 2 * s[1] + s[2]
+            angle += 0.5 * step * (s[0] - s[2]) / curv if curv < 0 else 0.0
+        at = peak_local_max(score, min_distance=max(3, min(tmpl.shape) // 10),
+                            num_peaks=MAX_CANDIDATES, exclude_border=False)
+        centres = (_rotation(angles[i]) @ (at + (np.array(tmpl.shape) - 1) / 2 + umin).T).T
+        med, spread, n_eff = _null_stats(score)
+        matches[sign] = _Match(float(angle), centres, score[tuple(at.T)].astype(float),
+                               float(ncc[tuple(at[0])]), (med, spread), n_eff * len(angles),
+                               at_edge)
+    return matches
+
+
+def _choose_sign(matches: dict[int, _Match], *, allow_inversion: bool) -> int:
+    """The sign of the correlation to follow: −1 where the best match is an inverted-contrast
+    one that is significant (an error if ``allow_inversion`` is False)."""
+    pos, neg = matches[1], matches[-1]
+    if not (neg.scores[0] > pos.scores[0] and neg.significance >= neg.min_significance):
+        return 1
+    if not allow_inversion:
+        raise RegistrationError(
+            f"the contrast seems inverted: the best match is a negative correlation (NCC "
+            f"{-neg.ncc:.2f}, vs {pos.ncc:+.2f} for the best positive one); pass "
+            "--allow-inversion if the HR detector's contrast is reversed (e.g. a BSE or "
+            "transmission LR and a secondary-electron HR)"
+        )
+    return -1
+
+
+#: Rise of the fraction of the LR's variance left, over the least reached so far, beyond which
+#: a global refinement step is halved (the compared pixels change with the map).
+TOLERANCE = 1e-3
+
+
+def _refine(
+    lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
+    max_iter: int = 30, max_points: int = 100_000,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Gauss-Newton fit of the LR→HR map ``x = a @ y + t`` between two pyramid-level images.
+
+    Minimises Σ (L(y) − p(H(a y + t)))² over LR pixels ``y`` whose ``x`` falls inside H, with
+    ``p`` a quadratic intensity map fitted jointly (ECC-style), over a similarity (4 parameters)
+    or affine (6) transform. A step that raises the fraction of L's variance left by more than
+    :data:`TOLERANCE` over the least reached is halved, down to 1/64, then the fit stops: on a
+    pattern near the level's resolution (a lattice) the linearisation can point far off.
+    Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
+    """
+    ys, values = _grid_samples(lr_l, max(1, int(np.ceil(np.sqrt(lr_l.size / max_points)))))
+    centre = ys.mean(1)
+    yc = ys - centre[:, None]
+    span = np.abs(yc).max()
+    tc = t + a @ centre  # translation in centred coordinates
+    grad = np.gradient(hr_l)
+    hi = np.array(hr_l.shape, dtype=float)[:, None] - 2.0
+
+    def evaluate(a, tc):
+        """Fraction of variance left, NCC, and the Gauss-Newton step at the map ``a``, ``tc``."""
+        x = a @ yc + tc[:, None]
+        ok = np.all((x >= 1.0) & (x <= hi), axis=0)
+        if ok.sum() < 64:
+            raise RegistrationError(
+                "global refinement lost the overlap between LR and HR (fewer than 64 pixels)"
+            )
+        xv, yv, lv = x[:, ok], yc[:, ok], values[ok]
+        w = interpolate(hr_l, xv).astype(float)
+        g = np.stack([interpolate(gk, xv, order=1) for gk in grad]).astype(float)
+        photo = _quadratic(w)
+        coef, *_ = np.linalg.lstsq(photo, lv, rcond=None)
+        slope = coef[1] + 2 * coef[2] * w
+        g0, g1 = slope * g[0], slope * g[1]
+        if affine:
+            geom = [g0 * yv[0], g0 * yv[1], g1 * yv[0], g1 * yv[1], g0, g1]
+        else:  # a = [[s, -r], [r, s]]
+            geom = [g0 * yv[0] + g1 * yv[1], g1 * yv[0] - g0 * yv[1], g0, g1]
+        jac = np.stack([*geom, *photo.T], axis=1)
+        resid = lv - photo @ coef
+        delta = np.linalg.solve(jac.T @ jac, jac.T @ resid)
+        if affine:
+            da, dt = delta[:4].reshape(2, 2), delta[4:6]
+        else:
+            da, dt = np.array([[delta[0], -delta[1]], [delta[1], delta[0]]]), delta[2:4]
+        left = float(resid @ resid / max(lv.var() * lv.size, 1e-30))
+        return left, float(np.corrcoef(w, lv)[0, 1]), da, dt
+
+    left, ncc, da, dt = evaluate(a, tc)
+    least, step = left, 1.0
+    for _ in range(max_iter):
+        try:
+            trial = evaluate(a + step * da, tc + step * dt)
+        except RegistrationError:
+            trial = None
+        if trial is None or trial[0] > least + TOLERANCE:
+            step *= 0.5
+            if step < 1 / 64:
+                break
+            continue
+        change = step * (np.abs(dt).max() + np.abs(da).sum(1).max() * span)  # largest of x
+        a, tc = a + step * da, tc + step * dt
+        left, ncc, da, dt = trial
+        least, step = min(least, left), 1.0
+        if change < 1e-3:
+            break
+    return a, tc - a @ centre, ncc
+
+
+def _fit_residual(lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray,
+                  sigma: float, stride: int = 3) -> tuple[float, int, float, float]:
+    """Fraction of L's variance left by the quadratic intensity fit to H blurred by ``sigma``,
+    at the map ``x = a @ y + t``; also the number of L pixels compared, and the variances of L
+    and of the blurred H over them."""
+    ys, values = _grid_samples(lr_l, stride)
+    x = a @ ys + t[:, None]
+    ok = np.all((x >= 1.0) & (x <= np.array(hr_l.shape)[:, None] - 2.0), axis=0)
+    if ok.sum() < 16:
+        return 1.0, int(ok.sum()), 0.0, 0.0
+    w = interpolate(ndi.gaussian_filter(hr_l, sigma), x[:, ok]).astype(float)
+    _, res, *_ = np.linalg.lstsq(_quadratic(w), values[ok], rcond=None)
+    var = float(values[ok].var())
+    return float(res[0] / max(var * ok.sum(), 1e-30)) if len(res) else 1.0, int(ok.sum()), var, \
+        float(w.var())
+
+
+class _Fit(NamedTuple):
+    """A candidate of the global fit: LR→HR map ``x = a @ y + t`` at full resolution."""
+
+    a: np.ndarray
+    t: np.ndarray
+    sigma: float  # extra blur (LR px) of the HR reduced to the LR scale
+    fit_ncc: float
+    residual: float  # fraction of the LR's variance the fit leaves, over all ``n`` LR pixels
+    n: int
+    lr_var: float  # variance of those LR pixels
+    hr_var: float  # and of the HR (reduced, blurred by ``sigma``) at them
+
+    def reliabilities(self, lr_noise: float, hr_noise: float, f: int) -> tuple[float, float]:
+        """Fractions of the compared LR's and HR's variances that are signal, not white noise
+        (``lr_noise``, ``hr_noise``: noise std of the full-resolution images; ``f``: the HR's
+        reduction to the LR scale, after which the fit blurred it by ``sigma`` LR px)."""
+        blur = np.hypot(0.5 * f if f > 1 else 0.0, f * self.sigma)  # HR px
+        hr_gain = min(1.0, 1 / (4 * np.pi * blur**2)) if blur > 0 else 1.0
+        return tuple(float(max(1 - noise / max(var, 1e-30), 0.0))
+                     for noise, var in ((lr_noise**2, self.lr_var),
+                                        (hr_noise**2 * hr_gain, self.hr_var)))
+
+    def explained(self, reliabilities: tuple[float, float]) -> float:
+        """Fraction of the LR's variance explained, over the most that the noise of both images
+        lets a perfect fit explain (Spearman's correction for attenuation)."""
+        return float((1 - self.residual) / max(reliabilities[0] * reliabilities[1], 1e-6))
+
+
+def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.ndarray, *,
+                   affine: bool) -> _Fit:
+    """Refine the map ``x = a @ y + t`` down the pyramid, then the HR→LR blur and a last fit
+    with it, at the finest level."""
+    for c in sorted(lr_lev, reverse=True):
+        f = f_of[c]
+        a_l, t_l, _ = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=affine and c == 1)
+        a, t = a_l * f / c, t_l * f
+    # The blur (LR px) that best brings the reduced HR to the LR, then a last refinement with it.
+    f1, lr, hr1 = f_of[1], lr_lev[1], hr_lev[1]
+    a1, t1 = a / f1, t / f1
+    sigma = optimize.minimize_scalar(lambda s: _fit_residual(lr, hr1, a1, t1, s)[0],
+                                     bounds=(0, 3), method="bounded", options={"xatol": 0.1}).x
+    a1, t1, fit_ncc = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine)
+    # Every LR pixel for the comparison of candidates: the LR's noise is white per pixel.
+    return _Fit(a1 * f1, t1 * f1, float(sigma), fit_ncc,
+                *_fit_residual(lr, hr1, a1, t1, sigma, stride=1))
+
+
+def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, f_of: dict,
+                    tmpl_shape: tuple[int, int], zoom: float, affine: bool) -> list[_Fit]:
+    """The fits from the coarse peaks ``keep``, best (least residual) first, one per distinct
+    mapping (the HR centre more than 1 LR px apart); peaks whose fit loses the overlap drop."""
+    c = max(lr_lev)
+    a0 = zoom * _rotation(match.angle).T
+    fits = []
+    for k in keep:
+        t0 = f_of[c] * (np.array(tmpl_shape) - 1) / 2 - a0 @ (c * match.centres[k])
+        try:
+            fits.append(_fit_candidate(lr_lev, hr_lev, f_of, a0, t0, affine=affine))
+        except (RegistrationError, np.linalg.LinAlgError):
+            continue
+    fits.sort(key=lambda fit: fit.residual)
+    centre = np.array(hr_lev[1].shape) * f_of[1] / 2
+    where = [np.linalg.solve(fit.a, centre - fit.t) for fit in fits]
+    return [fit for i, fit in enumerate(fits)
+            if all(np.hypot(*(where[i] - where[j])) > 1.0 for j in range(i))]
+
+
+def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
+            allow_inversion: bool, min_ncc: float | None, min_peak_ratio: float) -> Registration:
+    """Coarse search, then pyramid refinement and the HR→LR blur; the global registration.
+
+    The coarse match decides alone when it is significant (its NCC well above what chance gives
+    for the template's effectively independent pixels, over that many positions) and unique
+    (``min_peak_ratio``). Otherwise its best peaks are each refined to the finest level and the
+    fits compared: the best must explain the LR better than every other by
+    :data:`MIN_SEPARATION` σ of the residual's noise (aperiodic content, such as a defect, an
+    edge or the HR's border, tells one period of a regular pattern from the next), and, where
+    the coarse match is not significant, explain :data:`MIN_EXPLAINED` of the LR's signal.
+    """
+    # Levels c: LR reduced by c, HR by f ≈ zoom·c; the coarsest keeps the template ≥ 48 px.
+    levels = [1]
+    while levels[-1] < 8 and min(hr.shape) / (zoom * levels[-1] * 2) >= 48:
+        levels.append(2 * levels[-1])
+    f_of = {c: max(1, round(zoom * c)) for c in levels}
+    f1 = f_of[1]
+    hr_fine = _reduce(hr, f1)  # the one pass over the full-resolution HR
+    hr_lev = {c: _reduce(hr_fine, f // f1) if f % f1 == 0 else _reduce(hr, f)
+              for c, f in f_of.items()}
+    lr_lev = {c: _reduce(lr, c) for c in levels}
+
+    c = levels[-1]
+    lr_c = ndi.gaussian_filter(lr_lev[c], COARSE_SMOOTH)
+    tmpl = ndi.gaussian_filter(hr_lev[c], COARSE_SMOOTH)
+    matches = _coarse_search(lr_c, tmpl, max_rotation_deg)
+    sign = _choose_sign(matches, allow_inversion=allow_inversion)
+    match = matches[sign]
+    significant = match.significance >= match.min_significance
+
+    def not_found(reason: str) -> RegistrationError:
+        return RegistrationError(
+            f"HR image not found in the LR image: {reason} (best coarse match NCC "
+            f"{match.ncc:.2f}, {match.significance:.1f}σ above chance){_texture_note(lr_c, tmpl)}"
+            f"; {_zoom_hint(lr_c, hr, zoom, c, max_rotation_deg)}"
+        )
+
+    if min_ncc is not None and match.ncc < min_ncc:
+        raise not_found(f"coarse NCC {match.ncc:.2f} < {min_ncc:g}")
+    unique = significant and match.peak_ratio >= min_peak_ratio
+    keep = [0] if unique else [k for k, s in enumerate(match.scores)
+                               if s >= match.scores[0] / min_peak_ratio]
+    hr_signed = {c: sign * h for c, h in hr_lev.items()}
+    fits = _candidate_fits(match, keep, lr_lev, hr_signed, f_of, tmpl.shape, zoom, affine)
+    if not fits:
+        raise not_found("no candidate position kept an overlap when refined")
+    best = fits[0]
+    reliability = best.reliabilities(_noise_sigma(lr), _noise_sigma(_central(hr)), f1)
+    flat = [(name, rel, least) for name, rel, least
+            in zip(("LR", "HR"), reliability, MIN_RELIABILITY) if rel < least]
+    if flat:
+        raise not_found(" and ".join(
+            f"the {name} image is textureless at the LR's resolution (signal "
+            f"{np.floor(100 * rel):.0f} % "
+            f"of its variance, need {100 * least:.0f} %, the rest noise)"
+            for name, rel, least in flat)
+            + ": rescan with more counts per pixel (a longer dwell time, a higher beam current "
+              "or frame averaging)")
+    explained = best.explained(reliability)
+    if explained < MIN_EXPLAINED:
+        raise not_found(f"the best fit explains {100 * explained:.0f} % of the LR's variance "
+                        f"that the noise allows, need {100 * MIN_EXPLAINED:.0f} %")
+    if match.at_edge and abs(_rotation_of(best.a)) > max_rotation_deg:
+        raise RegistrationError(
+            f"best match at the edge of the rotation search range ({match.angle:+.2f}°, NCC "
+            f"{match.ncc:.2f}): the HR is rotated by more than {max_rotation_deg:g}°; widen the "
+            "range with --max-rotation"
+        )
+    if len(fits) > 1:
+        second = fits[1]
+        separation = (second.residual - best.residual) * np.sqrt(best.n) / (2 * best.residual)
+        if separation < MIN_SEPARATION:
+            apart = np.hypot(*(np.linalg.solve(best.a, -best.t)
+                               - np.linalg.solve(second.a, -second.t)))
+            raise RegistrationError(
+                f"the HR image matches the LR equally well at {len(fits)} places (fit NCC "
+                f"{best.fit_ncc:.3f} and {second.fit_ncc:.3f}, {apart:.1f} LR px apart; "
+                f"difference {separation:.1f}σ, need {MIN_SEPARATION:g}σ): the pair is "
+                "ambiguous, by one period if the specimen is periodic; nothing in the HR field "
+                "tells these places apart. Acquire an HR field that includes a defect, an edge "
+                "or a particle, or crop the LR to the HR's neighbourhood (pairsr convert --crop)"
+            )
+    if sign < 0:
+        warnings.warn(
+            f"the HR contrast is inverted with respect to the LR (coarse NCC {match.ncc:.2f} "
+            f"of the inverted HR): registered; a paired method learns the mapping from the HR "
+            "as acquired (--refuse-inversion refuses such a pair)",
+            stacklevel=3,
+        )
+    matrix = np.linalg.inv(best.a)
+    return Registration(
+        matrix, -matrix @ best.t, lr.shape, hr.shape, ncc=match.ncc,
+        peak_ratio=match.peak_ratio, significance=match.significance, fit_ncc=best.fit_ncc,
+        inverted=sign < 0,
+        blur_sigma=float(np.hypot(0.5 * f1 if f1 > 1 else 0.0, f1 * best.sigma)),  # HR px
+    )
+
+
+def _rotation_of(a: np.ndarray) -> float:
+    """Rotation (degrees) of the HR in the LR frame from an LR→HR matrix ``a``."""
+    m = np.linalg.inv(a)
+    return float(np.rad2deg(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
+
+
+def _zoom_hint(lr_c: np.ndarray, hr, zoom: float, c: int, max_rotation_deg: float) -> str:
+    """What to try after a failed search: the zoom (of 1.5-8, or half or twice ``zoom``) at
+    which the coarse search finds a significant, unique match, if there is one."""
+    tried = []
+    for other in sorted({1.5, 2.0, 3.0, 4.0, 6.0, 8.0, zoom / 2, zoom * 2}):
+        f = round(other * c)
+        if abs(other / zoom - 1) < 0.1 or f < 1 or min(hr.shape) / f < 16:
+            continue
+        tmpl = ndi.gaussian_filter(_reduce(hr, f), COARSE_SMOOTH)
+        if min(tmpl.shape) > 0.9 * min(lr_c.shape):
+            continue
+        match = _coarse_search(lr_c, tmpl, max_rotation_deg)[1]
+        tried.append((match.significance - match.min_significance, other, match))
+    good = [t for t in tried if t[0] > 0 and t[2].peak_ratio >= 1.5]
+    if good:
+        _, other, match = max(good, key=lambda t: t[0])
+        return (f"it matches at zoom {other:g} (NCC {match.ncc:.2f}): pass --zoom {other:g} if "
+                f"that is the pair's ratio of pixel sizes (now {zoom:g})")
+    return (f"check that the HR images a sub-area of the LR field and that the zoom is right "
+            f"(--zoom, now {zoom:g})")

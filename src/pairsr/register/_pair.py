@@ -1,0 +1,149 @@
+"""`register_pair`: the registration pipeline (see the package docstring)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from pairsr.register._field import _absorb_affine, _fine_residual, _local_field
+from pairsr.register._global import _global
+from pairsr.register._images import _as_image, _central, _noise_sigma, _reduce
+from pairsr.register._local import _PatchSearch
+from pairsr.register._mapping import Registration, RegistrationError
+
+#: LR pixels by which scan drift may stretch the HR's extent: widens the accepted zoom range.
+DRIFT_ALLOWANCE = 1.0
+
+
+def _patch_search(hr_shape: tuple[int, int], zoom: float, blur: float, size: int | None,
+                  step: int | None, radius: int | None) -> _PatchSearch:
+    """Local-search parameters scaled to the pair (HR px): patches of 24 LR px (at most a third
+    of the HR's side, at least 16 px) spaced by half a patch, searched ±3 LR px; ``None``
+    takes the scaled default."""
+    if size is None:
+        size = int(np.clip(round(24 * zoom), 16, max(16, min(hr_shape) // 3)))
+    step = max(1, size // 2) if step is None else step
+    radius = max(2, round(3 * zoom)) if radius is None else radius
+    return _PatchSearch(size, step, radius, blur)
+
+
+def register_pair(
+    lr,
+    hr,
+    zoom: float = 2.0,
+    *,
+    max_rotation_deg: float = 10.0,
+    zoom_tolerance: float = 0.03,
+    affine: bool = True,
+    local: bool = True,
+    allow_inversion: bool = True,
+    min_ncc: float | None = None,
+    min_peak_ratio: float = 1.5,
+    patch_size: int | None = None,
+    patch_step: int | None = None,
+    search_radius: int | None = None,
+    scan_knots: int = 12,
+    smoothing: float = 1.0,
+) -> Registration:
+    """Register an HR scan of a sub-area to the LR scan of the whole field.
+
+    Parameters
+    ----------
+    lr, hr
+        2-D images (integers are scaled to [0, 1] by their dtype). ``hr`` may be a chunked dask
+        array: its global step reads it reduced, its local step chunk by chunk.
+    zoom
+        Nominal HR/LR pixel-density ratio; the found one must be within ``zoom_tolerance``
+        (relative) of it, plus what :data:`DRIFT_ALLOWANCE` LR px of drift across the HR give.
+    max_rotation_deg
+        Rotation search range ±, degrees.
+    affine
+        Refine a full affine at the finest level (else a similarity).
+    local
+        Estimate the local displacement field (scan drift).
+    allow_inversion
+        Accept, with a warning, an HR whose contrast is inverted with respect to the LR (else
+        it is an error).
+    min_ncc
+        Least coarse-search NCC peak, on top of the significance test (None: that test alone).
+    min_peak_ratio
+        Ratio of the best to the second-best coarse peak above which the coarse match is unique;
+        below it, the peaks within that ratio are refined and compared at the finest level.
+    patch_size, patch_step, search_radius
+        Local patch search, HR pixels; None scales them with the zoom and the HR size (24, 12
+        and 3 LR px).
+    scan_knots, smoothing
+        Local field: most knot intervals over each scan's height (fewer where fewer patch rows
+        fit, or fewer patches are accepted), and relative penalty of its per-scan-line P-splines.
+
+    Returns
+    -------
+    Registration
+
+    Raises
+    ------
+    RegistrationError
+        HR not found in the LR (coarse match within chance, and no candidate that explains the
+        LR); ambiguous match (a periodic specimen with nothing aperiodic in the HR field);
+        contrast inverted (with ``allow_inversion=False``); rotation at the edge of the search
+        range; zoom out of range; less than half of the HR inside the LR. A warning is given
+        when part of the HR lies outside the LR, when the contrast is inverted, and when the
+        local field is skipped.
+    """
+    lr = _as_image(lr, "lr")
+    hr = _as_image(hr, "hr", allow_dask=True)
+    if not zoom > 0:
+        raise ValueError(f"zoom must be positive, got {zoom}")
+    reg = _global(lr, hr, zoom, max_rotation_deg=max_rotation_deg, affine=affine,
+                  allow_inversion=allow_inversion, min_ncc=min_ncc,
+                  min_peak_ratio=min_peak_ratio)
+    # Scan drift of up to DRIFT_ALLOWANCE LR px across the HR's extent scales the global fit.
+    tolerance = zoom_tolerance + DRIFT_ALLOWANCE * zoom / min(hr.shape)
+    if abs(reg.zoom / zoom - 1) > tolerance:
+        raise RegistrationError(
+            f"found zoom {reg.zoom:.4f} is outside the accepted range {zoom:g} ± "
+            f"{100 * tolerance:.3g} %: if that is the pair's zoom, pass --zoom "
+            f"{reg.zoom:.3g}; else the match is wrong"
+        )
+    if abs(reg.rotation_deg) > max_rotation_deg:
+        raise RegistrationError(
+            f"found rotation {reg.rotation_deg:+.2f}° is at the edge of the search range "
+            f"±{max_rotation_deg:g}°; widen it with --max-rotation"
+        )
+    inside = reg.inside_fraction
+    if inside < 0.5:
+        raise RegistrationError(
+            f"only {100 * inside:.0f} % of the HR image lies inside the LR image (need 50 %): "
+            "the HR must image a sub-area of the LR field; use the LR scan that contains it"
+        )
+    if inside < 0.999:
+        warnings.warn(f"{100 * (1 - inside):.1f} % of the HR image lies outside the LR image",
+                      stacklevel=2)
+    if local:
+        hr_signed = 1.0 - hr if reg.inverted else hr
+        opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
+                             search_radius)
+        disp, reg.patches_tried, reg.patches_accepted = _local_field(
+            lr, hr_signed, reg.matrix, reg.offset, _noise_sigma(_central(hr)), opts, scan_knots,
+            smoothing,
+        )
+        if disp is not None:
+            with_field = Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
+                                      disp=disp)
+            f1 = max(1, round(reg.zoom))
+            hr1 = _reduce(hr_signed, f1)
+            sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
+            gain = [_fine_residual(lr, hr1, f1, sigma, with_field, local)
+                    for local in (False, True)]
+            if gain[1] < gain[0]:
+                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp,
+                                                                  lr.shape)
+            else:
+                reg.patches_accepted = 0
+                warnings.warn(
+                    f"local registration skipped: the local field from {reg.patches_tried} "
+                    f"patches does not improve the fit (fraction of the LR's variance left "
+                    f"{gain[1]:.4f} with it, {gain[0]:.4f} without); the registration is "
+                    "global only", stacklevel=2)
+    return reg
