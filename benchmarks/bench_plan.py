@@ -25,7 +25,7 @@ import numpy as np
 from pairsr.api import TrainingPair, prepare_pair
 from pairsr.grid import bicubic
 from pairsr.io import read_image, to_float32
-from pairsr.methods import LBNLM
+from pairsr.lbnlm import LBNLM
 from pairsr.metrics import SCORE_BORDER, psnr
 from pairsr.plan import plan_acquisition
 from pairsr.register import Registration, RegistrationError, warp_hr_to_sr

@@ -27,7 +27,8 @@ import numpy as np
 from pairsr.api import TrainingPair, prepare_pair
 from pairsr.evaluate import EvalPair, _sr_of, is_train, overlap_box, subimages, training_part
 from pairsr.io import read_image, to_float32
-from pairsr.methods import LBNLM, Bicubic
+from pairsr.lbnlm import LBNLM
+from pairsr.methods import Bicubic
 from pairsr.metrics import SCORE_BORDER, psnr
 from pairsr.register import Registration, RegistrationError, warp_hr_to_sr
 from pairsr.sigma import DEFAULT_RATIO

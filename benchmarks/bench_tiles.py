@@ -39,7 +39,8 @@ import psutil
 
 from pairsr.cluster import get_client
 from pairsr.io import from_float32, read_image, to_float32, write_ome_zarr
-from pairsr.methods import LBNLM, load_model, save_model
+from pairsr.lbnlm import LBNLM
+from pairsr.methods import load_model, save_model
 from pairsr.simulate import nanocomposite, simulate_pair
 from pairsr.tiles import STATE, apply_tiled
 

@@ -29,7 +29,7 @@ from pairsr.api import fit, prepare_pair
 from pairsr.evaluate import EvalPair, evaluate_model, overlap_box, subimages, training_part
 from pairsr.lbnlm import lbnlm_filter
 from pairsr.library import build_library
-from pairsr.methods import Network
+from pairsr.networks import Network
 from pairsr.simulate import simulate_pair
 
 

@@ -26,7 +26,8 @@ import zarr
 from distributed import Client, Event
 
 from pairsr.io import convert, from_float32, read_image, to_float32, write_ome_zarr
-from pairsr.methods import LBNLM, load_model, method_class, save_model
+from pairsr.lbnlm import LBNLM
+from pairsr.methods import load_model, method_class, save_model
 from pairsr.simulate import save_pair, simulate_pair
 from pairsr.tiles import STATE
 

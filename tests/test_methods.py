@@ -6,10 +6,9 @@ from scipy import ndimage as ndi
 
 from pairsr.grid import bicubic
 from pairsr.io import to_float32
+from pairsr.lbnlm import LBNLM, LBNLMOriginal
 from pairsr.methods import (
-    LBNLM,
     Bicubic,
-    LBNLMOriginal,
     ModelError,
     load_model,
     model_hash,

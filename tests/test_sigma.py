@@ -55,7 +55,7 @@ def test_rotated_thin_footprints_always_have_validation_data(texture):
     for mask in (_rotated(up.shape, (60, 180), 4.0), _rotated(up.shape, (150, 60), -6.0)):
         train = [_masked((up, hr), mask)]
         sample = sample_patches(train, n=7, k=8, K=4, L=800)
-        choice = select_sigma(sample, train)
+        choice = select_sigma(sample, train, lbnlm_filter)
         assert not choice.fallback and choice.folds == 5
         assert choice.pixels == mask.sum()  # fewer than the budget: all of them
         errors = np.array(list(choice.tried.values()))
@@ -71,7 +71,7 @@ def test_the_folds_hold_out_what_they_score():
     up, _ = _pair((96, 96), rng)
     hr = rng.random(up.shape).astype(np.float32)
     train = [(up, hr)]
-    choice = select_sigma(sample_patches(train, n=5, k=4, K=4, L=400), train,
+    choice = select_sigma(sample_patches(train, n=5, k=4, K=4, L=400), train, lbnlm_filter,
                           candidates=[1e-4, 1e-2, 10.0])  # fmt: skip
     assert choice.sigma == 10.0
     assert choice.tried[10.0] > 0.9 * hr.var() and choice.tried[1e-4] > 0.9 * hr.var()
@@ -81,7 +81,7 @@ def test_sigma_scales_with_the_contrast(texture):
     (up, hr), _ = texture
     train = [_masked((up, hr), _rotated(up.shape, (120, 160), 3.0))]
     low = [(0.2 + 0.25 * u, 0.2 + 0.25 * h) for u, h in train]
-    chosen = [select_sigma(sample_patches(t, n=7, k=8, K=4, L=800), t, pixels=8192)
+    chosen = [select_sigma(sample_patches(t, n=7, k=8, K=4, L=800), t, lbnlm_filter, pixels=8192)
               for t in (train, low)]  # fmt: skip
     assert chosen[1].scale / chosen[0].scale == pytest.approx(0.25, rel=0.05)
     assert 0.25 / 1.5 < chosen[1].sigma / chosen[0].sigma < 0.25 * 1.5
@@ -96,10 +96,10 @@ def test_the_chosen_sigma_is_near_the_best_on_unseen_data(texture):
     library = sample.library()
     grid = 0.002 * 2 ** (np.arange(12) / 2)
     scores = {s: _psnr(lbnlm_filter(up, library, sigma=s), hr) for s in grid}
-    auto = select_sigma(sample, train, pixels=16384)
+    auto = select_sigma(sample, train, lbnlm_filter, pixels=16384)
     assert _psnr(lbnlm_filter(up, library, sigma=auto.sigma), hr) > max(scores.values()) - 0.1
     candidates = list(grid[::2])
-    picked = select_sigma(sample, train, candidates=candidates, pixels=8192).sigma
+    picked = select_sigma(sample, train, lbnlm_filter, candidates=candidates, pixels=8192).sigma
     assert picked in candidates
     assert scores[picked] > max(scores[c] for c in candidates) - 0.3
 
@@ -111,12 +111,12 @@ def test_too_little_hr_falls_back_to_a_scaled_default_with_a_warning(texture):
     train = [_masked((up, hr), mask)]
     sample = sample_patches(train, n=7, k=8, K=4, L=800)
     with pytest.warns(UserWarning, match="too little held-out HR.*-p sigma="):
-        choice = select_sigma(sample, train)
+        choice = select_sigma(sample, train, lbnlm_filter)
     assert choice.fallback and choice.record()["fallback"]
     assert choice.sigma == pytest.approx(DEFAULT_RATIO * choice.scale) and choice.scale > 0.005
     low = [(0.25 * u, 0.25 * h) for u, h in train]  # the default scales with the data too
     with pytest.warns(UserWarning):
-        scaled = select_sigma(sample_patches(low, n=7, k=8, K=4, L=800), low)
+        scaled = select_sigma(sample_patches(low, n=7, k=8, K=4, L=800), low, lbnlm_filter)
     assert scaled.sigma / choice.sigma == pytest.approx(0.25, rel=0.05)
 
 
@@ -124,6 +124,6 @@ def test_select_sigma_errors(texture):
     train = [texture[0]]
     sample = sample_patches(train, n=7, k=8, K=4, L=800)
     with pytest.raises(ValueError, match="folds >= 2"):
-        select_sigma(sample, train, folds=1)
+        select_sigma(sample, train, lbnlm_filter, folds=1)
     with pytest.raises(ValueError, match="positive"):
-        select_sigma(sample, train, candidates=[])
+        select_sigma(sample, train, lbnlm_filter, candidates=[])

@@ -20,7 +20,8 @@ from scipy import ndimage as ndi
 from pairsr.cluster import get_client
 from pairsr.grid import BICUBIC_HALO, bicubic
 from pairsr.io import OutputExistsError, from_float32, to_float32, write_ome_zarr
-from pairsr.methods import LBNLM, Bicubic, load_model, register_method, save_model
+from pairsr.lbnlm import LBNLM
+from pairsr.methods import Bicubic, load_model, register_method, save_model
 from pairsr.tiles import STATE, ResumeError, apply_tiled
 
 KERNEL = np.random.default_rng(7).random((5, 5)).astype(np.float32)

@@ -198,7 +198,7 @@ def _check_method(method: str, params: dict) -> None:
 
 def _check_model(model: str) -> None:
     """Refuse an ``apply`` model that is neither a model folder nor a method without fitting."""
-    from pairsr.methods import METHODS, SRMethod, method_class
+    from pairsr.methods import method_class, needs_fit
 
     if Path(model).exists():
         if not (Path(model) / "model.json").is_file():
@@ -209,7 +209,7 @@ def _check_model(model: str) -> None:
         cls = method_class(model)
     except ValueError as err:
         raise UsageError(f"{model}: no such model folder, and {err}") from None
-    if model not in METHODS or cls.fit.__func__ is not SRMethod.fit.__func__:
+    if needs_fit(cls):
         raise UsageError(f"{model} must be fitted first: `pairsr fit LR HR --method {model} "
                          "--out MODEL`, then `pairsr apply MODEL ...`")
 

@@ -53,16 +53,22 @@ arrays are kept per thread for the call (:class:`pairsr.patches.Scratch`), not r
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pairsr.grid import BICUBIC_HALO
-from pairsr.library import Library
-from pairsr.patches import Scratch, axis_grid, on_lattice, overlap_average, threads
+from pairsr.grid import BICUBIC_HALO, bicubic
+from pairsr.library import Library, sample_patches
+from pairsr.methods import ModelError, SRMethod, TrainingPairs
+from pairsr.patches import Scratch, axis_grid, check_grid, on_lattice, overlap_average, threads
+from pairsr.sigma import select_sigma
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
@@ -489,3 +495,81 @@ def lbnlm_original(
         sigma=sigma, categories=1, stride=stride, block=block, device=device, workers=workers,
         exact=True,
     )  # fmt: skip
+
+
+@dataclass
+class LBNLM(SRMethod):
+    """The paired LB-NLM (paper Algorithm 1): a k-means stratified library of (upsampled LR, HR)
+    patch pairs and a library-based non-local-means filter of the bicubic-upsampled LR."""
+
+    name: ClassVar[str] = "lbnlm"
+    library: object = None  # pairsr.library.Library
+
+    @property
+    def halo(self) -> int:
+        return halo(self.library.n, self.zoom)
+
+    def _filter(self, up: np.ndarray) -> np.ndarray:
+        p, n = self.params, self.library.n
+        # Tiles start on multiples of ``zoom`` SR px: the always-estimated lattice must divide it
+        # (and be at most n, so that its patches cover every pixel).
+        lattice = max(d for d in range(1, min(n, self.zoom) + 1) if self.zoom % d == 0)
+        return lbnlm_filter(up, self.library, sigma=p["sigma"], categories=p["categories"],
+                            stride=p["stride"], residual=p["residual"], device=p.get("device"),
+                            exact=p.get("exact", False), lattice=lattice)
+
+    def predict(self, lr: np.ndarray) -> np.ndarray:
+        return self._filter(bicubic(lr, self.zoom))
+
+    def save_data(self, folder: Path) -> list[str]:
+        self.library.save(folder)
+        return ["library.npz"]
+
+    @classmethod
+    def load_data(cls, folder: Path, config: dict) -> SRMethod:
+        try:
+            library = Library.load(folder)
+        except (ValueError, OSError) as err:
+            raise ModelError(str(err)) from None
+        return cls(zoom=config["zoom"], params=config["params"], library=library)
+
+    @classmethod
+    def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, n: int = 9, k: int = 50, K: int = 10,
+            L: int = 20000, sigma: float | str = "auto", categories: int = 1, stride: int = 1,
+            residual: bool = False, seed: int = 0, device: str | None = None,
+            exact: bool = False) -> SRMethod:
+        """Build the library from ``pairs`` (:func:`pairsr.library.sample_patches`: ``k``
+        categories, fewer for an HR of under ``k·n²`` patches, and ``categories`` at most that;
+        ``L // k`` members each); with
+        ``sigma="auto"``, choose σ by k-fold validation on held-out bands of the HR footprint
+        (:func:`pairsr.sigma.select_sigma`; a documented default and a warning when the HR is
+        too small to validate), recorded in ``params["sigma_search"]``. ``exact`` runs the
+        paper's full attention instead of the reduced-rank default
+        (:func:`pairsr.lbnlm.lbnlm_filter`)."""
+        check_grid(n, stride, zoom)
+        train = [(bicubic(lr, zoom), hr) for lr, hr in pairs]
+        sample = sample_patches(train, n=n, k=k, K=K, L=L, seed=seed)
+        library = sample.library()
+        categories = min(categories, library.k)
+        params = {"n": n, "k": k, "K": K, "L": L, "categories": categories, "stride": stride,
+                  "residual": residual, "seed": seed, "device": device, "exact": exact}
+        if sigma == "auto":
+            estimate = functools.partial(lbnlm_filter, residual=residual, device=device)
+            choice = select_sigma(sample, train, estimate, categories=categories, seed=seed)
+            sigma = choice.sigma
+            params["sigma_search"] = choice.record()
+        params["sigma"] = float(sigma)
+        return cls(zoom=zoom, params=params, library=library)
+
+
+@dataclass
+class LBNLMOriginal(LBNLM):
+    """Sreehari et al.'s LB-NLM (comparison method): HR library patches only, weights from the
+    upsampled query against the HR patches, over the whole library."""
+
+    name: ClassVar[str] = "lbnlm-original"
+
+    def _filter(self, up: np.ndarray) -> np.ndarray:
+        p = self.params
+        return lbnlm_original(up, self.library, sigma=p["sigma"], stride=p["stride"],
+                              device=p.get("device"))

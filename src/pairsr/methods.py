@@ -15,8 +15,6 @@ import functools
 import hashlib
 import importlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -32,6 +30,11 @@ MODEL_FORMAT_VERSION = 1
 
 class ModelError(ValueError):
     """A model folder is missing, corrupt, or does not match what is asked of it."""
+
+
+#: What every method's ``fit`` learns from: pairs ``(lr, hr_sr)`` of the LR field (float32,
+#: (H, W)) and the registered HR on its SR grid (float32, (zoom*H, zoom*W), NaN where no HR).
+TrainingPairs = list[tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -81,27 +84,56 @@ class Bicubic(SRMethod):
         return bicubic(lr, self.zoom)
 
 
-#: Registry of method classes by name; modules add theirs with :func:`register_method`.
-METHODS: dict[str, type[SRMethod]] = {"bicubic": Bicubic}
+#: Every built-in method: name → ``"module:Class"``, imported when first asked for (the networks
+#: need torch, slow to import); no module registers itself on import.
+BUILTIN: dict[str, str] = {
+    "bicubic": "pairsr.methods:Bicubic",
+    "lbnlm": "pairsr.lbnlm:LBNLM",
+    "lbnlm-original": "pairsr.lbnlm:LBNLMOriginal",
+    "vdsr": "pairsr.networks:VDSR",
+    "edsr": "pairsr.networks:EDSR",
+    "rcan": "pairsr.networks:RCAN",
+    "scsr": "pairsr.sparse:ScSR",
+    "srsw": "pairsr.sparse:SRSW",
+}
 
-
-#: Modules that register further methods when imported (kept lazy: torch is slow to import).
-_PROVIDERS = {"scsr": "pairsr.sparse", "srsw": "pairsr.sparse"}
+#: Methods added at run time by :func:`register_method` (a plug-in's or a test's own class).
+_ADDED: dict[str, type[SRMethod]] = {}
 
 
 def register_method(cls: type[SRMethod]) -> type[SRMethod]:
-    METHODS[cls.name] = cls
+    """Make ``cls`` available by its ``name`` (class decorator for methods outside pairsr)."""
+    _ADDED[cls.name] = cls
     return cls
+
+
+def method_names() -> list[str]:
+    """Names of every available method, built-in and added."""
+    return sorted(set(BUILTIN) | set(_ADDED))
 
 
 def method_class(name: str) -> type[SRMethod]:
     """The class of method ``name``, importing the module that provides it if needed."""
-    if name not in METHODS and name in _PROVIDERS:
-        importlib.import_module(_PROVIDERS[name])
-    if name not in METHODS:
-        known = sorted(set(METHODS) | set(_PROVIDERS))
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(known)}")
-    return METHODS[name]
+    if name in _ADDED:
+        return _ADDED[name]
+    if name not in BUILTIN:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
+    module, cls = BUILTIN[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def needs_fit(cls: type[SRMethod]) -> bool:
+    """Whether method ``cls`` must be fitted on a pair before it can predict."""
+    return cls.fit.__func__ is not SRMethod.fit.__func__
+
+
+def _fit_free(name: str) -> type[SRMethod] | None:
+    """The class of ``name`` when it is a method that needs no fitting (e.g. 'bicubic')."""
+    try:
+        cls = method_class(name)
+    except ValueError:
+        return None
+    return None if needs_fit(cls) else cls
 
 
 def _sha256(path: Path) -> str:
@@ -169,8 +201,8 @@ def read_config(folder: str | Path) -> dict:
 
 def load_model(folder: str | Path) -> SRMethod:
     """Load a model folder (verified), or a method that needs no fitting by name ('bicubic')."""
-    if str(folder) in METHODS and not Path(folder).exists():
-        return METHODS[str(folder)]()
+    if not Path(folder).exists() and (cls := _fit_free(str(folder))) is not None:
+        return cls()
     folder = Path(folder)
     config = read_config(folder)
     return method_class(config["method"]).load_data(folder, config)
@@ -190,168 +222,6 @@ def cached_model(folder: str | Path) -> SRMethod:
 
 def model_hash(folder: str | Path) -> str:
     """Content hash of a model folder, or of a fit-free method's name."""
-    if str(folder) in METHODS and not Path(folder).exists():
+    if not Path(folder).exists() and _fit_free(str(folder)) is not None:
         return hashlib.sha256(str(folder).encode()).hexdigest()
     return read_config(folder)["hash"]
-
-
-# --- Fitting: every method learns from training pairs ``(lr, hr_sr)``: the LR field (float32,
-# (H, W)) and the registered HR on its SR grid (float32, (zoom*H, zoom*W), NaN where no HR).
-
-TrainingPairs = list[tuple[np.ndarray, np.ndarray]]
-
-@register_method
-@dataclass
-class LBNLM(SRMethod):
-    """The paired LB-NLM (paper Algorithm 1): a k-means stratified library of (upsampled LR, HR)
-    patch pairs and a library-based non-local-means filter of the bicubic-upsampled LR."""
-
-    name: ClassVar[str] = "lbnlm"
-    library: object = None  # pairsr.library.Library
-
-    @property
-    def halo(self) -> int:
-        from pairsr.lbnlm import halo
-
-        return halo(self.library.n, self.zoom)
-
-    def _filter(self, up: np.ndarray) -> np.ndarray:
-        from pairsr.lbnlm import lbnlm_filter
-
-        p, n = self.params, self.library.n
-        # Tiles start on multiples of ``zoom`` SR px: the always-estimated lattice must divide it
-        # (and be at most n, so that its patches cover every pixel).
-        lattice = max(d for d in range(1, min(n, self.zoom) + 1) if self.zoom % d == 0)
-        return lbnlm_filter(up, self.library, sigma=p["sigma"], categories=p["categories"],
-                            stride=p["stride"], residual=p["residual"], device=p.get("device"),
-                            exact=p.get("exact", False), lattice=lattice)
-
-    def predict(self, lr: np.ndarray) -> np.ndarray:
-        return self._filter(bicubic(lr, self.zoom))
-
-    def save_data(self, folder: Path) -> list[str]:
-        self.library.save(folder)
-        return ["library.npz"]
-
-    @classmethod
-    def load_data(cls, folder: Path, config: dict) -> SRMethod:
-        from pairsr.library import Library
-
-        try:
-            library = Library.load(folder)
-        except (ValueError, OSError) as err:
-            raise ModelError(str(err)) from None
-        return cls(zoom=config["zoom"], params=config["params"], library=library)
-
-    @classmethod
-    def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, n: int = 9, k: int = 50, K: int = 10,
-            L: int = 20000, sigma: float | str = "auto", categories: int = 1, stride: int = 1,
-            residual: bool = False, seed: int = 0, device: str | None = None,
-            exact: bool = False) -> SRMethod:
-        """Build the library from ``pairs`` (:func:`pairsr.library.sample_patches`: ``k``
-        categories, fewer for an HR of under ``k·n²`` patches, and ``categories`` at most that;
-        ``L // k`` members each); with
-        ``sigma="auto"``, choose σ by k-fold validation on held-out bands of the HR footprint
-        (:func:`pairsr.sigma.select_sigma`; a documented default and a warning when the HR is
-        too small to validate), recorded in ``params["sigma_search"]``. ``exact`` runs the
-        paper's full attention instead of the reduced-rank default
-        (:func:`pairsr.lbnlm.lbnlm_filter`)."""
-        from pairsr.library import sample_patches
-        from pairsr.patches import check_grid
-        from pairsr.sigma import select_sigma
-
-        check_grid(n, stride, zoom)
-        train = [(bicubic(lr, zoom), hr) for lr, hr in pairs]
-        sample = sample_patches(train, n=n, k=k, K=K, L=L, seed=seed)
-        library = sample.library()
-        categories = min(categories, library.k)
-        params = {"n": n, "k": k, "K": K, "L": L, "categories": categories, "stride": stride,
-                  "residual": residual, "seed": seed, "device": device, "exact": exact}
-        if sigma == "auto":
-            choice = select_sigma(sample, train, categories=categories, residual=residual,
-                                  seed=seed, device=device)
-            sigma = choice.sigma
-            params["sigma_search"] = choice.record()
-        params["sigma"] = float(sigma)
-        return cls(zoom=zoom, params=params, library=library)
-
-
-@register_method
-@dataclass
-class LBNLMOriginal(LBNLM):
-    """Sreehari et al.'s LB-NLM (comparison method): HR library patches only, weights from the
-    upsampled query against the HR patches, over the whole library."""
-
-    name: ClassVar[str] = "lbnlm-original"
-
-    def _filter(self, up: np.ndarray) -> np.ndarray:
-        from pairsr.lbnlm import lbnlm_original
-
-        p = self.params
-        return lbnlm_original(up, self.library, sigma=p["sigma"], stride=p["stride"],
-                              device=p.get("device"))
-
-
-@dataclass
-class Network(SRMethod):
-    """A PyTorch SR network (:mod:`pairsr.models`) trained on the pair(s) (:mod:`pairsr.train`).
-
-    Tiled inference asks Dask for a ``GPU`` resource; the halo is the network's receptive field.
-    """
-
-    name: ClassVar[str] = "network"
-    resources: ClassVar[dict | None] = {"GPU": 1}
-    #: ``fit`` trains in the model folder itself, so an interrupted training can resume there.
-    trains_in_folder: ClassVar[bool] = True
-    net: object = None  # torch.nn.Module
-    files: tuple[str, ...] = ("weights.pt", "config.json", "train_log.json")
-
-    @property
-    def halo(self) -> int:
-        return int(self.net.receptive_field)
-
-    def predict(self, lr: np.ndarray) -> np.ndarray:
-        from pairsr.models import predict
-
-        return predict(self.net, lr, device=self.params.get("device"),
-                       amp=bool(self.params.get("amp", False)))
-
-    def save_data(self, folder: Path) -> list[str]:
-        source = Path(self.params["folder"])
-        if source.resolve() != folder.resolve():
-            for name in self.files:
-                shutil.copyfile(source / name, folder / name)
-        return list(self.files)
-
-    @classmethod
-    def load_data(cls, folder: Path, config: dict) -> SRMethod:
-        from pairsr.train import load
-
-        try:
-            net, _ = load(folder)
-        except (ValueError, OSError) as err:
-            raise ModelError(str(err)) from None
-        if net.zoom != config["zoom"]:
-            raise ModelError(f"{folder}: model.json says ×{config['zoom']}, the network in "
-                             f"config.json is ×{net.zoom}")
-        return cls(zoom=config["zoom"], params={**config["params"], "folder": str(folder)},
-                   net=net)
-
-    @classmethod
-    def fit(cls, pairs: TrainingPairs, *, zoom: int = 2, folder: str | Path | None = None,
-            preset: str | None = None, device: str | None = None, amp: bool = False,
-            **train_options) -> SRMethod:
-        """Train on ``pairs`` in ``folder`` (default: a temporary folder); ``train_options`` go to
-        :func:`pairsr.train.train` (epochs, patch, batch, lr_rate, patience, seed, resume, …)."""
-        from pairsr.train import train
-
-        folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="pairsr-"))
-        result = train(list(pairs), cls.name, preset, out=folder, zoom=zoom, device=device,
-                       **train_options)
-        params = {"preset": preset, "amp": amp, "folder": str(folder),
-                  **{k: v for k, v in train_options.items() if k not in ("resume", "progress")}}
-        return cls(zoom=zoom, params=params, net=result.model)
-
-
-for _name in ("vdsr", "edsr", "rcan"):
-    register_method(type(_name.upper(), (Network,), {"name": _name, "__doc__": Network.__doc__}))

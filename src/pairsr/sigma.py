@@ -1,7 +1,8 @@
 """Automatic choice of the LB-NLM weight scale σ (:func:`select_sigma`).
 
-σ (:func:`pairsr.lbnlm.lbnlm_filter`) is chosen by k-fold validation on the training pairs
-themselves, with validation data that exist for any HR footprint (rotated, small, irregular):
+σ of a library filter (:func:`pairsr.lbnlm.lbnlm_filter`) is chosen by k-fold validation on the
+training pairs themselves, with validation data that exist for any HR footprint (rotated, small,
+irregular):
 
 * **Folds.** The footprint of each pair (the pixels where its HR exists) is cut across its longer
   side (column bands for a footprint wider than tall, row bands otherwise) into ``folds`` bands
@@ -32,14 +33,16 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pairsr.lbnlm import lbnlm_filter
 from pairsr.library import Library, PatchSample
 from pairsr.patches import gather_patches
+
+#: A library filter: ``estimate(up, library, sigma=σ, categories=m)`` → (H, W) float32 estimate.
+Estimate = Callable[..., np.ndarray]
 
 #: Folds (held-out bands per pair).
 FOLDS = 5
@@ -207,13 +210,12 @@ def _folds(sample: PatchSample, pairs: Sequence[tuple[np.ndarray, np.ndarray]], 
     return out
 
 
-def _mse(folds: list[_Fold], sigma: float, categories: int, options: dict) -> float:
+def _mse(folds: list[_Fold], sigma: float, categories: int, estimate: Estimate) -> float:
     """Validation MSE of σ over all folds, each searching at most ``categories`` categories."""
     sse, count = 0.0, 0
     for fold in folds:
         m = min(categories, fold.library.k)
-        diff = lbnlm_filter(fold.mosaic, fold.library, sigma=sigma, categories=m,
-                            **options) - fold.targets
+        diff = estimate(fold.mosaic, fold.library, sigma=sigma, categories=m) - fold.targets
         scored = diff[np.isfinite(diff)]
         sse += float(np.dot(scored, scored))
         count += scored.size
@@ -257,16 +259,15 @@ def _search(mse, scale: float) -> dict[float, float]:
 def select_sigma(
     sample: PatchSample,
     pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    estimate: Estimate,
     *,
     categories: int = 1,
-    residual: bool = False,
     candidates: Sequence[float] | None = None,
     folds: int = FOLDS,
     pixels: int = PIXELS,
     seed: int = 0,
-    device: str | None = None,
 ) -> SigmaChoice:
-    """Choose σ for :func:`pairsr.lbnlm.lbnlm_filter` by k-fold validation (module docstring).
+    """Choose σ for the library filter ``estimate`` by k-fold validation (module docstring).
 
     Parameters
     ----------
@@ -276,8 +277,12 @@ def select_sigma(
     pairs : list of (up, hr)
         The aligned training pairs ``sample`` was drawn from, (H, W) float arrays on one grid
         (``hr`` NaN where no HR exists).
-    categories, residual, device
-        As the filter will be run (:func:`pairsr.lbnlm.lbnlm_filter`).
+    estimate : callable
+        The filter whose σ is chosen, ``estimate(up, library, sigma=σ, categories=m)`` → its
+        (H, W) estimate of the HR, run as it will be run after fitting (e.g.
+        :func:`pairsr.lbnlm.lbnlm_filter` with its options bound).
+    categories : int
+        Categories the filter searches per patch.
     candidates : sequence of float, optional
         σ values to choose from (in [0, 1] intensity units) instead of the automatic grid.
     folds : int
@@ -321,10 +326,9 @@ def select_sigma(
     queries = np.concatenate([f.queries for f in parts])
     distances = [_nearest(f.queries, f.library, min(categories, f.library.k)) for f in parts]
     scale = _scale(np.concatenate(distances), queries)
-    options = {"residual": residual, "device": device}
 
     def mse(sigma: float) -> float:
-        return _mse(parts, sigma, categories, options)
+        return _mse(parts, sigma, categories, estimate)
 
     tried = ({float(s): mse(float(s)) for s in candidates} if candidates is not None
              else _search(mse, scale))  # fmt: skip

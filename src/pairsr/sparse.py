@@ -47,7 +47,7 @@ from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO, BOUNDARY, bicubic, sr_shape
-from pairsr.methods import ModelError, SRMethod, TrainingPairs, register_method
+from pairsr.methods import ModelError, SRMethod, TrainingPairs
 from pairsr.patches import Channels, check_grid, overlap_average, sample_windows, threads
 
 #: Patches handed to one estimate call. It bounds the memory of a step: ScSR's solver holds a few
@@ -367,7 +367,6 @@ class _PatchMethod(SRMethod):
             raise ModelError(f"{path}: corrupt or mismatched {cls.name} data ({err})") from None
 
 
-@register_method
 @dataclass(eq=False)
 class ScSR(_PatchMethod):
     """Yang et al.'s sparse-coding SR (comparison method) with a coupled dictionary learned
@@ -441,7 +440,6 @@ class ScSR(_PatchMethod):
                    dict_hr=dict_hr[used] / scale[used])
 
 
-@register_method
 @dataclass(eq=False)
 class SRSW(_PatchMethod):
     """Trinh et al.'s example-based SR (the paper's SRSW, a comparison method): a library of
