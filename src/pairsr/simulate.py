@@ -400,12 +400,11 @@ class _Nanocomposite:
         tex = _smooth_noise(self.key, 0, rows, cols, 8, (3.0, 0.8), (4.0, 1.0))
         spec = 0.22 + 0.02 * tex  # 0.08 / 4: the in-memory field's maximum is about 4 std
         _draw_particles(spec, (rows[0], cols[0]), *self._particles(rows, cols))
-        sigma = 0.7 * self.scale / 4
-        halo = int(4.0 * sigma + 0.5)
-        white = _block_normals(self.key, 2, (rows[0] - halo, rows[1] + halo),
-                               (cols[0] - halo, cols[1] + halo), 256)
-        spec += 0.015 * ndi.gaussian_filter(white, sigma)[halo:halo + spec.shape[0],
-                                                           halo:halo + spec.shape[1]]
+        # Grain: white noise with the in-memory grain's variance (its 0.7·scale/4 px filter is
+        # left to the probe blurs, which are wider).
+        grain = _block_normals(self.key, 2, rows, cols, 256)
+        grain *= 0.015 * _filtered_std(0.7 * self.scale / 4)
+        spec += grain
         return np.clip(spec, 0.0, 1.0)
 
 
