@@ -264,21 +264,18 @@ def simulate(
         "WIDE_RANGES: HR 128-4096 px, 10-100 %, ±8°, doses 2-200, gammas 0.6-1.7, inverted "
         "detectors, ×2/×3/×4); the options above override single draws.")] = False,
     format: Annotated[str, typer.Option(
-        "--format", help="tiff: in memory; zarr: lr.zarr and gt.zarr (OME-Zarr) written tile by "
-        "tile in bounded memory, hr.tif; auto: zarr when the in-memory simulation would need "
-        "more than 1 GiB (from about a 1600x1600 LR field with a built-in specimen).")] = "auto",
+        "--format", help="tiff: in memory; zarr: lr.zarr and gt.zarr (OME-Zarr) rendered tile by "
+        "tile in bounded memory, and hr.tif; auto: zarr when the in-memory simulation would need "
+        "more than 1 GiB (from about a 1600x1600 LR field with a built-in specimen). Tiled, a "
+        "built-in specimen is drawn by region (for a seed another realisation than in memory), a "
+        "real --specimen is mirrored beyond its edges where the field needs more, and the pixels "
+        "do not depend on --chunk.")] = "auto",
     chunk: Annotated[int, typer.Option(
         help="Zarr chunk and tile edge, LR px (a multiple of 64).")] = 1024,
     overwrite: Overwrite = False,
     auto_crop: AutoCrop = True,
 ) -> None:
-    """Simulate a physical LR/HR pair (two independent scans of one specimen).
-
-    Large fields (`--format zarr`, or auto) are rendered tile by tile: the built-in specimens
-    are then drawn by region (the same kind of specimen, another realisation than the TIFF path
-    for the same seed), a real --specimen is mirrored beyond its edges where the field needs
-    more, and the result does not depend on --chunk.
-    """
+    """Simulate a physical LR/HR pair (two independent scans of one specimen)."""
     import numpy as np
 
     from pairsr.io import read_image

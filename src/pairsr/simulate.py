@@ -34,6 +34,13 @@ its position is ambiguous by one period, a negative control for registration).
 
 :func:`draw_acquisition` draws the keywords of :func:`simulate_pair` from the wide acquisition
 ranges of :data:`WIDE_RANGES` that users meet.
+
+:func:`simulate_pair` holds everything in memory. :func:`write_simulation` writes a pair of any
+size: in memory as TIFF when small (:data:`MEMORY_BOUND`), else tile by tile into OME-Zarr, each
+tile rendered from a window of a specimen that is evaluable by region (the built-ins procedurally,
+every random value drawn per block of a fixed grid from a generator seeded by the block; a real
+specimen read by window and mirrored beyond its edges) with the probes' halo, and with shot noise
+seeded per :data:`NOISE_BLOCK` block, so that the result does not depend on the tiling.
 """
 
 from __future__ import annotations
