@@ -405,9 +405,10 @@ def test_a_small_real_specimen_is_mirrored_for_a_large_tiled_field(tmp_path):
     small = (small - small.min()) / np.ptp(small)
     with pytest.raises(ValueError, match="covers at most"):
         simulate_pair(small, lr_shape=(128, 192), scale=2.0)
-    with pytest.warns(UserWarning, match="mirrored"):
-        truth, _ = write_simulation(tmp_path, small, format="zarr", chunk=64, seed=0,
-                                    lr_shape=(128, 192), scale=2.0)
+    with pytest.warns(UserWarning, match="mirrored"):  # auto: in memory it cannot be done
+        truth, kind = write_simulation(tmp_path, small, chunk=64, seed=0, lr_shape=(128, 192),
+                                       scale=2.0)
+    assert kind == "zarr"
     lr, hr, _ = _written(tmp_path)
     far = lr[:, -48:].astype(float)  # beyond the specimen: mirrored structure, not a flat edge
     assert lr.shape == (128, 192) and far.std() > 0.5 * lr[:, :48].std()

@@ -266,7 +266,8 @@ def simulate(
     format: Annotated[str, typer.Option(
         "--format", help="tiff: in memory; zarr: lr.zarr and gt.zarr (OME-Zarr) rendered tile by "
         "tile in bounded memory, and hr.tif; auto: zarr when the in-memory simulation would need "
-        "more than 1 GiB (from about a 1600x1600 LR field with a built-in specimen). Tiled, a "
+        "more than 1 GiB (from about a 1600x1600 LR field with a built-in specimen) or a real "
+        "--specimen does not cover the field. Tiled, a "
         "built-in specimen is drawn by region (for a seed another realisation than in memory), a "
         "real --specimen is mirrored beyond its edges where the field needs more, and the pixels "
         "do not depend on --chunk.")] = "auto",

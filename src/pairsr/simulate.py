@@ -749,7 +749,8 @@ class _Plan:
 
 def _layout(specimen, kw: dict, tiled: bool) -> dict:
     """Field sizes (no draws): ``lr_shape``, ``hr_shape``, ``pad`` (specimen px the HR may reach
-    beyond the LR field), ``scale``, the specimen's ``shape``, ``name`` (built-in) or None."""
+    beyond the LR field), ``scale``, the specimen's ``shape``, ``name`` (built-in) or None, and
+    ``mirrored``: why a real specimen is mirrored (``tiled`` only; else refused), or None."""
     zoom, hr_inside = kw["zoom"], kw["hr_inside"]
     if not zoom >= 1.5:
         raise ValueError(f"zoom must be at least 1.5 (an SR factor of 2 or more), got {zoom}")
@@ -769,7 +770,7 @@ def _layout(specimen, kw: dict, tiled: bool) -> dict:
             return hr, 0.0
         return hr, _overhang_pad(lr, hr, zoom, scale, rotation_bound, hr_inside)
 
-    lr_shape, name = kw["lr_shape"], None
+    lr_shape, name, mirrored = kw["lr_shape"], None, None
     if builtin:
         name = specimen or "nanocomposite"
         if name not in BUILTIN:
@@ -800,16 +801,18 @@ def _layout(specimen, kw: dict, tiled: bool) -> dict:
                 + (f" with {pad:.0f} px around it for the HR to lie partly outside" if pad
                    else "") + f"; asked for {tuple(lr_shape)}"
             )
-            if not tiled or min(lr_shape) < 32:
+            if min(lr_shape) < 32:
                 raise ValueError(message)
-            warnings.warn(f"{message}: mirrored beyond its edges (the field repeats every "
-                          f"{2 * spec_shape[0] / scale:.0f} x {2 * spec_shape[1] / scale:.0f} "
-                          "LR px)", stacklevel=3)
+            if not tiled:
+                raise ValueError(f"{message} (`pairsr simulate --format zarr` mirrors it beyond "
+                                 "its edges)")
+            mirrored = (f"{message}: mirrored beyond its edges (the field repeats every "
+                        f"{2 * spec_shape[0] / scale:.0f} x {2 * spec_shape[1] / scale:.0f} LR px)")
     lr_shape = (int(lr_shape[0]), int(lr_shape[1]))
     if min(hr_shape) < 16:
         raise ValueError(f"the HR image would be {hr_shape} px; raise hr_fraction or hr_shape")
     return {"lr_shape": lr_shape, "hr_shape": hr_shape, "pad": pad, "scale": scale,
-            "shape": spec_shape, "name": name}
+            "shape": spec_shape, "name": name, "mirrored": mirrored}
 
 
 def _plan(specimen, kw: dict, tiled: bool) -> _Plan:
@@ -817,6 +820,8 @@ def _plan(specimen, kw: dict, tiled: bool) -> _Plan:
     ``tiled``: a specimen evaluable by region, mirrored (real) or procedural (built-in)."""
     rng = np.random.default_rng(kw["seed"])
     lay = _layout(specimen, kw, tiled)
+    if lay["mirrored"]:
+        warnings.warn(lay["mirrored"], stacklevel=3)
     lr_shape, hr_shape, pad, scale = lay["lr_shape"], lay["hr_shape"], lay["pad"], lay["scale"]
     zoom = kw["zoom"]
     if lay["name"] is not None:
@@ -959,9 +964,12 @@ def in_memory_bytes(specimen=None, **keywords) -> int:
     specimen pixel for the specimen and its blurs, 52 per SR-grid pixel for ``gt`` and its
     coordinates). ``specimen`` may be lazy (only its shape is used)."""
     kw = _keywords(specimen, keywords)
-    lay = _layout(specimen, kw, tiled=True)
-    z = int(np.floor(kw["zoom"] + 0.5))
-    return int(12 * np.prod(lay["shape"]) + 52 * z * z * np.prod(lay["lr_shape"]))
+    return _in_memory_bytes(_layout(specimen, kw, tiled=True), kw["zoom"])
+
+
+def _in_memory_bytes(layout: dict, zoom: float) -> int:
+    z = int(np.floor(zoom + 0.5))
+    return int(12 * np.prod(layout["shape"]) + 52 * z * z * np.prod(layout["lr_shape"]))
 
 
 def _tiles(shape: tuple[int, int], tile: int):
@@ -989,7 +997,7 @@ def write_simulation(
     rendered tile by tile (``chunk`` LR px, a multiple of :data:`NOISE_BLOCK`) with the probe's
     halo, so memory stays bounded whatever the field; ``hr.tif`` rendered the same way;
     ``truth.json`` as for TIFF. ``"auto"``: zarr when :func:`in_memory_bytes` exceeds
-    :data:`MEMORY_BOUND`, else TIFF.
+    :data:`MEMORY_BOUND` or a real specimen does not cover the field, else TIFF.
 
     The zarr path draws the same geometry, scans and truth from the seed, but not the same
     pixels as :func:`simulate_pair`: built-in specimens are procedural by region (the same
@@ -1010,7 +1018,9 @@ def write_simulation(
     builtin = specimen is None or isinstance(specimen, str)
     kw = _keywords(specimen, keywords)
     if format == "auto":
-        format = "zarr" if in_memory_bytes(specimen, **keywords) > MEMORY_BOUND else "tiff"
+        lay = _layout(specimen, kw, tiled=True)
+        large = _in_memory_bytes(lay, kw["zoom"]) > MEMORY_BOUND
+        format = "zarr" if large or lay["mirrored"] else "tiff"
     outdir = Path(outdir)
     _claim_outputs(outdir, overwrite)
     if format == "tiff":
