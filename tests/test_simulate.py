@@ -289,3 +289,162 @@ def test_gt_drift_follows_the_lr_scan(specimen):
     assert not np.allclose(plain.gt, drift.gt)
     lr = drift.lr.astype(np.float32)
     assert _ncc(_bin(drift.gt, 2), lr, smooth=0.5) > _ncc(_bin(plain.gt, 2), lr, smooth=0.5)
+
+
+# ----------------------------------------------------------------------------- tiled writer
+
+
+def _written(folder):
+    from pairsr.io import read_image
+
+    return [read_image(folder / n).values for n in ("lr.zarr", "hr.tif", "gt.zarr")]
+
+
+@pytest.mark.parametrize("kw", [{"lr_shape": (150, 200)},
+                                {"specimen": "lattice", "lr_shape": (130, 140), "zoom": 3,
+                                 "rotation_deg": 5.0, "gt_drift": True}])
+def test_tiled_writer_does_not_depend_on_the_tiling(kw, tmp_path):
+    """LR, HR and gt are identical whatever the tile (chunk) size, the pair is a physical pair
+    (the truth maps the LR onto the HR) and a rerun is identical."""
+    from pairsr.simulate import write_simulation
+
+    kw = dict(kw)
+    specimen = kw.pop("specimen", None)
+    outs = {}
+    for chunk in (64, 128):
+        truth, kind = write_simulation(tmp_path / str(chunk), specimen, format="zarr",
+                                       chunk=chunk, seed=5, **kw)
+        assert kind == "zarr"
+        outs[chunk] = _written(tmp_path / str(chunk))
+    for a, b in zip(outs[64], outs[128], strict=True):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    lr, hr, gt = outs[64]
+    z = round(truth["nominal_zoom"])
+    assert lr.shape == kw["lr_shape"] and gt.shape == (z * lr.shape[0], z * lr.shape[1])
+    assert hr.shape == tuple(truth["hr_shape"]) and lr.std() > 5
+    assert _ncc(interpolate(lr.astype(np.float32), true_lr_coords(truth)), hr) > 0.5
+    assert _ncc(_bin(gt, z), lr.astype(np.float32)) > 0.7
+    truth2, _ = write_simulation(tmp_path / "again", specimen, format="zarr", chunk=64, seed=5,
+                                 **kw)
+    assert truth2 == truth and np.array_equal(_written(tmp_path / "again")[0], lr)
+
+
+def test_tiled_writer_equals_the_in_memory_path_but_for_the_noise(specimen, tmp_path):
+    """With a real specimen the tiled writer draws the same truth and renders the same noise-free
+    scans: gt is identical, and the LR differs from the in-memory LR by an independent noise
+    realisation of the same strength."""
+    from pairsr import simulate as sim
+
+    kw = {"seed": 3, "lr_shape": (150, 180), "lr_dose": 200.0}
+    mem = simulate_pair(specimen, **kw)
+    truth, _ = sim.write_simulation(tmp_path, specimen, format="zarr", chunk=64, **kw)
+    lr, hr, gt = _written(tmp_path)
+    assert {k: v for k, v in truth.items() if k != "noise_block"} == mem.truth
+    assert np.array_equal(gt, mem.gt) and hr.shape == mem.hr.shape
+    scan = truth["lr_scan"]
+    clean = sim._detect(sim._render(sim._blur(specimen, scan),
+                                    sim._scan_positions(scan, lr.shape)), scan)
+    tiled, memory = lr / 255.0 - clean, mem.lr / 255.0 - clean
+    assert abs(tiled.mean() - memory.mean()) < 0.01
+    assert 0.9 < tiled.std() / memory.std() < 1.1
+    assert abs(_ncc(tiled, memory, smooth=0.0)) < 0.1  # independent realisations
+    # Against a noise-free LR two pixels off, the residual is much larger.
+    assert np.std(lr / 255.0 - np.roll(clean, 2, axis=1)) > 1.5 * tiled.std()
+
+
+def test_tiled_zarr_layout_and_metadata(tmp_path):
+    """lr.zarr and gt.zarr are chunked OME-Zarr with the LR pixel size and the SR grid's scale
+    and translation; read_image opens them lazily."""
+    import dask.array as da
+    import zarr
+
+    from pairsr.io import read_image
+    from pairsr.simulate import write_simulation
+
+    truth, _ = write_simulation(tmp_path, format="zarr", chunk=64, seed=1, lr_shape=(100, 150),
+                                zoom=3)
+    px, z = truth["lr_pixel_size_nm"], 3
+    lr = zarr.open_group(tmp_path / "lr.zarr", mode="r")
+    gt = zarr.open_group(tmp_path / "gt.zarr", mode="r")
+    assert lr["0"].chunks == (64, 64) and lr["0"].dtype == np.uint8
+    assert gt["0"].chunks == (64, 64) and gt["0"].dtype == np.float32
+    for group, scale, shift in ((lr, px, 0.0), (gt, px / z, -px * (z - 1) / (2 * z))):
+        (transforms,) = [d["coordinateTransformations"]
+                         for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+        assert transforms[0]["scale"] == pytest.approx([scale] * 2)
+        assert transforms[1]["translation"] == pytest.approx([shift] * 2)
+    image = read_image(tmp_path / "lr.zarr")
+    assert isinstance(image.data, da.Array) and image.attrs["pixel_size_nm"] == pytest.approx(px)
+    assert read_image(tmp_path / "hr.tif").attrs["pixel_size_nm"] == pytest.approx(
+        truth["hr_pixel_size_nm"])
+
+
+def test_outputs_are_not_overwritten_and_no_stale_format_stays(tmp_path, monkeypatch):
+    from pairsr import simulate as sim
+    from pairsr.io import OutputExistsError
+
+    small = {"seed": 2, "lr_shape": (64, 96)}
+    assert sim.write_simulation(tmp_path, **small)[1] == "tiff"  # small: in memory, as TIFF
+    with pytest.raises(OutputExistsError, match=r"lr\.tif"):
+        sim.write_simulation(tmp_path, format="zarr", chunk=64, **small)
+    monkeypatch.setattr(sim, "MEMORY_BOUND", sim.in_memory_bytes(**small) - 1)
+    assert sim.write_simulation(tmp_path, chunk=64, overwrite=True, **small)[1] == "zarr"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.zarr", "hr.tif", "lr.zarr",
+                                                          "truth.json"]
+    with pytest.raises(ValueError, match="multiple of 64"):
+        sim.write_simulation(tmp_path / "x", chunk=100, **small)
+
+
+def test_a_small_real_specimen_is_mirrored_for_a_large_tiled_field(tmp_path):
+    """The tiled writer fills a field larger than a real specimen by mirroring it (with a
+    warning); the in-memory path refuses."""
+    from pairsr.simulate import write_simulation
+
+    rng = np.random.default_rng(2)
+    small = ndi.gaussian_filter(rng.standard_normal((120, 150)), 2.0).astype(np.float32)
+    small = (small - small.min()) / np.ptp(small)
+    with pytest.raises(ValueError, match="covers at most"):
+        simulate_pair(small, lr_shape=(128, 192), scale=2.0)
+    with pytest.warns(UserWarning, match="mirrored"):  # auto: in memory it cannot be done
+        truth, kind = write_simulation(tmp_path, small, chunk=64, seed=0, lr_shape=(128, 192),
+                                       scale=2.0)
+    assert kind == "zarr"
+    lr, hr, _ = _written(tmp_path)
+    far = lr[:, -48:].astype(float)  # beyond the specimen: mirrored structure, not a flat edge
+    assert lr.shape == (128, 192) and far.std() > 0.5 * lr[:, :48].std()
+    assert _ncc(interpolate(lr.astype(np.float32), true_lr_coords(truth)), hr) > 0.3
+
+
+@pytest.mark.parametrize("name", ["nanocomposite", "lattice"])
+def test_procedural_specimens_resemble_the_in_memory_ones(name):
+    """The region-evaluable specimens have the in-memory ones' intensity statistics, and a
+    window is the same pixels wherever it is cut."""
+    from pairsr.simulate import _region_specimen, builtin_specimen
+
+    shape = (1024, 1024)
+    whole = builtin_specimen(name, shape, np.random.default_rng(0))
+    region = _region_specimen(name, shape, np.random.default_rng(0), 4.0)
+    tiled = region((0, 1024), (0, 1024))
+    assert tiled.dtype == np.float32 and 0 <= tiled.min() and tiled.max() <= 1
+    assert abs(tiled.mean() - whole.mean()) < 0.1 * whole.std()
+    assert 0.8 < tiled.std() / whole.std() < 1.25
+    for q in (10, 50, 90):
+        assert abs(np.percentile(tiled, q) - np.percentile(whole, q)) < 0.1 * whole.std()
+    assert np.array_equal(region((100, 300), (-50, 200)), np.vstack(
+        [region((100, 180), (-50, 200)), region((180, 300), (-50, 200))]))
+
+
+def test_cli_simulate_writes_zarr_that_fit_reads(tmp_path):
+    from typer.testing import CliRunner
+
+    from pairsr.cli import app
+    from pairsr.io import read_image
+
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    result = run("simulate", tmp_path / "p", "--lr-shape", "96x128", "--format", "zarr",
+                 "--chunk", "64")
+    assert result.exit_code == 0, result.output
+    assert "(zarr)" in result.output and read_image(tmp_path / "p" / "lr.zarr").shape == (96, 128)
+    assert run("simulate", tmp_path / "p", "--lr-shape", "96x128").exit_code == 2  # exists
+    assert run("simulate", tmp_path / "q", "--chunk", "100").exit_code == 2
+    assert run("simulate", tmp_path / "q", "--format", "png").exit_code == 2

@@ -34,13 +34,23 @@ its position is ambiguous by one period, a negative control for registration).
 
 :func:`draw_acquisition` draws the keywords of :func:`simulate_pair` from the wide acquisition
 ranges of :data:`WIDE_RANGES` that users meet.
+
+:func:`simulate_pair` holds everything in memory. :func:`write_simulation` writes a pair of any
+size: in memory as TIFF when small (:data:`MEMORY_BOUND`), else tile by tile into OME-Zarr, each
+tile rendered from a window of a specimen that is evaluable by region (the built-ins procedurally,
+every random value drawn per block of a fixed grid from a generator seeded by the block; a real
+specimen read by window and mirrored beyond its edges) with the probes' halo, and with shot noise
+seeded per :data:`NOISE_BLOCK` block, so that the result does not depend on the tiling.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +70,12 @@ MIN_LR_SIDE = 128
 MARGIN = 16.0
 #: LR pixels kept between the HR footprint and the LR field's edge for drift, when it fits.
 ROOM = 4.0
+#: Scan pixels a side of the blocks whose shot noise :func:`write_simulation` seeds on its own:
+#: its tiles are multiples of it, so the noise does not depend on the tiling.
+NOISE_BLOCK = 64
+#: Largest in-memory simulation (bytes, :func:`in_memory_bytes`) that :func:`write_simulation`
+#: writes as TIFF by default; larger ones are written to zarr tile by tile.
+MEMORY_BOUND = 2**30
 #: Names of the built-in specimens.
 BUILTIN = ("nanocomposite", "lattice", "lattice-perfect")
 #: Wide acquisition ranges for :func:`draw_acquisition` (log-uniform where marked).
@@ -124,9 +140,20 @@ def nanocomposite(
     pos = np.concatenate([pos, loners])
     radii = np.clip(rng.lognormal(np.log(2.5 * scale), 0.55, len(pos)), 0.8 * scale, 12 * scale)
     levels = rng.uniform(0.55, 0.95, len(pos))
+    _draw_particles(spec, (0, 0), pos, radii, levels)
+    grain = ndi.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 0.7 * scale / 4)
+    spec += 0.015 * grain
+    return np.clip(spec, 0.0, 1.0)
+
+
+def _draw_particles(spec: np.ndarray, origin: tuple[int, int], pos: np.ndarray,
+                    radii: np.ndarray, levels: np.ndarray) -> None:
+    """Draw soft spheres (centres ``pos`` (n, 2), radii and grey levels (n,), specimen px) into
+    ``spec`` by maximum, in place; ``spec[0, 0]`` is specimen pixel ``origin``."""
+    (oy, ox), (h, w) = origin, spec.shape
     for (y, x), r, lev in zip(pos, radii, levels):
-        y0, y1 = max(int(y - r - 2), 0), min(int(y + r + 3), h)
-        x0, x1 = max(int(x - r - 2), 0), min(int(x + r + 3), w)
+        y0, y1 = max(int(y - r - 2), oy), min(int(y + r + 3), oy + h)
+        x0, x1 = max(int(x - r - 2), ox), min(int(x + r + 3), ox + w)
         if y0 >= y1 or x0 >= x1:
             continue
         yy, xx = np.ogrid[y0:y1, x0:x1]
@@ -135,10 +162,8 @@ def nanocomposite(
         inside = np.clip(1.0 - d2, 0.0, 1.0)
         edge = np.clip((1.0 - np.sqrt(d2)) * r, 0.0, 1.0)
         val = lev * (0.75 + 0.25 * np.sqrt(inside) + 0.15 * (1 - inside) * edge)
-        spec[y0:y1, x0:x1] = np.maximum(spec[y0:y1, x0:x1], (val * edge).astype(np.float32))
-    grain = ndi.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 0.7 * scale / 4)
-    spec += 0.015 * grain
-    return np.clip(spec, 0.0, 1.0)
+        box = spec[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        np.maximum(box, (val * edge).astype(np.float32), out=box)
 
 
 def _site_hash(i: np.ndarray, j: np.ndarray, salt: int) -> np.ndarray:
@@ -180,6 +205,85 @@ def _lattice_image(rows, cols, basis, origin, profile, amplitude=None) -> np.nda
     return out if amplitude is None else out * amplitude(i, j)
 
 
+class _Lattice:
+    """A lattice specimen as :func:`lattice` draws it, evaluable on any window of specimen px.
+
+    ``tiled``: the thickness gradient is a seeded smooth field defined everywhere
+    (:func:`_smooth_noise`) instead of one drawn for the field ``shape``.
+    """
+
+    def __init__(self, shape: tuple[int, int], rng: np.random.Generator, scale: float,
+                 perfect: bool, tiled: bool = False):
+        h, w = shape
+        self.wires = rng.random() < 0.4
+        period = rng.uniform(10.0, 24.0) if self.wires else rng.uniform(4.0, 8.0)
+        period *= scale
+        hexagonal = bool(rng.random() < 0.5)
+        self.basis = _lattice_basis(period, rng.uniform(0, np.pi), hexagonal)
+        self.origin = rng.uniform(0, period, 2)
+        self.size = period * (rng.uniform(0.25, 0.35) if self.wires else rng.uniform(0.12, 0.2))
+        self.salt = int(rng.integers(2**32))
+        self.perfect = perfect
+        if perfect:
+            return
+        if tiled:
+            key = int(rng.integers(2**63))
+            # The in-memory field's maximum is about 3 of its standard deviations.
+            self.thickness = lambda rows, cols: _smooth_noise(key, 4, rows, cols, 64, (1.0,),
+                                                              (1.0,)) / 3.0
+        else:
+            coarse = (max(h // 64, 4), max(w // 64, 4))
+            field = ndi.zoom(ndi.gaussian_filter(rng.standard_normal(coarse), 1.0),
+                             (h / coarse[0], w / coarse[1]), order=1)[:h, :w]
+            field = field / (np.abs(field).max() + 1e-6)
+            self.thickness = lambda rows, cols: field[rows[0]:rows[1], cols[0]:cols[1]]
+        # Precipitate: another lattice inside a soft-edged ellipse.
+        self.semi = rng.uniform(0.04, 0.1, 2) * min(h, w)
+        reach = self.semi.max()
+        self.centre = rng.uniform((reach, reach), (h - reach, w - reach))
+        self.tilt = rng.uniform(0, np.pi)
+        self.box = (int(self.centre[0] - reach - 2), int(self.centre[0] + reach + 3),
+                    int(self.centre[1] - reach - 2), int(self.centre[1] + reach + 3))
+        self.other = _lattice_basis(period * rng.uniform(1.1, 1.4), rng.uniform(0, np.pi),
+                                    not hexagonal)
+        self.scale = scale
+
+    def profile(self, d: np.ndarray) -> np.ndarray:
+        if self.wires:  # soft disc, 1 specimen px edge, brighter rim
+            inside = np.clip(self.size - d + 0.5, 0.0, 1.0)
+            return inside * (0.7 + 0.3 * np.clip(d / self.size, 0, 1) ** 4)
+        return np.exp(-0.5 * (d / self.size) ** 2)  # Gaussian column
+
+    def amplitude(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        u = _site_hash(i, j, self.salt)
+        return np.where(_site_hash(j, i, self.salt ^ 0x5A5A) < 0.015, 0.0, 0.92 + 0.16 * u)
+
+    def __call__(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """The specimen on pixels ``rows[0]:rows[1]`` × ``cols[0]:cols[1]``, float32 in [0, 1]."""
+        (y0, y1), (x0, x1) = rows, cols
+        r, c = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        if self.perfect:
+            spec = 0.12 + 0.6 * _lattice_image(r, c, self.basis, self.origin, self.profile)
+            return np.clip(spec, 0.0, 1.0).astype(np.float32)
+        thickness = self.thickness(rows, cols)
+        spec = (0.12 + 0.04 * thickness
+                + 0.6 * (1 + 0.1 * thickness) * _lattice_image(r, c, self.basis, self.origin,
+                                                               self.profile, self.amplitude))
+        by0, by1 = max(self.box[0], y0), min(self.box[1], y1)
+        bx0, bx1 = max(self.box[2], x0), min(self.box[3], x1)
+        if by0 < by1 and bx0 < bx1:
+            part = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
+            ry, rx = r[part] - self.centre[0], c[part] - self.centre[1]
+            cos, sin = np.cos(self.tilt), np.sin(self.tilt)
+            ell = np.hypot((ry * cos + rx * sin) / self.semi[0],
+                           (-ry * sin + rx * cos) / self.semi[1])
+            mask = np.clip((1.0 - ell) * self.semi.min() / self.scale, 0.0, 1.0)  # 1 LR px edge
+            inner = 0.2 + 0.7 * _lattice_image(r[part], c[part], self.other, self.origin,
+                                               self.profile)
+            spec[part] = (1 - mask) * spec[part] + mask * inner
+        return np.clip(spec, 0.0, 1.0).astype(np.float32)
+
+
 def lattice(
     shape: tuple[int, int], rng: np.random.Generator, scale: float = 4.0, *, perfect: bool = False
 ) -> np.ndarray:
@@ -192,57 +296,7 @@ def lattice(
     and a slow thickness gradient: the aperiodic content that fixes the position. ``shape`` in
     specimen pixels, ``scale`` specimen pixels per LR pixel. Returns float32 in [0, 1].
     """
-    h, w = shape
-    wires = rng.random() < 0.4
-    period = rng.uniform(10.0, 24.0) if wires else rng.uniform(4.0, 8.0)
-    period *= scale
-    hexagonal = bool(rng.random() < 0.5)
-    basis = _lattice_basis(period, rng.uniform(0, np.pi), hexagonal)
-    origin = rng.uniform(0, period, 2)
-    if wires:
-        radius = rng.uniform(0.25, 0.35) * period
-
-        def profile(d):  # soft disc, 1 specimen px edge, brighter rim
-            inside = np.clip(radius - d + 0.5, 0.0, 1.0)
-            return inside * (0.7 + 0.3 * np.clip(d / radius, 0, 1) ** 4)
-    else:
-        width = rng.uniform(0.12, 0.2) * period
-
-        def profile(d):  # Gaussian column
-            return np.exp(-0.5 * (d / width) ** 2)
-
-    salt = int(rng.integers(2**32))
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
-    if perfect:
-        spec = 0.12 + 0.6 * _lattice_image(rows, cols, basis, origin, profile)
-        return np.clip(spec, 0.0, 1.0).astype(np.float32)
-
-    def amplitude(i, j):
-        u = _site_hash(i, j, salt)
-        return np.where(_site_hash(j, i, salt ^ 0x5A5A) < 0.015, 0.0, 0.92 + 0.16 * u)
-
-    coarse = (max(h // 64, 4), max(w // 64, 4))
-    thickness = ndi.zoom(ndi.gaussian_filter(rng.standard_normal(coarse), 1.0),
-                         (h / coarse[0], w / coarse[1]), order=1)[:h, :w]
-    thickness = thickness / (np.abs(thickness).max() + 1e-6)
-    spec = (0.12 + 0.04 * thickness
-            + 0.6 * (1 + 0.1 * thickness) * _lattice_image(rows, cols, basis, origin, profile,
-                                                           amplitude))
-    # Precipitate: another lattice inside a soft-edged ellipse.
-    semi = rng.uniform(0.04, 0.1, 2) * min(h, w)
-    centre = rng.uniform((semi.max(), semi.max()), (h - semi.max(), w - semi.max()))
-    tilt = rng.uniform(0, np.pi)
-    y0, y1 = int(max(centre[0] - semi.max() - 2, 0)), int(min(centre[0] + semi.max() + 3, h))
-    x0, x1 = int(max(centre[1] - semi.max() - 2, 0)), int(min(centre[1] + semi.max() + 3, w))
-    ry, rx = rows[y0:y1, x0:x1] - centre[0], cols[y0:y1, x0:x1] - centre[1]
-    ell = np.hypot((ry * np.cos(tilt) + rx * np.sin(tilt)) / semi[0],
-                   (-ry * np.sin(tilt) + rx * np.cos(tilt)) / semi[1])
-    mask = np.clip((1.0 - ell) * semi.min() / scale, 0.0, 1.0)  # one LR px soft boundary
-    other = _lattice_basis(period * rng.uniform(1.1, 1.4), rng.uniform(0, np.pi), not hexagonal)
-    inner = 0.2 + 0.7 * _lattice_image(rows[y0:y1, x0:x1], cols[y0:y1, x0:x1], other, origin,
-                                       profile)
-    spec[y0:y1, x0:x1] = (1 - mask) * spec[y0:y1, x0:x1] + mask * inner
-    return np.clip(spec, 0.0, 1.0).astype(np.float32)
+    return _Lattice(shape, rng, scale, perfect)((0, shape[0]), (0, shape[1]))
 
 
 def builtin_specimen(
@@ -255,6 +309,141 @@ def builtin_specimen(
     if name in ("lattice", "lattice-perfect"):
         return lattice(shape, rng, scale, perfect=name == "lattice-perfect")
     raise ValueError(f"unknown built-in specimen {name!r}; choose one of {', '.join(BUILTIN)}")
+
+
+# ----------------------------------------------------------------------------- by region
+# The tiled writer evaluates the specimen on windows: every random value is drawn per block of a
+# fixed grid from a generator seeded by the block's index, so a pixel's value does not depend on
+# the window that contains it.
+
+
+def _seeded(key: int, *words: int) -> np.random.Generator:
+    """A generator seeded by ``key`` and integer ``words`` (block indices, possibly negative)."""
+    return np.random.default_rng([key, *(w % 2**32 for w in words)])
+
+
+def _block_normals(key: int, stream: int, rows: tuple[int, int], cols: tuple[int, int],
+                   block: int) -> np.ndarray:
+    """Standard normals (float32) on grid points ``rows[0]:rows[1]`` × ``cols[0]:cols[1]``,
+    drawn per ``block`` × ``block`` points from :func:`_seeded` ``(key, stream, block index)``."""
+    (r0, r1), (c0, c1) = rows, cols
+    out = np.empty((r1 - r0, c1 - c0), np.float32)
+    for bi in range(r0 // block, (r1 - 1) // block + 1):
+        for bj in range(c0 // block, (c1 - 1) // block + 1):
+            values = _seeded(key, stream, bi, bj).standard_normal((block, block), np.float32)
+            y0, y1 = max(r0, bi * block), min(r1, (bi + 1) * block)
+            x0, x1 = max(c0, bj * block), min(c1, (bj + 1) * block)
+            out[y0 - r0:y1 - r0, x0 - c0:x1 - c0] = values[y0 - bi * block:y1 - bi * block,
+                                                           x0 - bj * block:x1 - bj * block]
+    return out
+
+
+def _filtered_std(sigma: float, truncate: float = 4.0) -> float:
+    """Standard deviation of unit white noise after ndimage's 2-D Gaussian filter ``sigma``."""
+    x = np.arange(-int(truncate * sigma + 0.5), int(truncate * sigma + 0.5) + 1)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return float(((k / k.sum()) ** 2).sum())
+
+
+def _smooth_noise(key: int, stream: int, rows: tuple[int, int], cols: tuple[int, int],
+                  spacing: int, sigmas: tuple[float, ...], weights: tuple[float, ...]
+                  ) -> np.ndarray:
+    """A smooth random field (float32, unit standard deviation at the nodes) on specimen pixels
+    ``rows`` × ``cols``: white noise on nodes every ``spacing`` px, one field per Gaussian
+    ``sigmas`` (in nodes) summed with ``weights``, interpolated bilinearly between nodes."""
+    nodes = [(a // spacing, (b - 1) // spacing + 2) for a, b in (rows, cols)]
+    halo = max(int(4.0 * s + 0.5) for s in sigmas)
+    size = tuple(n1 - n0 for n0, n1 in nodes)
+    field = np.zeros(size, np.float32)
+    for k, (sigma, weight) in enumerate(zip(sigmas, weights, strict=True)):
+        white = _block_normals(key, stream + k, *((n0 - halo, n1 + halo) for n0, n1 in nodes),
+                               64)
+        field += weight * ndi.gaussian_filter(white, sigma)[halo:halo + size[0],
+                                                             halo:halo + size[1]]
+    field /= np.sqrt(sum((w * _filtered_std(s)) ** 2 for s, w in zip(sigmas, weights)))
+    for axis, ((a, b), (n0, _)) in enumerate(zip((rows, cols), nodes)):
+        f = np.arange(a, b) / spacing - n0
+        i = np.floor(f).astype(np.intp)
+        t = (f - i).astype(np.float32).reshape((-1, 1) if axis == 0 else (1, -1))
+        field = (np.take(field, i, axis) * (1 - t) + np.take(field, i + 1, axis) * t)
+    return field
+
+
+class _Nanocomposite:
+    """The built-in nanocomposite (:func:`nanocomposite`'s texture, particles and grain), drawn
+    by region: particles per cell of 128 LR px, noise per block, all seeded from ``rng``."""
+
+    def __init__(self, rng: np.random.Generator, scale: float):
+        self.key, self.scale = int(rng.integers(2**63)), float(scale)
+
+    def _particles(self, rows: tuple[int, int], cols: tuple[int, int]):
+        s = self.scale
+        cell, reach = 128 * s, 87 * s + 3  # a cluster's spread is cut at 3 of its 3-25 LR px
+        found = []
+        for ci in range(int(np.floor((rows[0] - reach) / cell)),
+                        int(np.floor((rows[1] + reach) / cell)) + 1):
+            for cj in range(int(np.floor((cols[0] - reach) / cell)),
+                            int(np.floor((cols[1] + reach) / cell)) + 1):
+                rng = _seeded(self.key, 3, ci, cj)
+                lo = np.array([ci, cj]) * cell
+                n = rng.poisson(cell**2 / (s**2 * 6000))
+                centres = rng.uniform(lo, lo + cell, size=(n, 2))
+                per_cluster = rng.poisson(14, n) + 1
+                spread = np.repeat(rng.uniform(3, 25, n) * s, per_cluster)[:, None]
+                offsets = rng.standard_normal((per_cluster.sum(), 2))
+                pos = (np.repeat(centres, per_cluster, axis=0) + offsets * spread)[
+                    np.abs(offsets).max(1, initial=0) <= 3]
+                pos = np.concatenate([pos, rng.uniform(lo, lo + cell, size=(n * 4, 2))])
+                radii = np.clip(rng.lognormal(np.log(2.5 * s), 0.55, len(pos)), 0.8 * s, 12 * s)
+                levels = rng.uniform(0.55, 0.95, len(pos))
+                found.append((pos, radii, levels))
+        pos, radii, levels = (np.concatenate(x) for x in zip(*found))
+        near = ((pos[:, 0] + radii + 3 > rows[0]) & (pos[:, 0] - radii - 2 < rows[1])
+                & (pos[:, 1] + radii + 3 > cols[0]) & (pos[:, 1] - radii - 2 < cols[1]))
+        return pos[near], radii[near], levels[near]
+
+    def __call__(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """The specimen on pixels ``rows[0]:rows[1]`` × ``cols[0]:cols[1]``, float32 in [0, 1]."""
+        tex = _smooth_noise(self.key, 0, rows, cols, 8, (3.0, 0.8), (4.0, 1.0))
+        spec = 0.22 + 0.02 * tex  # 0.08 / 4: the in-memory field's maximum is about 4 std
+        _draw_particles(spec, (rows[0], cols[0]), *self._particles(rows, cols))
+        # Grain: white noise with the in-memory grain's variance (its 0.7·scale/4 px filter is
+        # left to the probe blurs, which are wider).
+        grain = _block_normals(self.key, 2, rows, cols, 256)
+        grain *= 0.015 * _filtered_std(0.7 * self.scale / 4)
+        spec += grain
+        return np.clip(spec, 0.0, 1.0)
+
+
+def _mirror(index: np.ndarray, n: int) -> np.ndarray:
+    """``index`` folded into ``0..n-1`` by half-sample reflections (ndimage's ``"reflect"``),
+    repeating with period ``2n``."""
+    m = np.mod(index, 2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+class _ArraySource:
+    """A specimen image (numpy, dask or DataArray) read by window, mirrored beyond its edges;
+    integer images are scaled to [0, 1] by their dtype (:func:`pairsr.io.to_float32`)."""
+
+    def __init__(self, image):
+        self.image = image
+        self.shape = tuple(int(n) for n in np.shape(image))
+
+    def __call__(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        from pairsr.io import to_float32
+
+        (iy, ix) = (_mirror(np.arange(a, b), n) for (a, b), n in zip((rows, cols), self.shape))
+        block = self.image[iy.min():iy.max() + 1, ix.min():ix.max() + 1]
+        return to_float32(block)[np.ix_(iy - iy.min(), ix - ix.min())]
+
+
+def _region_specimen(name: str, shape: tuple[int, int], rng: np.random.Generator,
+                     scale: float):
+    """The built-in specimen ``name`` as a callable ``(rows, cols) -> window``."""
+    if name == "nanocomposite":
+        return _Nanocomposite(rng, scale)
+    return _Lattice(shape, rng, scale, perfect=name == "lattice-perfect", tiled=True)
 
 
 def _drift(n_lines: int, rng: np.random.Generator, amplitude: float, jitter: float) -> np.ndarray:
@@ -281,31 +470,92 @@ def _to_specimen(scan: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return x + np.asarray(scan["origin"], dtype=float).reshape(2, *([1] * rows.ndim))
 
 
-def _scan_positions(scan: dict, shape: tuple[int, int]) -> np.ndarray:
-    """Specimen coordinates (2, H, W) sampled by a scan's pixel centres, drift included."""
+def _scan_positions(scan: dict, shape: tuple[int, int],
+                    region: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
+    """Specimen coordinates (2, h, w) sampled by a scan's pixel centres, drift included: the
+    scan's ``shape`` field, or its pixels ``region`` (rows, cols slices, steps allowed)."""
     dy, dx = np.asarray(scan["drift"])
-    rows = np.arange(shape[0], dtype=float)[:, None] + dy[:, None] + np.zeros((1, shape[1]))
-    cols = np.arange(shape[1], dtype=float)[None, :] + dx[:, None]
-    return _to_specimen(scan, rows, cols)
+    lines = np.arange(shape[0])[region[0]]
+    cols = np.arange(shape[1], dtype=float)[region[1]]
+    rows = lines.astype(float)[:, None] + dy[lines, None] + np.zeros((1, len(cols)))
+    return _to_specimen(scan, rows, cols[None, :] + dx[lines, None])
+
+
+def _gt_positions(lr_scan: dict, lr_shape: tuple[int, int], z: int, gt_drift: bool,
+                  region: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
+    """Specimen coordinates (2, ...) of the ×``z`` SR grid's pixel centres (``region``: SR pixel
+    slices), following the LR scan's drift if ``gt_drift``."""
+    gshape = sr_shape(lr_shape, z)
+    g_rows, g_cols = np.meshgrid(sr_to_lr(np.arange(gshape[0])[region[0]], z),
+                                 sr_to_lr(np.arange(gshape[1])[region[1]], z), indexing="ij")
+    if gt_drift:
+        dy, dx = np.asarray(lr_scan["drift"])
+        lines = np.arange(lr_shape[0], dtype=float)
+        g_rows, g_cols = g_rows + np.interp(g_rows, lines, dy), g_cols + np.interp(g_rows, lines,
+                                                                                    dx)
+    return _to_specimen(lr_scan, g_rows, g_cols)
 
 
 def _render(blurred: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return ndi.map_coordinates(blurred, coords, order=1, mode="nearest").astype(np.float32)
 
 
-def _blur(spec: np.ndarray, scan: dict) -> np.ndarray:
+def _blur_sigma(scan: dict) -> tuple[float, float]:
+    """A scan's probe blur (rows, cols) in specimen px."""
     sy, sx = scan["blur_sigma"]
-    return ndi.gaussian_filter(spec, (sy * scan["pitch"], sx * scan["pitch"]), truncate=3.0)
+    return sy * scan["pitch"], sx * scan["pitch"]
 
 
-def _detect(signal: np.ndarray, scan: dict, rng: np.random.Generator | None) -> np.ndarray:
-    """Detector: optional inversion, Poisson counts at ``dose`` per unit signal, read noise, gamma,
-    gain and offset."""
+def _blur(spec: np.ndarray, scan: dict) -> np.ndarray:
+    return ndi.gaussian_filter(spec, _blur_sigma(scan), truncate=3.0)
+
+
+def _render_window(source, views: list[tuple[dict, np.ndarray]]) -> list[np.ndarray]:
+    """Render each ``(scan, coords)`` of ``views`` (coords: specimen (2, ...)) through that scan's
+    probe from one window of ``source`` (a callable ``(rows, cols) -> window``) that holds them
+    all with the blur's halo: equal to :func:`_render` of the whole blurred specimen."""
+    halo = max(int(3.0 * s + 0.5) for scan, _ in views for s in _blur_sigma(scan)) + 2
+    lo = np.min([c.reshape(2, -1).min(1) for _, c in views], axis=0)
+    hi = np.max([c.reshape(2, -1).max(1) for _, c in views], axis=0)
+    start = np.floor(lo).astype(int) - halo
+    stop = np.ceil(hi).astype(int) + halo + 1
+    window = source((start[0], stop[0]), (start[1], stop[1]))
+    shift = start.astype(float).reshape(2, *([1] * (views[0][1].ndim - 1)))
+    return [_render(_blur(window, scan), coords - shift) for scan, coords in views]
+
+
+def _shot_noise(signal: np.ndarray, scan: dict, rng: np.random.Generator) -> np.ndarray:
+    """Poisson counts at ``dose`` per unit signal, plus Gaussian read noise."""
+    signal = rng.poisson(np.clip(signal, 0, None) * scan["dose"]) / scan["dose"]
+    return signal + scan["read_noise"] * rng.standard_normal(signal.shape)
+
+
+def _block_noise(key: int, stream: int, origin: tuple[int, int]):
+    """Shot noise for a scan region whose pixel (0, 0) is scan pixel ``origin`` (multiples of
+    :data:`NOISE_BLOCK`), drawn per block of :data:`NOISE_BLOCK` px from :func:`_seeded`
+    ``(key, stream, block)``: the same whatever the tiling. A ``noise`` for :func:`_detect`."""
+    b = NOISE_BLOCK
+    if origin[0] % b or origin[1] % b:
+        raise ValueError(f"tile origin {origin} is not on the {b}-px noise grid")
+
+    def noise(signal: np.ndarray, scan: dict) -> np.ndarray:
+        out = np.empty(signal.shape)
+        for i in range(0, signal.shape[0], b):
+            for j in range(0, signal.shape[1], b):
+                rng = _seeded(key, stream, (origin[0] + i) // b, (origin[1] + j) // b)
+                out[i:i + b, j:j + b] = _shot_noise(signal[i:i + b, j:j + b], scan, rng)
+        return out
+
+    return noise
+
+
+def _detect(signal: np.ndarray, scan: dict, noise=None) -> np.ndarray:
+    """Detector: optional inversion, ``noise(signal, scan)`` (e.g. :func:`_shot_noise` with a
+    generator; None: noise-free), gamma, gain and offset."""
     if scan.get("inverted", False):
         signal = 1.0 - np.clip(signal, 0.0, 1.0)
-    if rng is not None:
-        signal = rng.poisson(np.clip(signal, 0, None) * scan["dose"]) / scan["dose"]
-        signal = signal + scan["read_noise"] * rng.standard_normal(signal.shape)
+    if noise is not None:
+        signal = noise(signal, scan)
     signal = np.clip(signal, 0.0, None) ** scan["gamma"]
     return (scan["gain"] * signal + scan["offset"]).astype(np.float32)
 
@@ -465,26 +715,62 @@ def simulate_pair(
         interpolated between scan lines): the reference for a super-resolution of that very scan.
         Default: the drift-free geometry of the LR field.
     """
-    rng = np.random.default_rng(seed)
-    z = int(np.floor(zoom + 0.5))
+    keywords = {k: v for k, v in locals().items() if k != "specimen"}
+    plan = _plan(specimen, keywords, tiled=False)
+    spec, lr_scan, hr_scan, t = plan.specimen, plan.lr_scan, plan.hr_scan, plan.truth
+    lr_shape, hr_shape = tuple(t["lr_shape"]), tuple(t["hr_shape"])
+    noise = partial(_shot_noise, rng=plan.rng)
+    lr_blur = _blur(spec, lr_scan)
+    lr = _detect(_render(lr_blur, _scan_positions(lr_scan, lr_shape)), lr_scan, noise)
+    del lr_blur
+    hr_blur = _blur(spec, hr_scan)
+    hr = _detect(_render(hr_blur, _scan_positions(hr_scan, hr_shape)), hr_scan, noise)
+    # Ground truth on the SR grid of the LR field: HR probe and detector, no drift, no noise.
+    gt = _detect(_render(hr_blur, _gt_positions(lr_scan, lr_shape, plan.z, gt_drift)), hr_scan)
+    return SimulatedPair(lr=_to_u8(lr), hr=_to_u8(hr), gt=np.clip(gt, 0, 1), truth=t)
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class _Plan:
+    """A drawn acquisition: the specimen (an array, or a callable ``(rows, cols) -> window``),
+    both scans, the SR factor ``z`` and the truth; ``rng`` continues the seed's draws."""
+
+    specimen: object
+    lr_scan: dict
+    hr_scan: dict
+    z: int
+    truth: dict
+    rng: np.random.Generator
+
+
+def _layout(specimen, kw: dict, tiled: bool) -> dict:
+    """Field sizes (no draws): ``lr_shape``, ``hr_shape``, ``pad`` (specimen px the HR may reach
+    beyond the LR field), ``scale``, the specimen's ``shape``, ``name`` (built-in) or None, and
+    ``mirrored``: why a real specimen is mirrored (``tiled`` only; else refused), or None."""
+    zoom, hr_inside = kw["zoom"], kw["hr_inside"]
     if not zoom >= 1.5:
         raise ValueError(f"zoom must be at least 1.5 (an SR factor of 2 or more), got {zoom}")
     if hr_inside is not None and not 0.0 < hr_inside <= 1.0:
         raise ValueError(f"hr_inside must be in (0, 1], got {hr_inside}")
     builtin = specimen is None or isinstance(specimen, str)
+    scale = kw["scale"]
     if scale is None:
         scale = default_scale(None if builtin else np.shape(specimen), zoom)
-    rotation_bound = max_rotation_deg if rotation_deg is None else abs(rotation_deg)
-
-    hr_request = hr_shape
+    rotation_bound = (kw["max_rotation_deg"] if kw["rotation_deg"] is None
+                      else abs(kw["rotation_deg"]))
 
     def shapes(lr):
-        hr = (tuple(int(n) for n in hr_request) if hr_request
-              else _hr_from_fraction(lr, hr_fraction, zoom))
+        hr = (tuple(int(n) for n in kw["hr_shape"]) if kw["hr_shape"]
+              else _hr_from_fraction(lr, kw["hr_fraction"], zoom))
         if hr_inside is None and _fits(lr, hr, zoom, rotation_bound):
             return hr, 0.0
         return hr, _overhang_pad(lr, hr, zoom, scale, rotation_bound, hr_inside)
 
+    lr_shape, name, mirrored = kw["lr_shape"], None, None
     if builtin:
         name = specimen or "nanocomposite"
         if name not in BUILTIN:
@@ -493,49 +779,73 @@ def simulate_pair(
         lr_shape = tuple(lr_shape or (944, 1280))
         hr_shape, pad = shapes(lr_shape)
         spec_shape = tuple(int(np.ceil(n * scale + 2 * (MARGIN + pad))) for n in lr_shape)
-        spec = builtin_specimen(name, spec_shape, rng, scale)
-        source = f"built-in {name}"
     else:
-        spec = np.asarray(specimen, dtype=np.float32)
-        if spec.ndim != 2:
-            raise ValueError(f"specimen must be a 2-D image, got shape {spec.shape}")
-        fit = tuple(int((n - 2 * MARGIN) // scale) for n in spec.shape)
+        spec_shape = tuple(int(n) for n in np.shape(specimen))
+        if len(spec_shape) != 2:
+            raise ValueError(f"specimen must be a 2-D image, got shape {spec_shape}")
+        fit = tuple(int((n - 2 * MARGIN) // scale) for n in spec_shape)
         if lr_shape is None:
             lr_shape = fit
             hr_shape, pad = shapes(lr_shape)
             if pad:  # shrink the field so that the HR's overhang is on the specimen too
                 lr_shape = tuple(max(int((n - 2 * (MARGIN + pad)) // scale), 0)
-                                 for n in spec.shape)
+                                 for n in spec_shape)
                 hr_shape = shapes(lr_shape)[0]  # smaller than before: the pad still holds it
         else:
             hr_shape, pad = shapes(tuple(lr_shape))
-        room = tuple(int((n - 2 * (MARGIN + pad)) // scale) for n in spec.shape)
+        room = tuple(int((n - 2 * (MARGIN + pad)) // scale) for n in spec_shape)
         if lr_shape[0] > room[0] or lr_shape[1] > room[1] or min(lr_shape) < 32:
-            raise ValueError(
-                f"specimen of shape {spec.shape} covers at most an LR field of {room} at "
+            message = (
+                f"specimen of shape {spec_shape} covers at most an LR field of {room} at "
                 f"scale {scale}"
                 + (f" with {pad:.0f} px around it for the HR to lie partly outside" if pad
                    else "") + f"; asked for {tuple(lr_shape)}"
             )
-        source = "user specimen"
+            if min(lr_shape) < 32:
+                raise ValueError(message)
+            if not tiled:
+                raise ValueError(f"{message} (`pairsr simulate --format zarr` mirrors it beyond "
+                                 "its edges)")
+            mirrored = (f"{message}: mirrored beyond its edges (the field repeats every "
+                        f"{2 * spec_shape[0] / scale:.0f} x {2 * spec_shape[1] / scale:.0f} LR px)")
     lr_shape = (int(lr_shape[0]), int(lr_shape[1]))
     if min(hr_shape) < 16:
         raise ValueError(f"the HR image would be {hr_shape} px; raise hr_fraction or hr_shape")
+    return {"lr_shape": lr_shape, "hr_shape": hr_shape, "pad": pad, "scale": scale,
+            "shape": spec_shape, "name": name, "mirrored": mirrored}
 
-    true_zoom = zoom * (1.0 + rng.uniform(-zoom_error, zoom_error))
-    theta = float(rng.uniform(-max_rotation_deg, max_rotation_deg))
-    if rotation_deg is not None:
-        theta = float(rotation_deg)
+
+def _plan(specimen, kw: dict, tiled: bool) -> _Plan:
+    """Draw the specimen and both scans from ``kw["seed"]`` (:func:`simulate_pair`'s keywords);
+    ``tiled``: a specimen evaluable by region, mirrored (real) or procedural (built-in)."""
+    rng = np.random.default_rng(kw["seed"])
+    lay = _layout(specimen, kw, tiled)
+    if lay["mirrored"]:
+        warnings.warn(lay["mirrored"], stacklevel=3)
+    lr_shape, hr_shape, pad, scale = lay["lr_shape"], lay["hr_shape"], lay["pad"], lay["scale"]
+    zoom = kw["zoom"]
+    if lay["name"] is not None:
+        make = _region_specimen if tiled else builtin_specimen
+        spec = make(lay["name"], lay["shape"], rng, scale)
+        source = f"built-in {lay['name']}"
+    else:
+        spec = _ArraySource(specimen) if tiled else np.asarray(specimen, dtype=np.float32)
+        source = "user specimen"
+
+    true_zoom = zoom * (1.0 + rng.uniform(-kw["zoom_error"], kw["zoom_error"]))
+    theta = float(rng.uniform(-kw["max_rotation_deg"], kw["max_rotation_deg"]))
+    if kw["rotation_deg"] is not None:
+        theta = float(kw["rotation_deg"])
 
     lr_scan = _random_scan(rng, scale, 0.0, lr_shape[0])
     lr_origin = [MARGIN + pad, MARGIN + pad]
     lr_scan["origin"] = lr_origin
     hr_scan = _random_scan(rng, scale / true_zoom, theta, hr_shape[0])
-    for scan, dose, gamma, inverted in ((lr_scan, lr_dose, lr_gamma, lr_inverted),
-                                        (hr_scan, hr_dose, hr_gamma, hr_inverted)):
+    for scan, which in ((lr_scan, "lr"), (hr_scan, "hr")):
+        dose, gamma = kw[f"{which}_dose"], kw[f"{which}_gamma"]
         scan["dose"] = scan["dose"] if dose is None else float(dose)
         scan["gamma"] = scan["gamma"] if gamma is None else float(gamma)
-        scan["inverted"] = bool(inverted)
+        scan["inverted"] = bool(kw[f"{which}_inverted"])
     # Place the HR field anywhere its rotated footprint (plus drift room) fits inside the LR field.
     a_hr = hr_scan["pitch"] * _rotation(theta)
     corners = np.array([[0, 0], [0, hr_shape[1] - 1], [hr_shape[0] - 1, 0],
@@ -543,57 +853,39 @@ def simulate_pair(
     extent = corners @ a_hr.T  # specimen offsets of the corners from the HR origin
     lo = np.asarray(lr_origin) + ROOM * scale - extent.min(0)
     hi = np.asarray(lr_origin) + (np.array(lr_shape) - 1) * scale - ROOM * scale - extent.max(0)
-    if hr_inside is None and np.all(hi >= lo):
+    if kw["hr_inside"] is None and np.all(hi >= lo):
         hr_scan["origin"] = rng.uniform(lo, hi).tolist()
     else:
         hr_scan["origin"] = _place_partly_outside(a_hr, hr_shape, lr_origin, scale, lr_shape,
-                                                  hr_inside, rng)
-
-    lr_blur = _blur(spec, lr_scan)
-    lr = _detect(_render(lr_blur, _scan_positions(lr_scan, lr_shape)), lr_scan, rng)
-    hr_blur = _blur(spec, hr_scan)
-    hr = _detect(_render(hr_blur, _scan_positions(hr_scan, hr_shape)), hr_scan, rng)
-
-    # Ground truth on the SR grid of the LR field: HR probe and detector, no drift, no noise.
-    gshape = sr_shape(lr_shape, z)
-    g_rows, g_cols = np.meshgrid(
-        sr_to_lr(np.arange(gshape[0]), z), sr_to_lr(np.arange(gshape[1]), z), indexing="ij"
-    )
-    if gt_drift:
-        dy, dx = np.asarray(lr_scan["drift"])
-        lines = np.arange(lr_shape[0], dtype=float)
-        g_rows, g_cols = g_rows + np.interp(g_rows, lines, dy), g_cols + np.interp(g_rows, lines,
-                                                                                    dx)
-    gcoords = _to_specimen(lr_scan, g_rows, g_cols)
-    gt = _detect(_render(hr_blur, gcoords), hr_scan, None)
-
+                                                  kw["hr_inside"], rng)
     truth = {
-        "seed": seed,
+        "seed": kw["seed"],
         "specimen": source,
         "scale": scale,
         "lr_shape": list(lr_shape),
         "hr_shape": list(hr_shape),
         "nominal_zoom": zoom,
-        "lr_pixel_size_nm": scale * specimen_pixel_nm,
-        "hr_pixel_size_nm": scale * specimen_pixel_nm / true_zoom,
+        "lr_pixel_size_nm": scale * kw["specimen_pixel_nm"],
+        "hr_pixel_size_nm": scale * kw["specimen_pixel_nm"] / true_zoom,
         "lr_scan": lr_scan,
         "hr_scan": hr_scan,
     }
     truth.update(_affine_truth(truth))
     truth["hr_inside"] = _inside_fraction(hr_scan["origin"], a_hr, hr_shape, lr_origin, scale,
                                           lr_shape)
-    to_u8 = lambda x: np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)  # noqa: E731
-    return SimulatedPair(lr=to_u8(lr), hr=to_u8(hr), gt=np.clip(gt, 0, 1), truth=truth)
+    return _Plan(spec, lr_scan, hr_scan, int(np.floor(zoom + 0.5)), truth, rng)
 
 
-def true_lr_coords(truth: dict, hr_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Exact LR (row, col) coordinate of every HR pixel centre, both scans' drift included.
+def true_lr_coords(truth: dict, hr_shape: tuple[int, int] | None = None,
+                   region: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
+    """Exact LR (row, col) coordinate of every HR pixel centre (or of the HR pixels ``region``:
+    row and column slices, steps allowed), both scans' drift included.
 
     Returns float64 of shape (2, h, w).
     """
     hr_shape = tuple(hr_shape or truth["hr_shape"])
     lr_scan = truth["lr_scan"]
-    x = _scan_positions(truth["hr_scan"], hr_shape)
+    x = _scan_positions(truth["hr_scan"], hr_shape, region)
     a_inv = np.linalg.inv(lr_scan["pitch"] * _rotation(lr_scan["rotation_deg"]))
     nominal = np.tensordot(a_inv, x - np.asarray(lr_scan["origin"])[:, None, None], axes=1)
     dy, dx = np.asarray(lr_scan["drift"])
@@ -609,7 +901,7 @@ def _affine_truth(truth: dict) -> dict:
     """Least-squares affine fit ``lr = matrix @ hr + offset`` of the exact correspondence."""
     h, w = truth["hr_shape"]
     step = max(1, min(h, w) // 64)
-    sub = true_lr_coords(truth)[:, ::step, ::step]
+    sub = true_lr_coords(truth, region=(slice(None, None, step),) * 2)
     rows, cols = np.meshgrid(np.arange(0, h, step, dtype=float), np.arange(0, w, step, dtype=float),
                              indexing="ij")
     design = np.stack([rows.ravel(), cols.ravel(), np.ones(rows.size)], axis=1)
@@ -625,16 +917,31 @@ def _affine_truth(truth: dict) -> dict:
     }
 
 
-def save_pair(pair: SimulatedPair, outdir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``lr.tif``, ``hr.tif``, ``gt.tif`` (float32) and ``truth.json`` into ``outdir``."""
-    from pairsr.io import OutputExistsError, write_image
+#: What a simulation writes into its folder, per format.
+OUTPUTS = {"tiff": ("lr.tif", "hr.tif", "gt.tif", "truth.json"),
+           "zarr": ("lr.zarr", "hr.tif", "gt.zarr", "truth.json")}
 
-    outdir = Path(outdir)
-    names = ("lr.tif", "hr.tif", "gt.tif", "truth.json")
+
+def _claim_outputs(outdir: Path, overwrite: bool) -> None:
+    """Refuse a folder holding simulation outputs (of either format) unless ``overwrite``; then
+    remove them, so that no stale ``lr.*``/``gt.*`` of the other format stays beside the new."""
+    from pairsr.io import OutputExistsError, _claim
+
+    names = sorted({n for names in OUTPUTS.values() for n in names})
     existing = [n for n in names if (outdir / n).exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{outdir}: {', '.join(existing)} exist; pass overwrite=True")
+    for name in existing:
+        _claim(outdir / name, overwrite=True)
     outdir.mkdir(parents=True, exist_ok=True)
+
+
+def save_pair(pair: SimulatedPair, outdir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``lr.tif``, ``hr.tif``, ``gt.tif`` (float32) and ``truth.json`` into ``outdir``."""
+    from pairsr.io import write_image
+
+    outdir = Path(outdir)
+    _claim_outputs(outdir, overwrite)
     t = pair.truth
     write_image(outdir / "lr.tif", pair.lr, pixel_size_nm=t["lr_pixel_size_nm"], overwrite=True)
     write_image(outdir / "hr.tif", pair.hr, pixel_size_nm=t["hr_pixel_size_nm"], overwrite=True)
@@ -643,6 +950,118 @@ def save_pair(pair: SimulatedPair, outdir: str | Path, *, overwrite: bool = Fals
                 overwrite=True)
     (outdir / "truth.json").write_text(json.dumps(t, indent=1))
     return outdir
+
+
+def _keywords(specimen, keywords: dict) -> dict:
+    """:func:`simulate_pair`'s keywords, defaults filled in; a TypeError names an unknown one."""
+    bound = inspect.signature(simulate_pair).bind(specimen, **keywords)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "specimen"}
+
+
+def in_memory_bytes(specimen=None, **keywords) -> int:
+    """Bytes :func:`simulate_pair` holds at its peak for these arguments (estimated: 12 per
+    specimen pixel for the specimen and its blurs, 52 per SR-grid pixel for ``gt`` and its
+    coordinates). ``specimen`` may be lazy (only its shape is used)."""
+    kw = _keywords(specimen, keywords)
+    return _in_memory_bytes(_layout(specimen, kw, tiled=True), kw["zoom"])
+
+
+def _in_memory_bytes(layout: dict, zoom: float) -> int:
+    z = int(np.floor(zoom + 0.5))
+    return int(12 * np.prod(layout["shape"]) + 52 * z * z * np.prod(layout["lr_shape"]))
+
+
+def _tiles(shape: tuple[int, int], tile: int):
+    """Row and column slices of ``tile`` × ``tile`` tiles covering ``shape``, row by row."""
+    for r in range(0, shape[0], tile):
+        for c in range(0, shape[1], tile):
+            yield slice(r, min(r + tile, shape[0])), slice(c, min(c + tile, shape[1]))
+
+
+def write_simulation(
+    outdir: str | Path,
+    specimen=None,
+    *,
+    format: str = "auto",
+    chunk: int = 1024,
+    overwrite: bool = False,
+    progress=None,
+    **keywords,
+) -> tuple[dict, str]:
+    """Simulate a pair (:func:`simulate_pair`'s ``keywords``) and write it into ``outdir``.
+
+    ``format="tiff"``: :func:`simulate_pair` in memory and :func:`save_pair` (``lr.tif``,
+    ``hr.tif``, ``gt.tif``, ``truth.json``). ``"zarr"``: ``lr.zarr`` (uint8) and ``gt.zarr``
+    (float32, the SR grid's NGFF scale and translation) as OME-Zarr with ``chunk`` px chunks,
+    rendered tile by tile (``chunk`` LR px, a multiple of :data:`NOISE_BLOCK`) with the probe's
+    halo, so memory stays bounded whatever the field; ``hr.tif`` rendered the same way;
+    ``truth.json`` as for TIFF. ``"auto"``: zarr when :func:`in_memory_bytes` exceeds
+    :data:`MEMORY_BOUND` or a real specimen does not cover the field, else TIFF.
+
+    The zarr path draws the same geometry, scans and truth from the seed, but not the same
+    pixels as :func:`simulate_pair`: built-in specimens are procedural by region (the same
+    kind of specimen, another realisation), a real ``specimen`` (numpy, or a lazy DataArray
+    from :func:`pairsr.io.read_image`, read by window; integers scaled by their dtype) is
+    mirrored beyond its edges when the field needs more (with a warning), and the shot noise is
+    seeded per :data:`NOISE_BLOCK` block. For a real specimen the noise-free LR, HR and the
+    whole ``gt`` equal :func:`simulate_pair`'s; every output is the same at any ``chunk``.
+    ``progress(rows_done, rows)`` follows the LR rows. Returns (truth, format written).
+    Raises :class:`~pairsr.io.OutputExistsError` when outputs exist and not ``overwrite``.
+    """
+    from pairsr.io import create_ome_zarr, set_display_window, to_float32, write_image
+
+    if format not in ("auto", "tiff", "zarr"):
+        raise ValueError(f"format must be auto, tiff or zarr, got {format!r}")
+    if chunk < NOISE_BLOCK or chunk % NOISE_BLOCK:
+        raise ValueError(f"chunk must be a multiple of {NOISE_BLOCK} px, got {chunk}")
+    builtin = specimen is None or isinstance(specimen, str)
+    kw = _keywords(specimen, keywords)
+    if format == "auto":
+        lay = _layout(specimen, kw, tiled=True)
+        large = _in_memory_bytes(lay, kw["zoom"]) > MEMORY_BOUND
+        format = "zarr" if large or lay["mirrored"] else "tiff"
+    outdir = Path(outdir)
+    _claim_outputs(outdir, overwrite)
+    if format == "tiff":
+        pair = simulate_pair(specimen if builtin else to_float32(specimen), **kw)
+        save_pair(pair, outdir, overwrite=True)
+        return pair.truth, format
+
+    plan = _plan(specimen, kw, tiled=True)
+    t, lr_scan, hr_scan, z = plan.truth, plan.lr_scan, plan.hr_scan, plan.z
+    t["noise_block"] = NOISE_BLOCK
+    lr_shape, hr_shape = tuple(t["lr_shape"]), tuple(t["hr_shape"])
+    key = int(plan.rng.integers(2**63))
+    pixel = t["lr_pixel_size_nm"]
+    provenance = {"source": f"pairsr simulate, seed {kw['seed']}"}
+    lr_zarr = create_ome_zarr(outdir / "lr.zarr", lr_shape, np.uint8, chunks=chunk,
+                              pixel_size_nm=pixel, name="lr", attrs=provenance)
+    gt_zarr = create_ome_zarr(outdir / "gt.zarr", sr_shape(lr_shape, z), np.float32,
+                              chunks=chunk, pixel_size_nm=pixel / z,
+                              translation_nm=(-pixel * (z - 1) / (2 * z),) * 2, name="gt",
+                              attrs=provenance)
+    for rows, cols in _tiles(lr_shape, chunk):
+        sr = (slice(z * rows.start, z * rows.stop), slice(z * cols.start, z * cols.stop))
+        lr, gt = _render_window(plan.specimen, [
+            (lr_scan, _scan_positions(lr_scan, lr_shape, (rows, cols))),
+            (hr_scan, _gt_positions(lr_scan, lr_shape, z, kw["gt_drift"], sr))])
+        noise = _block_noise(key, 0, (rows.start, cols.start))
+        lr_zarr["0"][rows, cols] = _to_u8(_detect(lr, lr_scan, noise))
+        gt_zarr["0"][sr] = np.clip(_detect(gt, hr_scan), 0, 1)
+        if progress is not None and cols.stop == lr_shape[1]:
+            progress(rows.stop, lr_shape[0])
+    hr = np.empty(hr_shape, np.uint8)
+    for region in _tiles(hr_shape, chunk):
+        (signal,) = _render_window(plan.specimen,
+                                   [(hr_scan, _scan_positions(hr_scan, hr_shape, region))])
+        noise = _block_noise(key, 1, (region[0].start, region[1].start))
+        hr[region] = _to_u8(_detect(signal, hr_scan, noise))
+    for group in (lr_zarr, gt_zarr):
+        set_display_window(group)
+    write_image(outdir / "hr.tif", hr, pixel_size_nm=t["hr_pixel_size_nm"], overwrite=True)
+    (outdir / "truth.json").write_text(json.dumps(t, indent=1))
+    return t, format
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
