@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.library import Library
-from pairsr.patches import Scratch, axis_grid, on_lattice, overlap_average, threads
+from pairsr.patches import Scratch, axis_grid, on_lattice, overlap_average, threads, window_sums
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
 BLOCK = 2**23
@@ -76,8 +76,11 @@ _MIN_LOGIT = 40.0
 #: Reduced attention: the standard deviation (in logit units, where 1 changes a weight by a
 #: factor e) allowed for the term a category's principal basis drops from the logits.
 TOLERANCE = 0.03
-#: Reduced attention: the fraction of the HR values' variance their basis keeps.
-ENERGY = 0.999
+#: Reduced attention: the RMS error the values' basis may add to the estimates, as a fraction of
+#: the filter's own (leave-one-out) error on the category set's pairs.
+VALUE_TOLERANCE = 0.1
+#: Reduced attention: keys of a category set that judge its values' basis (:func:`_value_basis`).
+_LOO_QUERIES = 128
 #: Reduced filter: off the lattice, a patch whose standard deviation is below ``FLAT·σ`` (flat
 #: background at the scale of the weights) is not estimated.
 FLAT = 3.0
@@ -136,7 +139,7 @@ def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> 
     k_aug = np.vstack([projected.T * scale, -0.5 * scale * np.einsum("ij,ij->i", centred, centred),
                        np.full(len(keys), -0.5 * scale)])  # fmt: skip
     # The values in their own basis (their mean apart), where it pays.
-    v_mean, v_basis = (0.0, None) if exact else _basis(values, _energy_rank)
+    v_mean, v_basis = (0.0, None) if exact else _value_basis(centred, values, scale)
     if v_basis is not None and not pays(v_basis.shape[1]):
         v_mean, v_basis = 0.0, None
     v_rows = values if v_basis is None else (values - v_mean) @ v_basis
@@ -176,10 +179,38 @@ def _prepared(
     return prepare
 
 
-def _energy_rank(variances: np.ndarray) -> int:
-    """The fewest principal components that keep :data:`ENERGY` of the total variance."""
-    kept = np.cumsum(variances)
-    return int(np.searchsorted(kept, ENERGY * kept[-1])) + 1
+def _value_basis(keys: np.ndarray, values: np.ndarray, scale: float) -> tuple:
+    """Mean ``(D,)`` of a category set's ``values`` ``(N, D)`` and the ``(D, r)`` principal
+    directions the filter's estimates need, judged on the set itself (``keys`` ``(N, d)``).
+
+    Each of :data:`_LOO_QUERIES` (evenly spaced) keys is a query with itself left out:
+    ``r`` is the fewest directions for which the part of these weighted averages off the basis
+    has an RMS of at most :data:`VALUE_TOLERANCE` times the RMS error of the averages against
+    the queries' own values (the filter's own error on its library). A weighted average of many
+    values keeps less of their spread than one value does, so broad weights need fewer.
+    """
+    size = len(keys)
+    if size < 2:
+        return 0.0, None
+    rows = np.arange(0, size, -(-size // _LOO_QUERIES))
+    queries = keys[rows]
+    norms = np.einsum("ij,ij->i", keys, keys)
+    logits = (queries @ keys.T) * scale
+    logits -= 0.5 * scale * (norms[rows, None] + norms)
+    logits[np.arange(len(rows)), rows] = -np.inf  # leave the query out
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits, out=logits)
+    weights /= weights.sum(axis=1, keepdims=True)
+    mean = values.mean(axis=0)
+    centred = values - mean
+    vectors = np.linalg.eigh(centred.T @ centred)[1]
+    vectors = vectors[:, ::-1]
+    averages = weights @ centred
+    error = np.sqrt(np.mean((averages - centred[rows]) ** 2))
+    tail = np.cumsum(np.mean((averages @ vectors) ** 2, axis=0)[::-1])[::-1]
+    dropped = np.sqrt(np.append(tail, 0.0) / values.shape[1])  # dropped[r]: beyond r directions
+    rank = int(np.argmax(dropped <= VALUE_TOLERANCE * error))
+    return mean, np.ascontiguousarray(vectors[:, :rank])
 
 
 def _rank(variances: np.ndarray, scale: float) -> int:
@@ -390,11 +421,10 @@ def _filter(
         est[order] = done
         return est
 
-    def structured(q: np.ndarray) -> np.ndarray:
+    def structured(band: np.ndarray) -> np.ndarray:
         """Patches whose variance reaches ``flat²``: not flat background."""
-        q = q[:, 0]
-        mean = np.matmul(q, np.full(d, 1 / d, dtype=np.float32))
-        return np.einsum("ij,ij->i", q, q) / d - mean**2 >= flat**2
+        mean = window_sums(band[0], n) / d
+        return window_sums(band[0] * band[0], n) / d - mean * mean >= flat**2
 
     # Our threads share the cores, with numpy's BLAS single-threaded so they don't fight.
     with threadpool_limits(limits=1, user_api="blas"):
