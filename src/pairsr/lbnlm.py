@@ -17,8 +17,10 @@ gives the logits ``−s‖Q − P‖²/2 ≤ 0`` (no overflow), exponentiated in
 weights sum to less than e⁻²⁰ (no library patch near) is computed again with its logits shifted
 by their largest (softmax is shift-invariant; the best match then weighs 1, so no underflow to
 0/0) and those more than 40 below it raised to that (weights e⁻⁴⁰ change no float32 result).
-The weights (ordinary or subnormal floats or 0) times ``[P_hr, 1]`` give the weighted sums and
-the sums of weights. That is the exact path (``exact=True``), the paper's algorithm.
+Logits are raised to at least −87 first (no subnormal weights: those make the products many
+times slower, and change no result next to a sum of at least e⁻²⁰). The weights times
+``[P_hr, 1]`` give the weighted sums and the sums of weights. That is the exact path
+(``exact=True``), the paper's algorithm.
 
 The default reduces the arithmetic in two ways. (1) Reduced attention: a category set's keys
 are centred and projected on their first ``r`` principal directions ``B``, with ``r`` the
@@ -71,6 +73,10 @@ DEVICE_BLOCK = 2**28
 #: A query whose weights sum to less (all its logits below about −20) is computed again with
 #: its logits shifted by their largest, and those more than :data:`_MIN_LOGIT` below it raised.
 _FAR = math.exp(-20.0)
+#: Logits are raised to at least this, where exp is still a normal float32 (≈ 1.6e-38):
+#: products with subnormal floats are many times slower, and weights that small change nothing
+#: next to the e⁻²⁰ that a query's weights sum to at least (or it is computed again).
+_LOWEST = -87.0
 #: For such queries: weights below e⁻⁴⁰ (≈ 4e-18) of the largest count as e⁻⁴⁰.
 _MIN_LOGIT = 40.0
 #: Reduced attention: the standard deviation (in logit units, where 1 changes a weight by a
@@ -238,8 +244,9 @@ def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
         q_aug[:, :r] = x
         q_aug[:, r] = 1
         np.einsum("ij,ij->i", x, x, out=q_aug[:, r + 1])
-        # The logits, then (in place) their exponentials.
+        # The logits, then (in place) their exponentials (none subnormal).
         weights = np.matmul(q_aug, k_aug, out=scratch("weights", (len(q), k_aug.shape[1])))
+        np.maximum(weights, _LOWEST, out=weights)
         np.exp(weights, out=weights)
         # Weighted sums and, in the last column, the sums of weights.
         sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), dv + 1)))
