@@ -17,8 +17,8 @@ gives the logits ``−s‖Q − P‖²/2 ≤ 0`` (no overflow), exponentiated in
 weights sum to less than e⁻²⁰ (no library patch near) is computed again with its logits shifted
 by their largest (softmax is shift-invariant; the best match then weighs 1, so no underflow to
 0/0) and those more than 40 below it raised to that (weights e⁻⁴⁰ change no float32 result).
-Logits are raised to at least −87 first (no subnormal weights: those make the products many
-times slower, and change no result next to a sum of at least e⁻²⁰). The weights times
+Logits are raised to at least −60 first (no subnormal floats in the products, which they make
+many times slower; weights e⁻⁴⁰ below a sum of at least e⁻²⁰ change no result). The weights times
 ``[P_hr, 1]`` give the weighted sums and the sums of weights. That is the exact path
 (``exact=True``), the paper's algorithm.
 
@@ -73,18 +73,19 @@ DEVICE_BLOCK = 2**28
 #: A query whose weights sum to less (all its logits below about −20) is computed again with
 #: its logits shifted by their largest, and those more than :data:`_MIN_LOGIT` below it raised.
 _FAR = math.exp(-20.0)
-#: Logits are raised to at least this, where exp is still a normal float32 (≈ 1.6e-38):
-#: products with subnormal floats are many times slower, and weights that small change nothing
-#: next to the e⁻²⁰ that a query's weights sum to at least (or it is computed again).
-_LOWEST = -87.0
+#: Logits are raised to at least this (weights ≈ 9e-27): products with subnormal floats (below
+#: 1.2e-38, as weights or as their products with small values) are many times slower, and
+#: weights e⁻⁴⁰ below the e⁻²⁰ that a query's weights sum to at least (else it is computed
+#: again) change no float32 result.
+_LOWEST = -60.0
 #: For such queries: weights below e⁻⁴⁰ (≈ 4e-18) of the largest count as e⁻⁴⁰.
 _MIN_LOGIT = 40.0
 #: Reduced attention: the standard deviation (in logit units, where 1 changes a weight by a
 #: factor e) allowed for the term a category's principal basis drops from the logits.
-TOLERANCE = 0.03
+TOLERANCE = 0.05
 #: Reduced attention: the RMS error the values' basis may add to the estimates, as a fraction of
 #: the filter's own (leave-one-out) error on the category set's pairs.
-VALUE_TOLERANCE = 0.1
+VALUE_TOLERANCE = 0.15
 #: Reduced attention: keys of a category set that judge its values' basis (:func:`_value_basis`).
 _LOO_QUERIES = 128
 #: Reduced filter: off the lattice, a patch whose standard deviation is below ``FLAT·σ`` (flat
