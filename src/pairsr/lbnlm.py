@@ -82,10 +82,10 @@ _LOWEST = -60.0
 _MIN_LOGIT = 40.0
 #: Reduced attention: the standard deviation (in logit units, where 1 changes a weight by a
 #: factor e) allowed for the term a category's principal basis drops from the logits.
-TOLERANCE = 0.05
+TOLERANCE = 0.03
 #: Reduced attention: the RMS error the values' basis may add to the estimates, as a fraction of
 #: the filter's own (leave-one-out) error on the category set's pairs.
-VALUE_TOLERANCE = 0.15
+VALUE_TOLERANCE = 0.1
 #: Reduced attention: keys of a category set that judge its values' basis (:func:`_value_basis`).
 _LOO_QUERIES = 128
 #: Reduced filter: off the lattice, a patch whose standard deviation is below ``FLAT·σ`` (flat
