@@ -9,5 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-$PY -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH=$PWD/src
+# This checkout's source first; never pip-installs (that would repoint an existing install).
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 PYTHONUNBUFFERED=1 $PY benchmarks/gpu_check.py "$@"

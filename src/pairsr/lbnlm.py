@@ -28,13 +28,18 @@ fewest for which the term dropped from a logit, ``s·q_⊥·k_⊥`` (the product
 key's residuals off ``B``), has a standard deviation of at most :data:`TOLERANCE` logit units
 for residuals of the keys' covariance; the logits are ``−s(‖(Q − μ)B − (P − μ)B‖² + ρ)/2`` with
 ``ρ`` the key's residual energy (``‖Q_⊥‖²`` is the same for all keys and cancels). The HR
-values are averaged in their own principal basis ``C`` (the fewest directions keeping
-:data:`ENERGY` of their variance) and mapped back, ``ν + (Σ w c)/(Σ w) Cᵀ``: the logits cost
+values are averaged in their own principal basis ``C`` and mapped back,
+``ν + (Σ w c)/(Σ w) Cᵀ``; ``C`` has the fewest directions for which, with the set's own keys as
+queries (each left out of its weights), the part of the weighted averages off ``C`` has an RMS
+of at most :data:`VALUE_TOLERANCE` times the averages' error against the queries' own values
+(broad weights average most of the values' spread away, so they need few). The logits cost
 ``r + 2`` instead of ``n² + 2`` products per key and the sums ``rank C + 1`` instead of
-``n² + 1``. A noisy category keeps many components, a smooth one few. (2) Flat background:
-every patch on the lattice of every ``lattice``-th row and column is estimated, the others
-only where their standard deviation reaches :data:`FLAT` ``·σ`` (flat at the scale of the
-weights, where neighbouring estimates agree); pixels average the estimates that cover them
+``n² + 1``. A noisy category keeps many components, a smooth one few. Both bases are computed
+once per category set, σ and library, and kept while the library lives (the tiles of an image
+share them). (2) Flat background: every patch on the lattice of every ``lattice``-th row and
+column is estimated, the others only where their standard deviation (from window sums of the
+image, :func:`pairsr.patches.window_sums`) reaches :data:`FLAT` ``·σ`` (flat at the scale of
+the weights, where neighbouring estimates agree); pixels average the estimates that cover them
 (:func:`pairsr.patches.overlap_average` with ``keep``). Both depend only on the library and
 on the patch itself, so tiles that start on the lattice agree with the whole image.
 
@@ -229,28 +234,40 @@ def _rank(variances: np.ndarray, scale: float) -> int:
     return int(np.argmax(np.append(scale * tail, 0.0) <= TOLERANCE))
 
 
+def _carve(buffer: np.ndarray, shapes: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
+    """Consecutive contiguous arrays of ``shapes`` in a flat ``buffer`` (large enough)."""
+    out, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(buffer[start : start + size].reshape(shape))
+        start += size
+    return out
+
+
 def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
     """Softmax attention of queries over the key/value rows of a set of categories, in numpy."""
     scratch = Scratch()
 
     def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
         shift, basis, k_aug, v_mean, v_basis, v_aug = prepare(combo)
-        r, dv = len(k_aug) - 2, v_aug.shape[1] - 1
-        x = scratch("projected", (len(q), r))  # contiguous, for BLAS
+        b, r, dv = len(q), len(k_aug) - 2, v_aug.shape[1] - 1
+        # One work buffer, carved into contiguous arrays (for BLAS): fewer calls per category.
+        shapes = ((b, r), (b, r + 2), (b, k_aug.shape[1]), (b, dv + 1), (b, dv))
+        work = scratch("attend", (sum(math.prod(shape) for shape in shapes),))
+        x, q_aug, weights, sums, mixed = _carve(work, shapes)
         if basis is None:
             np.subtract(q, shift, out=x)
         else:
             np.subtract(np.matmul(q, basis, out=x), shift, out=x)
-        q_aug = scratch("queries", (len(q), r + 2))
         q_aug[:, :r] = x
         q_aug[:, r] = 1
         np.einsum("ij,ij->i", x, x, out=q_aug[:, r + 1])
         # The logits, then (in place) their exponentials (none subnormal).
-        weights = np.matmul(q_aug, k_aug, out=scratch("weights", (len(q), k_aug.shape[1])))
+        np.matmul(q_aug, k_aug, out=weights)
         np.maximum(weights, _LOWEST, out=weights)
         np.exp(weights, out=weights)
         # Weighted sums and, in the last column, the sums of weights.
-        sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), dv + 1)))
+        np.matmul(weights, v_aug, out=sums)
         far = np.flatnonzero(sums[:, dv] < _FAR)
         if len(far):  # no library patch near: shift the logits so that the best weighs 1
             logits = q_aug[far] @ k_aug
@@ -260,7 +277,7 @@ def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
         if v_basis is None:
             np.divide(sums[:, :dv], sums[:, dv:], out=out)
         else:
-            mixed = np.divide(sums[:, :dv], sums[:, dv:], out=scratch("mixed", (len(q), dv)))
+            np.divide(sums[:, :dv], sums[:, dv:], out=mixed)
             np.add(np.matmul(mixed, v_basis.T, out=out), v_mean, out=out)
 
     return attend
