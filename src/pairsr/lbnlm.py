@@ -157,7 +157,7 @@ def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> 
     v_rows = values if v_basis is None else (values - v_mean) @ v_basis
     v_aug = np.hstack([v_rows, np.ones((len(values), 1))])
     shift = mean if basis is None else mean @ basis
-    return tuple(None if a is None else np.asarray(a, dtype=np.float32)
+    return tuple(None if a is None else np.array(a, dtype=np.float32, order="C")
                  for a in (shift, basis, k_aug, v_mean, v_basis, v_aug))  # fmt: skip
 
 
