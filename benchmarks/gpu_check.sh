@@ -5,7 +5,7 @@
 # GPU (fp32, AMP) and the CPU. Needs CUDA torch for GPU numbers; without a GPU it runs on the CPU.
 # Usage: benchmarks/gpu_check.sh [extra args for gpu_check.py, e.g. --epochs 20 --tiled]
 # CPU smoke test: benchmarks/gpu_check.sh --lbnlm-side 128 --models vdsr:vdsr-tiny --epochs 1 \
-#     --patience 1 --lr-shape 160x192 --cpu-crop 32
+#     --patience 1 --lr-shape 320x384 --cpu-crop 32
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
