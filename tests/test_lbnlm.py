@@ -169,6 +169,16 @@ def test_torch_path_matches_numpy(tiny, categories):
     )
 
 
+def test_torch_path_with_empty_bases(tiny):
+    """A large σ averages a whole category: bases of rank 0, which the device takes too."""
+    pytest.importorskip("torch")
+    lib, up = tiny
+    prepare = _prepared(lib.up, lib.hr, lib.labels, 1 / (lib.n**2 * 100.0**2), False)
+    assert prepare((0,))[4].shape == (lib.n**2, 0)
+    np.testing.assert_allclose(lbnlm_filter(up, lib, sigma=100.0, device="cpu"),
+                               lbnlm_filter(up, lib, sigma=100.0), atol=1e-5)  # fmt: skip
+
+
 def test_filter_errors(tiny):
     lib, up = tiny
     bad = {"sigma": 0.0, "categories": lib.k + 1, "stride": lib.n + 1, "block": 0, "workers": 0}

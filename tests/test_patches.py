@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from pairsr.patches import cpus, overlap_average, sample_windows, threads, valid_corners
+from pairsr.patches import (
+    cpus,
+    overlap_average,
+    sample_windows,
+    threads,
+    valid_corners,
+    window_sums,
+)
 from pairsr.sparse import FEATURE_REACH, scsr_channels
 
 
@@ -19,8 +26,8 @@ def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice
     up = np.random.default_rng(4).random((29, 31)).astype(np.float32)
     seen = []
 
-    def keep(p):
-        return p[:, 0].mean(axis=1) > 0.5
+    def keep(band):  # windows of mean above 1/2, by top-left corner
+        return window_sums(band[0], n) > 0.5 * n * n
 
     def estimate(p):
         seen.append(len(p))
@@ -28,8 +35,10 @@ def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice
 
     out = overlap_average(up, n, 1, lambda p: p[:, 0], step=40, keep=keep, lattice=lattice)
     np.testing.assert_allclose(out, up, atol=3e-6)
-    nothing = overlap_average(up, n, 1, lambda p: p[:, 0], keep=lambda p: np.zeros(len(p), bool),
-                              lattice=lattice)  # fmt: skip
+    def none(band):
+        return np.zeros((band.shape[1] - n + 1, band.shape[2] - n + 1), bool)
+
+    nothing = overlap_average(up, n, 1, lambda p: p[:, 0], keep=none, lattice=lattice)
     np.testing.assert_allclose(nothing, up, atol=3e-6)  # the lattice alone covers every pixel
     full = overlap_average(up, n, 1, estimate, keep=keep, lattice=lattice)
     assert 29 * 31 / lattice**2 < sum(seen) < 29 * 31  # the lattice and some of the others
@@ -40,6 +49,14 @@ def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice
                                atol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="keep needs stride 1"):
         overlap_average(up, n, 2, estimate, keep=keep)
+
+
+def test_window_sums_are_the_windows_sums_and_the_same_in_a_crop():
+    image = np.random.default_rng(3).random((20, 17)).astype(np.float32)
+    sums = window_sums(image, 4)
+    direct = [[image[i : i + 4, j : j + 4].sum() for j in range(14)] for i in range(17)]
+    np.testing.assert_allclose(sums, direct, rtol=1e-6)
+    np.testing.assert_array_equal(window_sums(image[3:15, 5:], 4), sums[3:12, 5:])  # bit for bit
 
 
 @pytest.mark.parametrize(("channels", "reach"), [(None, 0), (scsr_channels, FEATURE_REACH)])

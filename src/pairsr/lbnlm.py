@@ -17,8 +17,10 @@ gives the logits ``−s‖Q − P‖²/2 ≤ 0`` (no overflow), exponentiated in
 weights sum to less than e⁻²⁰ (no library patch near) is computed again with its logits shifted
 by their largest (softmax is shift-invariant; the best match then weighs 1, so no underflow to
 0/0) and those more than 40 below it raised to that (weights e⁻⁴⁰ change no float32 result).
-The weights (ordinary or subnormal floats or 0) times ``[P_hr, 1]`` give the weighted sums and
-the sums of weights. That is the exact path (``exact=True``), the paper's algorithm.
+Logits are raised to at least −60 first (no subnormal floats in the products, which they make
+many times slower; weights e⁻⁴⁰ below a sum of at least e⁻²⁰ change no result). The weights times
+``[P_hr, 1]`` give the weighted sums and the sums of weights. That is the exact path
+(``exact=True``), the paper's algorithm.
 
 The default reduces the arithmetic in two ways. (1) Reduced attention: a category set's keys
 are centred and projected on their first ``r`` principal directions ``B``, with ``r`` the
@@ -26,13 +28,18 @@ fewest for which the term dropped from a logit, ``s·q_⊥·k_⊥`` (the product
 key's residuals off ``B``), has a standard deviation of at most :data:`TOLERANCE` logit units
 for residuals of the keys' covariance; the logits are ``−s(‖(Q − μ)B − (P − μ)B‖² + ρ)/2`` with
 ``ρ`` the key's residual energy (``‖Q_⊥‖²`` is the same for all keys and cancels). The HR
-values are averaged in their own principal basis ``C`` (the fewest directions keeping
-:data:`ENERGY` of their variance) and mapped back, ``ν + (Σ w c)/(Σ w) Cᵀ``: the logits cost
+values are averaged in their own principal basis ``C`` and mapped back,
+``ν + (Σ w c)/(Σ w) Cᵀ``; ``C`` has the fewest directions for which, with the set's own keys as
+queries (each left out of its weights), the part of the weighted averages off ``C`` has an RMS
+of at most :data:`VALUE_TOLERANCE` times the averages' error against the queries' own values
+(broad weights average most of the values' spread away, so they need few). The logits cost
 ``r + 2`` instead of ``n² + 2`` products per key and the sums ``rank C + 1`` instead of
-``n² + 1``. A noisy category keeps many components, a smooth one few. (2) Flat background:
-every patch on the lattice of every ``lattice``-th row and column is estimated, the others
-only where their standard deviation reaches :data:`FLAT` ``·σ`` (flat at the scale of the
-weights, where neighbouring estimates agree); pixels average the estimates that cover them
+``n² + 1``. A noisy category keeps many components, a smooth one few. Both bases are computed
+once per category set, σ and library, and kept while the library lives (the tiles of an image
+share them). (2) Flat background: every patch on the lattice of every ``lattice``-th row and
+column is estimated, the others only where their standard deviation (from window sums of the
+image, :func:`pairsr.patches.window_sums`) reaches :data:`FLAT` ``·σ`` (flat at the scale of
+the weights, where neighbouring estimates agree); pixels average the estimates that cover them
 (:func:`pairsr.patches.overlap_average` with ``keep``). Both depend only on the library and
 on the patch itself, so tiles that start on the lattice agree with the whole image.
 
@@ -67,7 +74,15 @@ from threadpoolctl import threadpool_limits
 from pairsr.grid import BICUBIC_HALO, bicubic
 from pairsr.library import Library, sample_patches
 from pairsr.methods import ModelError, SRMethod, TrainingPairs
-from pairsr.patches import Scratch, axis_grid, check_grid, on_lattice, overlap_average, threads
+from pairsr.patches import (
+    Scratch,
+    axis_grid,
+    check_grid,
+    on_lattice,
+    overlap_average,
+    threads,
+    window_sums,
+)
 from pairsr.sigma import select_sigma
 
 #: Default bound on the float32 values one worker thread holds at once (32 MiB).
@@ -77,13 +92,21 @@ DEVICE_BLOCK = 2**28
 #: A query whose weights sum to less (all its logits below about −20) is computed again with
 #: its logits shifted by their largest, and those more than :data:`_MIN_LOGIT` below it raised.
 _FAR = math.exp(-20.0)
+#: Logits are raised to at least this (weights ≈ 9e-27): products with subnormal floats (below
+#: 1.2e-38, as weights or as their products with small values) are many times slower, and
+#: weights e⁻⁴⁰ below the e⁻²⁰ that a query's weights sum to at least (else it is computed
+#: again) change no float32 result.
+_LOWEST = -60.0
 #: For such queries: weights below e⁻⁴⁰ (≈ 4e-18) of the largest count as e⁻⁴⁰.
 _MIN_LOGIT = 40.0
 #: Reduced attention: the standard deviation (in logit units, where 1 changes a weight by a
 #: factor e) allowed for the term a category's principal basis drops from the logits.
 TOLERANCE = 0.03
-#: Reduced attention: the fraction of the HR values' variance their basis keeps.
-ENERGY = 0.999
+#: Reduced attention: the RMS error the values' basis may add to the estimates, as a fraction of
+#: the filter's own (leave-one-out) error on the category set's pairs.
+VALUE_TOLERANCE = 0.1
+#: Reduced attention: keys of a category set that judge its values' basis (:func:`_value_basis`).
+_LOO_QUERIES = 128
 #: Reduced filter: off the lattice, a patch whose standard deviation is below ``FLAT·σ`` (flat
 #: background at the scale of the weights) is not estimated.
 FLAT = 3.0
@@ -142,13 +165,13 @@ def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> 
     k_aug = np.vstack([projected.T * scale, -0.5 * scale * np.einsum("ij,ij->i", centred, centred),
                        np.full(len(keys), -0.5 * scale)])  # fmt: skip
     # The values in their own basis (their mean apart), where it pays.
-    v_mean, v_basis = (0.0, None) if exact else _basis(values, _energy_rank)
+    v_mean, v_basis = (0.0, None) if exact else _value_basis(centred, values, scale)
     if v_basis is not None and not pays(v_basis.shape[1]):
         v_mean, v_basis = 0.0, None
     v_rows = values if v_basis is None else (values - v_mean) @ v_basis
     v_aug = np.hstack([v_rows, np.ones((len(values), 1))])
     shift = mean if basis is None else mean @ basis
-    return tuple(None if a is None else np.asarray(a, dtype=np.float32)
+    return tuple(None if a is None else np.array(a, dtype=np.float32, order="C")
                  for a in (shift, basis, k_aug, v_mean, v_basis, v_aug))  # fmt: skip
 
 
@@ -182,10 +205,38 @@ def _prepared(
     return prepare
 
 
-def _energy_rank(variances: np.ndarray) -> int:
-    """The fewest principal components that keep :data:`ENERGY` of the total variance."""
-    kept = np.cumsum(variances)
-    return int(np.searchsorted(kept, ENERGY * kept[-1])) + 1
+def _value_basis(keys: np.ndarray, values: np.ndarray, scale: float) -> tuple:
+    """Mean ``(D,)`` of a category set's ``values`` ``(N, D)`` and the ``(D, r)`` principal
+    directions the filter's estimates need, judged on the set itself (``keys`` ``(N, d)``).
+
+    Each of :data:`_LOO_QUERIES` (evenly spaced) keys is a query with itself left out:
+    ``r`` is the fewest directions for which the part of these weighted averages off the basis
+    has an RMS of at most :data:`VALUE_TOLERANCE` times the RMS error of the averages against
+    the queries' own values (the filter's own error on its library). A weighted average of many
+    values keeps less of their spread than one value does, so broad weights need fewer.
+    """
+    size = len(keys)
+    if size < 2:
+        return 0.0, None
+    rows = np.arange(0, size, -(-size // _LOO_QUERIES))
+    queries = keys[rows]
+    norms = np.einsum("ij,ij->i", keys, keys)
+    logits = (queries @ keys.T) * scale
+    logits -= 0.5 * scale * (norms[rows, None] + norms)
+    logits[np.arange(len(rows)), rows] = -np.inf  # leave the query out
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits, out=logits)
+    weights /= weights.sum(axis=1, keepdims=True)
+    mean = values.mean(axis=0)
+    centred = values - mean
+    vectors = np.linalg.eigh(centred.T @ centred)[1]
+    vectors = vectors[:, ::-1]
+    averages = weights @ centred
+    error = np.sqrt(np.mean((averages - centred[rows]) ** 2))
+    tail = np.cumsum(np.mean((averages @ vectors) ** 2, axis=0)[::-1])[::-1]
+    dropped = np.sqrt(np.append(tail, 0.0) / values.shape[1])  # dropped[r]: beyond r directions
+    rank = int(np.argmax(dropped <= VALUE_TOLERANCE * error))
+    return mean, np.ascontiguousarray(vectors[:, :rank])
 
 
 def _rank(variances: np.ndarray, scale: float) -> int:
@@ -197,27 +248,40 @@ def _rank(variances: np.ndarray, scale: float) -> int:
     return int(np.argmax(np.append(scale * tail, 0.0) <= TOLERANCE))
 
 
+def _carve(buffer: np.ndarray, shapes: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
+    """Consecutive contiguous arrays of ``shapes`` in a flat ``buffer`` (large enough)."""
+    out, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(buffer[start : start + size].reshape(shape))
+        start += size
+    return out
+
+
 def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
     """Softmax attention of queries over the key/value rows of a set of categories, in numpy."""
     scratch = Scratch()
 
     def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
         shift, basis, k_aug, v_mean, v_basis, v_aug = prepare(combo)
-        r, dv = len(k_aug) - 2, v_aug.shape[1] - 1
-        x = scratch("projected", (len(q), r))  # contiguous, for BLAS
+        b, r, dv = len(q), len(k_aug) - 2, v_aug.shape[1] - 1
+        # One work buffer, carved into contiguous arrays (for BLAS): fewer calls per category.
+        shapes = ((b, r), (b, r + 2), (b, k_aug.shape[1]), (b, dv + 1), (b, dv))
+        work = scratch("attend", (sum(math.prod(shape) for shape in shapes),))
+        x, q_aug, weights, sums, mixed = _carve(work, shapes)
         if basis is None:
             np.subtract(q, shift, out=x)
         else:
             np.subtract(np.matmul(q, basis, out=x), shift, out=x)
-        q_aug = scratch("queries", (len(q), r + 2))
         q_aug[:, :r] = x
         q_aug[:, r] = 1
         np.einsum("ij,ij->i", x, x, out=q_aug[:, r + 1])
-        # The logits, then (in place) their exponentials.
-        weights = np.matmul(q_aug, k_aug, out=scratch("weights", (len(q), k_aug.shape[1])))
+        # The logits, then (in place) their exponentials (none subnormal).
+        np.matmul(q_aug, k_aug, out=weights)
+        np.maximum(weights, _LOWEST, out=weights)
         np.exp(weights, out=weights)
         # Weighted sums and, in the last column, the sums of weights.
-        sums = np.matmul(weights, v_aug, out=scratch("sums", (len(q), dv + 1)))
+        np.matmul(weights, v_aug, out=sums)
         far = np.flatnonzero(sums[:, dv] < _FAR)
         if len(far):  # no library patch near: shift the logits so that the best weighs 1
             logits = q_aug[far] @ k_aug
@@ -227,7 +291,7 @@ def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
         if v_basis is None:
             np.divide(sums[:, :dv], sums[:, dv:], out=out)
         else:
-            mixed = np.divide(sums[:, :dv], sums[:, dv:], out=scratch("mixed", (len(q), dv)))
+            np.divide(sums[:, :dv], sums[:, dv:], out=mixed)
             np.add(np.matmul(mixed, v_basis.T, out=out), v_mean, out=out)
 
     return attend
@@ -396,11 +460,10 @@ def _filter(
         est[order] = done
         return est
 
-    def structured(q: np.ndarray) -> np.ndarray:
+    def structured(band: np.ndarray) -> np.ndarray:
         """Patches whose variance reaches ``flat²``: not flat background."""
-        q = q[:, 0]
-        mean = np.matmul(q, np.full(d, 1 / d, dtype=np.float32))
-        return np.einsum("ij,ij->i", q, q) / d - mean**2 >= flat**2
+        mean = window_sums(band[0], n) / d
+        return window_sums(band[0] * band[0], n) / d - mean * mean >= flat**2
 
     # Our threads share the cores, with numpy's BLAS single-threaded so they don't fight.
     with threadpool_limits(limits=1, user_api="blas"):

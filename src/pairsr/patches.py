@@ -24,7 +24,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 Estimate = Callable[[np.ndarray], np.ndarray]
 #: ``channels(padded)``: the ``(C, H, W)`` maps a window is read from (default ``padded[None]``).
 Channels = Callable[[np.ndarray], np.ndarray]
-#: ``keep(q)``: which windows ``q`` ``(M, C, n*n)`` off the lattice to estimate, bool ``(M,)``.
+#: ``keep(band)``: which windows of a band of the padded maps, ``(C, R + n - 1, W + n - 1)``, to
+#: estimate off the lattice: bool ``(R, W)``, the windows' top-left corners.
 Keep = Callable[[np.ndarray], np.ndarray]
 
 
@@ -173,6 +174,19 @@ def on_lattice(index: np.ndarray, count: int, lattice: int) -> np.ndarray:
     return (index % lattice == 0) | (index == count - 1)
 
 
+def window_sums(image: np.ndarray, n: int) -> np.ndarray:
+    """Sums of ``image`` (H, W) over every ``n × n`` window: ``(H - n + 1, W - n + 1)``, by
+    top-left corner. Every window's sum is the same sequence of additions wherever it lies
+    (no running sums), so a tile's windows agree bit for bit with the whole image's."""
+    rows = image[: len(image) - n + 1].copy()
+    for i in range(1, n):
+        rows += image[i : i + len(rows)]
+    out = rows[:, : rows.shape[1] - n + 1].copy()
+    for j in range(1, n):
+        out += rows[:, j : j + out.shape[1]]
+    return out
+
+
 def _box_sum(mask: np.ndarray, n: int) -> np.ndarray:
     """Sums of ``mask`` (R, C) over every ``n × n`` window that overlaps it: ``(R+n-1, C+n-1)``."""
     rows = np.zeros((mask.shape[0] + n - 1, mask.shape[1]), dtype=np.float32)
@@ -182,6 +196,13 @@ def _box_sum(mask: np.ndarray, n: int) -> np.ndarray:
     for j in range(n):
         out[:, j : j + mask.shape[1]] += rows
     return out
+
+
+def _transpose(src: np.ndarray, dst: np.ndarray, block: int = 256) -> None:
+    """``dst[...] = src.T`` for ``src`` ``(M, D)``, ``block`` rows at a time: each block's
+    strided writes stay in cache (about 3× faster than one strided copy for D = 81)."""
+    for start in range(0, len(src), block):
+        np.copyto(dst[:, start : start + block], src[start : start + block].T)
 
 
 def overlap_average(
@@ -231,24 +252,26 @@ def overlap_average(
     def band(r0: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The summed estimates of the patches of grid rows ``r0 .. r0+chunk`` (a band of
         ``padded`` from row ``r0·stride`` on) and, with ``keep``, how many cover each pixel."""
-        part = np.moveaxis(windows[:, r0 : r0 + chunk], 0, 2)
-        q = scratch("windows", part.shape)
-        np.copyto(q, part)
-        q = q.reshape(-1, len(stack), n * n)
-        est = scratch("transposed", (n * n, len(q)))
+        count = min(chunk, rows - r0)
+        est = scratch("transposed", (n * n, count * cols))
         counts = None
         if keep is None:
-            np.copyto(est, estimate(q).T)
+            part = np.moveaxis(windows[:, r0 : r0 + count], 0, 2)
+            q = scratch("windows", part.shape)
+            np.copyto(q, part)
+            _transpose(estimate(q.reshape(-1, len(stack), n * n)), est)
         else:
-            grid = on_lattice(np.arange(r0, r0 + part.shape[0]), rows, lattice)[:, None]
+            grid = on_lattice(np.arange(r0, r0 + count), rows, lattice)[:, None]
             grid = grid & on_lattice(np.arange(cols), cols, lattice)
-            chosen = grid.ravel() | keep(q)
-            full = scratch("estimates", (len(q), n * n))
-            full[~chosen] = 0
-            if chosen.any():
-                full[chosen] = estimate(q[chosen])
-            np.copyto(est, full.T)
-            counts = _box_sum(chosen.reshape(grid.shape).astype(np.float32), n)
+            chosen = grid | keep(stack[:, r0 : r0 + count + n - 1])
+            at_r, at_c = np.nonzero(chosen)
+            full = scratch("estimates", (count * cols, n * n))
+            full.fill(0)
+            if len(at_r):
+                picked = np.moveaxis(windows[:, r0 + at_r, at_c], 0, 1)
+                full[at_r * cols + at_c] = estimate(picked.reshape(len(at_r), len(stack), n * n))
+            _transpose(full, est)
+            counts = _box_sum(chosen.astype(np.float32), n)
         est = est.reshape(n, n, -1, cols)
         span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
         sums = np.zeros((span[0] + n - 1, padded.shape[1]), dtype=np.float32)
