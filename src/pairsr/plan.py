@@ -30,6 +30,7 @@ from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
 from pairsr.io import find_info_bar, to_float32
+from pairsr.region import window_sums
 
 #: Coarse cells the field is summarised on (the step grows with the field to keep to this).
 TARGET_CELLS = 2**18
@@ -146,13 +147,6 @@ def _descriptors(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats, weight
 
 
-def _box_counts(indicator: np.ndarray, bh: int, bw: int) -> np.ndarray:
-    """Sum of ``indicator`` (h, w) over every ``bh × bw`` window: (h - bh + 1, w - bw + 1)."""
-    s = np.zeros((indicator.shape[0] + 1, indicator.shape[1] + 1))
-    s[1:, 1:] = indicator.cumsum(0).cumsum(1)
-    return s[bh:, bw:] - s[:-bh, bw:] - s[bh:, :-bw] + s[:-bh, :-bw]
-
-
 def choose_step(shape: tuple[int, int], box: tuple[int, int]) -> int:
     """LR pixels per coarse cell: about :data:`TARGET_CELLS` cells over the field, at least 2,
     and at most a :data:`MIN_BOX_CELLS`-th of the box's shorter side."""
@@ -234,7 +228,7 @@ def plan_acquisition(
     for _ in range(count):
         gain = np.zeros((h - bh + 1, w - bw + 1))
         for c in np.flatnonzero(mass > 0):
-            n = _box_counts((labels == c) & ~covered, bh, bw)
+            n = window_sums((labels == c) & ~covered, (bh, bw))
             gain += mass[c] * (np.exp(-seen[c] / share[c]) - np.exp(-(seen[c] + n) / share[c]))
         i, j = np.unravel_index(np.argmax(gain), gain.shape)
         covered[i : i + bh, j : j + bw] = True

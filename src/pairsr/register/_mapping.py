@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pairsr.grid import interpolate, lr_to_sr, sr_shape, sr_to_lr
+from pairsr.grid import interpolate, lr_to_sr, sr_to_lr
+from pairsr.region import Region
 from pairsr.register._images import _as_image
 
 
@@ -183,27 +184,36 @@ class Registration:
 
 
 def warp_hr_to_sr(hr, reg: Registration, lr_shape: tuple[int, int] | None = None,
-                  zoom: int = 2, local: bool = True) -> np.ndarray:
-    """Resample the HR image onto the ×``zoom`` SR grid of the LR field (the training target).
+                  zoom: int = 2, local: bool = True, region: Region | None = None) -> np.ndarray:
+    """Resample the HR image onto the ×``zoom`` SR grid of the LR field (the training target),
+    or of its ``region`` only (LR px; default the whole field of ``lr_shape``).
 
     SR pixel ``p`` has LR coordinate ``(p + 0.5)/zoom − 0.5`` (:func:`pairsr.grid.sr_to_lr`); its
     value is the HR image's bicubic (:func:`pairsr.grid.interpolate`) at ``reg.lr_to_hr`` of it.
-    Returns float32 (zoom·H, zoom·W), NaN outside the HR footprint.
+    Returns float32 ``region.sr(zoom).shape`` ((zoom·H, zoom·W) for the whole field), NaN outside
+    the HR footprint.
     """
     hr = _as_image(hr, "hr")
     if hr.shape != reg.hr_shape:
         raise ValueError(f"hr has shape {hr.shape}, the registration was made for {reg.hr_shape}")
-    lr_shape = tuple(reg.lr_shape if lr_shape is None else lr_shape)
-    out = np.full(sr_shape(lr_shape, zoom), np.nan, dtype=np.float32)
+    if region is None:
+        region = Region.of(reg.lr_shape if lr_shape is None else lr_shape)
+    grid = region.sr(zoom)
+    out = np.full(grid.shape, np.nan, dtype=np.float32)
     # SR bounding box of the footprint, widened by the local field and a pixel.
-    margin = zoom * (1 + (np.abs(reg.disp).max() / reg.zoom if reg.disp is not None else 0))
-    corners = lr_to_sr(reg.footprint, zoom)
-    lo = np.clip(np.floor(corners.min(0) - margin).astype(int), 0, out.shape)
-    hi = np.clip(np.ceil(corners.max(0) + margin).astype(int) + 1, 0, out.shape)
-    if np.any(hi <= lo):
+    box = footprint_region(reg, zoom).intersect(grid)
+    if box.empty:
         return out
-    p = np.mgrid[lo[0] : hi[0], lo[1] : hi[1]].astype(float)
+    p = np.mgrid[box.slices].astype(float)
     x = reg.lr_to_hr(sr_to_lr(p, zoom), local=local)
     inside = np.all((x >= -0.5) & (x <= np.array(hr.shape).reshape(2, 1, 1) - 0.5), axis=0)
-    out[lo[0] : hi[0], lo[1] : hi[1]] = np.where(inside, interpolate(hr, x), np.nan)
+    box.relative_to(grid).crop(out)[...] = np.where(inside, interpolate(hr, x), np.nan)
     return out
+
+
+def footprint_region(reg: Registration, zoom: int = 1) -> Region:
+    """Pixels of the ×``zoom`` SR grid (``zoom=1``: the LR grid) that the HR scan may reach: the
+    box around its footprint, widened by the local field's largest displacement and a pixel
+    (not clipped to the field)."""
+    margin = zoom * (1 + (np.abs(reg.disp).max() / reg.zoom if reg.disp is not None else 0))
+    return Region.covering(lr_to_sr(reg.footprint, zoom), margin)
