@@ -71,7 +71,7 @@ def setup(builtin: int, real: bool, cache: Path | None) -> list[tuple[EvalPair, 
             model = load_model(folder)
         else:
             start = time.perf_counter()
-            model = fit([training_part(ep, ZOOM)], "lbnlm")
+            model = fit([training_part(ep)], "lbnlm")
             print(f"{ep.name}: fitted in {time.perf_counter() - start:.1f} s", flush=True)
             if folder:
                 save_model(model, folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pairsr.grid import interpolate, lr_to_sr, sr_to_lr
+from pairsr.grid import interpolate, lr_to_sr, spline_coefficients, sr_to_lr
 from pairsr.region import Region
 from pairsr.register._images import _as_image
 
@@ -183,6 +183,10 @@ class Registration:
         return cls(**kwargs)
 
 
+#: SR pixels :func:`warp_hr_to_sr` maps at once (its float64 temporaries: ~16 bytes each, a few).
+WARP_BAND = 2**20
+
+
 def warp_hr_to_sr(hr, reg: Registration, lr_shape: tuple[int, int] | None = None,
                   zoom: int = 2, local: bool = True, region: Region | None = None) -> np.ndarray:
     """Resample the HR image onto the ×``zoom`` SR grid of the LR field (the training target),
@@ -191,7 +195,7 @@ def warp_hr_to_sr(hr, reg: Registration, lr_shape: tuple[int, int] | None = None
     SR pixel ``p`` has LR coordinate ``(p + 0.5)/zoom − 0.5`` (:func:`pairsr.grid.sr_to_lr`); its
     value is the HR image's bicubic (:func:`pairsr.grid.interpolate`) at ``reg.lr_to_hr`` of it.
     Returns float32 ``region.sr(zoom).shape`` ((zoom·H, zoom·W) for the whole field), NaN outside
-    the HR footprint.
+    the HR footprint. Computed in row bands of about :data:`WARP_BAND` pixels (bounded memory).
     """
     hr = _as_image(hr, "hr")
     if hr.shape != reg.hr_shape:
@@ -202,12 +206,15 @@ def warp_hr_to_sr(hr, reg: Registration, lr_shape: tuple[int, int] | None = None
     out = np.full(grid.shape, np.nan, dtype=np.float32)
     # SR bounding box of the footprint, widened by the local field and a pixel.
     box = footprint_region(reg, zoom).intersect(grid)
-    if box.empty:
-        return out
-    p = np.mgrid[box.slices].astype(float)
-    x = reg.lr_to_hr(sr_to_lr(p, zoom), local=local)
-    inside = np.all((x >= -0.5) & (x <= np.array(hr.shape).reshape(2, 1, 1) - 0.5), axis=0)
-    box.relative_to(grid).crop(out)[...] = np.where(inside, interpolate(hr, x), np.nan)
+    rows = max(1, WARP_BAND // max(box.cols, 1))  # bands of about WARP_BAND SR px
+    coefficients = spline_coefficients(hr) if not box.empty else None
+    for r in range(box.row, box.stop[0], rows):
+        band = Region(r, box.col, min(rows, box.stop[0] - r), box.cols)
+        p = np.mgrid[band.slices].astype(float)
+        x = reg.lr_to_hr(sr_to_lr(p, zoom), local=local)
+        inside = np.all((x >= -0.5) & (x <= np.array(hr.shape).reshape(2, 1, 1) - 0.5), axis=0)
+        values = interpolate(coefficients, x, prefiltered=True)
+        band.relative_to(grid).crop(out)[...] = np.where(inside, values, np.nan)
     return out
 
 
