@@ -1,6 +1,6 @@
 """Python API: numpy or xarray in, xarray out.
 
->>> pair = prepare_pair(lr, hr)                 # register; HR resampled onto the LR's SR grid
+>>> pair = prepare_pair(lr, hr)                 # register; LR window, HR on its SR grid
 >>> model = fit([pair], method="lbnlm")         # learn LR→HR from the overlap
 >>> sr = super_resolve(model, lr)               # xarray.DataArray on the SR grid, in nm
 """
@@ -225,17 +225,20 @@ def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *
 
 
 def _same_field(a: TrainingPair, b: TrainingPair) -> bool:
-    """Whether two pairs were cut from one LR field: the same source (object, or file and crop
-    of a DataArray), or, without sources, equal LR arrays."""
+    """Whether two pairs were cut from one LR field: the same source object, the same file and
+    crop (DataArrays from :func:`pairsr.io.read_image`), or equal numpy fields."""
     if a.field_shape != b.field_shape or a.zoom != b.zoom:
         return False
-    if a.source is not None or b.source is not None:
-        if a.source is b.source:
-            return True
-        attrs = [getattr(p.source, "attrs", {}) for p in (a, b)]
-        keys = [(t.get("source"), tuple(t.get("origin_px", ())), t.get("info_bar")) for t in attrs]
-        return keys[0][0] is not None and keys[0] == keys[1]
-    return a.lr is b.lr or (a.lr.shape == b.lr.shape and np.array_equal(a.lr, b.lr))
+    if a.source is not None and a.source is b.source:
+        return True
+    attrs = [getattr(p.source, "attrs", {}) for p in (a, b)]
+    keys = [(t.get("source"), tuple(t.get("origin_px", ())), t.get("info_bar")) for t in attrs]
+    if keys[0][0] is not None or keys[1][0] is not None:
+        return keys[0] == keys[1]
+    fields = [p.lr if p.source is None else p.source for p in (a, b)]
+    if not all(isinstance(f, np.ndarray) for f in fields):
+        return False  # lazy arrays of no known file: not compared pixel by pixel
+    return fields[0] is fields[1] or np.array_equal(fields[0], fields[1])
 
 
 def merge_fields(pairs: Sequence[TrainingPair]) -> list[TrainingPair]:
