@@ -61,13 +61,19 @@ class Specimen:
         self.variants = [np.rot90(tile, k) for k in range(4)]
         self.variants += [v[:, ::-1] for v in self.variants]
 
+    @staticmethod
+    def variant(i: int, j: int) -> int:
+        """The flip/rotation (0-7) of cell ``(i, j)``: a hash of the cell (no period)."""
+        seed = np.random.SeedSequence([i % 2**32, j % 2**32, 14])
+        return int(seed.generate_state(1)[0] % 8)
+
     def block(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """Specimen pixels ``[y0, y0+h) × [x0, x0+w)`` (any integers, negative too)."""
         out = np.empty((h, w), np.float32)
         n = self.side
         for i in range(y0 // n, (y0 + h - 1) // n + 1):
             for j in range(x0 // n, (x0 + w - 1) // n + 1):
-                tile = self.variants[((i * 73856093) ^ (j * 19349663)) % 8]
+                tile = self.variants[self.variant(i, j)]
                 r0, r1 = max(y0, i * n), min(y0 + h, (i + 1) * n)
                 c0, c1 = max(x0, j * n), min(x0 + w, (j + 1) * n)
                 out[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = tile[r0 - i * n : r1 - i * n,
