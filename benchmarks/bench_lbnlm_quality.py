@@ -24,6 +24,7 @@ from pairsr.api import fit
 from pairsr.evaluate import GRID, EvalPair, is_train, overlap_box, subimages, training_part
 from pairsr.methods import Bicubic, SRMethod, load_model, save_model
 from pairsr.metrics import score
+from pairsr.region import Region, predict_region
 
 ZOOM = 2
 
@@ -34,21 +35,17 @@ def held_out(model: SRMethod, ep: EvalPair) -> tuple[list[float], float]:
     The held-out sub-images form one column: it is super-resolved at once, with the model's
     full context around it, as :func:`pairsr.evaluate.evaluate_model` does for the whole box.
     """
-    boxes = [b for i, b in enumerate(ep.boxes) if not is_train(i)]
-    y0, y1, x0, x1 = boxes[0][0], boxes[-1][1], boxes[0][2], boxes[0][3]
-    lr, m = ep.pair.lr, model.halo
-    cy0, cx0 = max(y0 - m, 0), max(x0 - m, 0)
-    crop = lr[cy0 : y1 + m, cx0 : x1 + m]
+    boxes = [Region.from_bounds((y0, x0), (y1, x1))
+             for i, (y0, y1, x0, x1) in enumerate(ep.boxes) if not is_train(i)]
+    column = Region.bounding(boxes)
     start = time.perf_counter()
-    sr = model.predict(crop)
+    sr = predict_region(model.predict, ep.pair.lr, column, model.halo, ZOOM)
     seconds = time.perf_counter() - start
-    bic = Bicubic(zoom=ZOOM).predict(crop)
+    bic = predict_region(Bicubic(zoom=ZOOM).predict, ep.pair.lr, column, model.halo, ZOOM)
     scores = []
-    for by0, by1, bx0, bx1 in boxes:
-        rows, cols = slice(by0 * ZOOM, by1 * ZOOM), slice(bx0 * ZOOM, bx1 * ZOOM)
-        own = np.s_[rows.start - cy0 * ZOOM : rows.stop - cy0 * ZOOM,
-                    cols.start - cx0 * ZOOM : cols.stop - cx0 * ZOOM]  # fmt: skip
-        ref = ep.pair.hr[rows, cols]
+    for box in boxes:
+        own = box.relative_to(column).sr(ZOOM).slices
+        ref = box.sr(ZOOM).crop(ep.pair.hr)
         scores.append(score(np.clip(sr[own], 0, 1), np.clip(bic[own], 0, 1), ref)["dpsnr"])
     return scores, seconds
 

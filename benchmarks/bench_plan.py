@@ -89,7 +89,7 @@ def make_field(layout, real, lr_shape, seed):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pair = prepare_pair(lr, hr)
+            pair = prepare_pair(lr, hr, margin=max(lr.shape))  # the whole field's SR grid
     except RegistrationError:
         t = sim.truth
         reg = Registration(np.array(t["matrix"]), np.array(t["offset"]), lr.shape, hr.shape)

@@ -209,7 +209,7 @@ def main() -> None:
             "args": " ".join(sys.argv[1:]), "seconds": time.perf_counter() - t0,
             "machine": f"{platform.machine()} ({platform.processor() or 'CPU'}, "
                        f"{os.cpu_count()} CPUs)",
-            "methods": methods, "pairs": {p.name: p.pair.lr.shape for p in pairs},
+            "methods": methods, "pairs": {p.name: p.pair.field_shape for p in pairs},
         }  # fmt: skip
         args.out.mkdir(parents=True, exist_ok=True)
         write_report(rows, data, overwrite=True)

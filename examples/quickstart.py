@@ -13,7 +13,7 @@ from pairsr.metrics import psnr
 from pairsr.simulate import simulate_pair
 
 sim = simulate_pair(seed=0, lr_shape=(472, 640))  # two independent scans of one specimen
-pair = prepare_pair(sim.lr, sim.hr)  # registration + HR resampled onto the LR's SR grid
+pair = prepare_pair(sim.lr, sim.hr)  # registration; LR window around the HR, HR on its SR grid
 r = pair.registration
 print(f"zoom {r.zoom:.4f} (truth {sim.truth['zoom']:.4f}), "
       f"rotation {r.rotation_deg:+.3f}° (truth {sim.truth['rotation_deg']:+.3f}°)")

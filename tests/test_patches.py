@@ -3,11 +3,11 @@ import pytest
 
 from pairsr.patches import (
     cpus,
+    ordered_window_sums,
     overlap_average,
     sample_windows,
     threads,
     valid_corners,
-    window_sums,
 )
 from pairsr.sparse import FEATURE_REACH, scsr_channels
 
@@ -27,7 +27,7 @@ def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice
     seen = []
 
     def keep(band):  # windows of mean above 1/2, by top-left corner
-        return window_sums(band[0], n) > 0.5 * n * n
+        return ordered_window_sums(band[0], n) > 0.5 * n * n
 
     def estimate(p):
         seen.append(len(p))
@@ -53,10 +53,11 @@ def test_overlap_average_of_kept_patches_is_the_image_and_tiles_agree(n, lattice
 
 def test_window_sums_are_the_windows_sums_and_the_same_in_a_crop():
     image = np.random.default_rng(3).random((20, 17)).astype(np.float32)
-    sums = window_sums(image, 4)
+    sums = ordered_window_sums(image, 4)
     direct = [[image[i : i + 4, j : j + 4].sum() for j in range(14)] for i in range(17)]
     np.testing.assert_allclose(sums, direct, rtol=1e-6)
-    np.testing.assert_array_equal(window_sums(image[3:15, 5:], 4), sums[3:12, 5:])  # bit for bit
+    # bit for bit in a crop:
+    np.testing.assert_array_equal(ordered_window_sums(image[3:15, 5:], 4), sums[3:12, 5:])
 
 
 @pytest.mark.parametrize(("channels", "reach"), [(None, 0), (scsr_channels, FEATURE_REACH)])

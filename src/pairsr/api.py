@@ -1,49 +1,99 @@
 """Python API: numpy or xarray in, xarray out.
 
->>> pair = prepare_pair(lr, hr)                 # register; HR resampled onto the LR's SR grid
+>>> pair = prepare_pair(lr, hr)                 # register; LR window, HR on its SR grid
 >>> model = fit([pair], method="lbnlm")         # learn LR→HR from the overlap
 >>> sr = super_resolve(model, lr)               # xarray.DataArray on the SR grid, in nm
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from pairsr.grid import sr_shape, sr_to_lr
+from pairsr.grid import BICUBIC_HALO, sr_shape
 from pairsr.io import from_float32, image_dataarray, to_float32
 from pairsr.methods import SRMethod, load_model, method_class, save_model
+from pairsr.region import Region, sr_translation
 
 #: A pixel-size ratio within this relative distance of an integer is that integer's zoom.
 ZOOM_SNAP = 0.05
 #: A given zoom further than this (relative) from the files' pixel-size ratio contradicts them.
 ZOOM_CONFLICT = 0.1
+#: SR pixels of context a training pair keeps around the HR footprint, besides the bicubic's
+#: (:func:`pair_margin`): a fixed extent at the HR's scale, whatever the zoom.
+PAIR_CONTEXT_SR = 256
 
 
 @dataclass
 class TrainingPair:
-    """A registered pair: ``lr`` float32 (H, W); ``hr`` float32 (zoom*H, zoom*W) on the SR grid
-    of ``lr``, NaN where the HR scan does not reach; ``registration`` as found."""
+    """A registered pair, cropped to the overlap.
+
+    ``lr``: float32 (h, w), the LR window around the HR footprint plus the methods' context
+    (:func:`pair_margin`), at ``region`` (LR px) of the LR field; ``hr``: float32 (zoom·h,
+    zoom·w), the HR on the SR grid of that window, NaN where the HR scan does not reach;
+    ``registration`` as found (in the field's coordinates). ``source``: the field ``lr`` was cut
+    from (an array or a DataArray, lazy for zarr; read by :meth:`read`), or None when ``lr`` is
+    the whole field (``region`` then defaults to all of it).
+    """
 
     lr: np.ndarray
     hr: np.ndarray
     registration: object  # pairsr.register.Registration
+    region: Region | None = None
+    source: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         zoom = self.hr.shape[0] // max(self.lr.shape[0], 1)
         if self.lr.ndim != 2 or zoom < 1 or self.hr.shape != sr_shape(self.lr.shape, zoom):
             raise ValueError(f"hr of shape {self.hr.shape} is not on an integer SR grid of the "
                              f"lr of shape {self.lr.shape}")
+        if self.region is None:
+            self.region = Region.of(self.lr.shape)
+        if self.region.shape != self.lr.shape:
+            raise ValueError(f"region {self.region} does not have the lr's shape {self.lr.shape}")
 
     @property
     def zoom(self) -> int:
         """The SR grid's integer factor (``hr.shape == zoom * lr.shape``)."""
         return self.hr.shape[0] // self.lr.shape[0]
+
+    @property
+    def field_shape(self) -> tuple[int, int]:
+        """Shape (H, W) of the whole LR field."""
+        return tuple(self.source.shape) if self.source is not None else self.region.stop
+
+    def read(self, region: Region | None = None) -> np.ndarray:
+        """float32 LR pixels of ``region`` of the field (default: all of it), from ``source``
+        (only that region is read) or from ``lr``."""
+        region = Region.of(self.field_shape) if region is None else region
+        if self.source is not None:
+            return _read(self.source, region)
+        if region.intersect(self.region) != region:
+            raise ValueError(f"{region} is outside the pair's window {self.region} and the pair "
+                             "keeps no source to read it from")
+        return region.relative_to(self.region).crop(self.lr)
+
+
+def _read(image: np.ndarray | xr.DataArray, region: Region) -> np.ndarray:
+    """float32 pixels of ``region`` of ``image`` (a lazy DataArray computes that region only)."""
+    data = image.data if isinstance(image, xr.DataArray) else image
+    return to_float32(np.asarray(region.crop(data)))
+
+
+def pair_margin(zoom: int) -> int:
+    """LR pixels of context a training pair keeps around the HR footprint at ×``zoom``:
+    :data:`pairsr.grid.BICUBIC_HALO` plus :data:`PAIR_CONTEXT_SR` SR pixels (76 LR px at ×4,
+    140 at ×2). It covers the halo of every patch method (LB-NLM, ScSR, SRSW) and of VDSR, EDSR
+    and the CPU presets at any zoom, so that training (bicubic of the window) and evaluation
+    (predictions with the model's context) see the same pixels as on the whole field; RCAN's
+    nominal receptive field (global channel attention) is larger."""
+    return BICUBIC_HALO + math.ceil(PAIR_CONTEXT_SR / zoom)
 
 
 @dataclass(frozen=True)
@@ -138,60 +188,92 @@ def register_images(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray
     ``allow_inversion``, ``min_ncc``, ``min_peak_ratio``, …). A registration error gets a hint
     about the zoom appended (:meth:`Zoom.hint`).
     """
-    _, _, reg, choice = _register(lr, hr, zoom, local, register_options)
+    _, reg, choice = _register(lr, hr, zoom, local, register_options)
     return reg, choice
 
 
 def _register(lr, hr, zoom: float | None, local: bool, options: dict):
-    """``(lr, hr)`` as float32, the registration and the zoom chosen."""
+    """The HR as float32, the registration and the zoom chosen."""
     from pairsr.register import RegistrationError, register_pair
 
     choice = pair_zoom(_pixel(lr), _pixel(hr), zoom)
-    lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
+    hr_f = to_float32(_values(hr))
     try:
-        reg = register_pair(lr_f, hr_f, zoom=choice.nominal, local=local, **options)
+        reg = register_pair(to_float32(_values(lr)), hr_f, zoom=choice.nominal, local=local,
+                            **options)
     except RegistrationError as err:
         raise RegistrationError(f"{err}{choice.hint()}") from None
-    return lr_f, hr_f, reg, choice
+    return hr_f, reg, choice
 
 
 def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *,
-                 zoom: float | None = None, local: bool = True,
+                 zoom: float | None = None, local: bool = True, margin: int | None = None,
                  **register_options) -> TrainingPair:
     """Register ``hr`` inside ``lr`` (as :func:`register_images`) and resample it onto the SR
-    grid of ``lr`` at the integer zoom chosen (:func:`pair_zoom`; ``TrainingPair.zoom``)."""
-    from pairsr.register import warp_hr_to_sr
+    grid, at the integer zoom chosen (:func:`pair_zoom`; ``TrainingPair.zoom``), of the LR
+    window around its footprint plus ``margin`` LR px (default :func:`pair_margin`), clipped
+    to the field. Only that window of ``lr`` is kept (and read, for a lazy DataArray)."""
+    from pairsr.register import footprint_region, warp_hr_to_sr
 
-    lr_f, hr_f, reg, choice = _register(lr, hr, zoom, local, register_options)
-    return TrainingPair(lr_f, warp_hr_to_sr(hr_f, reg, lr_f.shape, zoom=choice.sr, local=local),
-                        reg)
+    hr_f, reg, choice = _register(lr, hr, zoom, local, register_options)
+    margin = pair_margin(choice.sr) if margin is None else margin
+    window = footprint_region(reg).pad(margin, lr.shape)
+    if window.empty:
+        raise ValueError(f"the registered HR footprint lies outside the LR field {lr.shape}")
+    hr_sr = warp_hr_to_sr(hr_f, reg, zoom=choice.sr, local=local, region=window)
+    return TrainingPair(_read(lr, window), hr_sr, reg, window, lr)
+
+
+def _same_field(a: TrainingPair, b: TrainingPair) -> bool:
+    """Whether two pairs were cut from one LR field: the same source object, the same file and
+    crop (DataArrays from :func:`pairsr.io.read_image`), or equal numpy fields."""
+    if a.field_shape != b.field_shape or a.zoom != b.zoom:
+        return False
+    if a.source is not None and a.source is b.source:
+        return True
+    attrs = [getattr(p.source, "attrs", {}) for p in (a, b)]
+    keys = [(t.get("source"), tuple(t.get("origin_px", ())), t.get("info_bar")) for t in attrs]
+    if keys[0][0] is not None or keys[1][0] is not None:
+        return keys[0] == keys[1]
+    fields = [p.lr if p.source is None else p.source for p in (a, b)]
+    if not all(isinstance(f, np.ndarray) for f in fields):
+        return False  # lazy arrays of no known file: not compared pixel by pixel
+    return fields[0] is fields[1] or np.array_equal(fields[0], fields[1])
 
 
 def merge_fields(pairs: Sequence[TrainingPair]) -> list[TrainingPair]:
-    """One pair per LR field: pairs whose LR arrays are equal (several HR scans registered in
-    one field) become one pair whose HR is the union of their footprints on the SR grid (the
-    mean where footprints overlap), with the first one's registration; the others are kept as
-    they are, in order. A method then upsamples each field once and samples its patches from
-    every footprint."""
-    fields: list[tuple[TrainingPair, list[np.ndarray]]] = []
+    """One pair per LR field: pairs cut from one field (several HR scans registered in it, see
+    :func:`_same_field`) become one pair over the union of their windows (the box holding them
+    all), whose HR is the union of their footprints on the SR grid (the mean where footprints
+    overlap), with the first one's registration; the others are kept as they are, in order. A
+    method then upsamples each field once and samples its patches from every footprint."""
+    fields: list[list[TrainingPair]] = []
     for pair in pairs:
-        for first, hrs in fields:
-            if first.lr.shape == pair.lr.shape and first.hr.shape == pair.hr.shape and (
-                    first.lr is pair.lr or np.array_equal(first.lr, pair.lr)):
-                hrs.append(pair.hr)
+        for group in fields:
+            if _same_field(group[0], pair):
+                group.append(pair)
                 break
         else:
-            fields.append((pair, [pair.hr]))
+            fields.append([pair])
     out = []
-    for first, hrs in fields:
-        if len(hrs) == 1:
+    for group in fields:
+        first = group[0]
+        if len(group) == 1:
             out.append(first)
             continue
-        stack = np.stack(hrs)
-        seen = np.isfinite(stack)
+        union, zoom = Region.bounding(p.region for p in group), first.zoom
+        grid = union.sr(zoom)
+        total = np.zeros(grid.shape, np.float32)
+        count = np.zeros(grid.shape, np.int32)
+        for p in group:
+            where = p.region.sr(zoom).relative_to(grid)
+            seen = np.isfinite(p.hr)
+            where.crop(total)[...] += np.where(seen, p.hr, 0)
+            where.crop(count)[...] += seen
         with np.errstate(invalid="ignore", divide="ignore"):
-            hr = (np.where(seen, stack, 0).sum(0) / seen.sum(0)).astype(np.float32)
-        out.append(TrainingPair(first.lr, hr, first.registration))
+            hr = (total / count).astype(np.float32)
+        lr = first.lr if union == first.region else first.read(union)
+        out.append(TrainingPair(lr, hr, first.registration, union, first.source))
     return out
 
 
@@ -234,9 +316,8 @@ def super_resolve(model: SRMethod | str | Path, lr: np.ndarray | xr.DataArray,
     attrs = dict(lr.attrs) if isinstance(lr, xr.DataArray) else {}
     pixel = attrs.get("pixel_size_nm")
     step = pixel or 1.0
-    ty, tx = attrs.get("translation_nm", (0.0, 0.0)) if pixel else (0.0, 0.0)
-    first = float(sr_to_lr(0, model.zoom)) * step  # centre of SR pixel 0, from LR pixel 0
-    origin = (first + ty, first + tx)
+    origin = sr_translation(attrs.get("translation_nm", (0.0, 0.0)) if pixel else (0.0, 0.0),
+                            step, model.zoom)
     attrs.update(method=model.name, zoom=model.zoom, pixel_size_nm=pixel and pixel / model.zoom,
                  translation_nm=origin if pixel else (0.0, 0.0))
     name = f"{lr.name}-sr" if isinstance(lr, xr.DataArray) and lr.name else "sr"

@@ -790,6 +790,7 @@ def _method_params(items: list[str] | None) -> dict[str, dict]:
 def _eval_pairs(specs: list[str], local: bool = True, zoom: float | None = None,
                 **register_options):
     from pairsr.evaluate import EvalPair
+    from pairsr.grid import sr_shape
     from pairsr.io import read_image, to_float32
 
     pairs = []
@@ -799,9 +800,10 @@ def _eval_pairs(specs: list[str], local: bool = True, zoom: float | None = None,
         name = Path(spec).name if "," not in spec else lr.stem
         prepared = _prepare(lr, hr, local=local, zoom=zoom, **register_options)
         truth = None if gt is None else to_float32(read_image(gt).values)
-        if truth is not None and truth.shape != prepared.hr.shape:
+        grid = sr_shape(prepared.field_shape, prepared.zoom)
+        if truth is not None and truth.shape != grid:
             console.print(f"[yellow]warning:[/yellow] {gt} has shape {truth.shape}, not the ×"
-                          f"{prepared.zoom} SR grid {prepared.hr.shape}: no whole-field scores")
+                          f"{prepared.zoom} SR grid {grid}: no whole-field scores")
             truth = None
         pairs.append(EvalPair(name, prepared, truth))
     return pairs
@@ -864,6 +866,7 @@ def demo(
     from pairsr.api import fit, super_resolve
     from pairsr.evaluate import run
     from pairsr.io import OutputExistsError, write_ome_zarr
+    from pairsr.region import sr_translation
     from pairsr.simulate import save_pair, simulate_pair
 
     try:
@@ -879,10 +882,10 @@ def demo(
         rows = run([ep], ["bicubic", "lbnlm"], strategy="self", crops=crops)
         _report(rows, crops, out / "report", overwrite)
         model = fit([ep.pair], "lbnlm", out=out / "model", overwrite=overwrite)
-        sr = super_resolve(model, ep.pair.lr)
-        write_ome_zarr(out / "sr.zarr", sr, overwrite=overwrite,
-                       pixel_size_nm=pair.truth["lr_pixel_size_nm"] / 2,
-                       translation_nm=(-pair.truth["lr_pixel_size_nm"] / 4,) * 2)
+        sr = super_resolve(model, ep.pair.read())
+        pixel = pair.truth["lr_pixel_size_nm"]
+        write_ome_zarr(out / "sr.zarr", sr, overwrite=overwrite, pixel_size_nm=pixel / model.zoom,
+                       translation_nm=sr_translation((0.0, 0.0), pixel, model.zoom))
     except (ValueError, OSError) as err:
         raise _fail(err) from err
     console.print(f"whole-field SR in {out / 'sr.zarr'}; total {time.perf_counter() - t0:.1f} s")

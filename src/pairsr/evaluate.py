@@ -16,7 +16,7 @@ import json
 import tempfile
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from pairsr.api import TrainingPair, fit
 from pairsr.grid import bicubic
 from pairsr.methods import Bicubic, method_class
 from pairsr.metrics import score
+from pairsr.region import Region, predict_region
 
 GRID = (3, 4)
 TRAIN_COLS = 3  # the left 3 of 4 columns train, the right one is held out
@@ -33,7 +34,8 @@ Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) in LR pixels, end-exclusive
 
 @dataclass
 class EvalPair:
-    """A registered pair to evaluate; ``gt`` (SR grid, whole field) only for simulated pairs."""
+    """A registered pair to evaluate; ``boxes`` in the LR px of ``pair.lr`` (its window);
+    ``gt`` (SR grid, whole field) only for simulated pairs."""
 
     name: str
     pair: TrainingPair
@@ -80,25 +82,24 @@ def is_train(index: int, grid: tuple[int, int] = GRID) -> bool:
     return index % grid[1] < TRAIN_COLS
 
 
+def _region(box: Box) -> Region:
+    y0, y1, x0, x1 = box
+    return Region.from_bounds((y0, x0), (y1, x1))
+
+
 def training_part(ep: EvalPair) -> TrainingPair:
     """The pair with the HR kept only inside its training sub-images (NaN elsewhere)."""
     hr, zoom = np.full_like(ep.pair.hr, np.nan), ep.pair.zoom
-    for i, (y0, y1, x0, x1) in enumerate(ep.boxes):
+    for i, box in enumerate(ep.boxes):
         if is_train(i):
-            sl = np.s_[y0 * zoom : y1 * zoom, x0 * zoom : x1 * zoom]
+            sl = _region(box).sr(zoom).slices
             hr[sl] = ep.pair.hr[sl]
-    return TrainingPair(ep.pair.lr, hr, ep.pair.registration)
+    return replace(ep.pair, hr=hr)
 
 
 def _sr_of(model, lr: np.ndarray, box: Box, zoom: int) -> np.ndarray:
     """SR of the LR inside ``box`` computed with the model's full context around it."""
-    y0, y1, x0, x1 = box
-    m = model.halo
-    cy0, cx0 = max(y0 - m, 0), max(x0 - m, 0)
-    crop = lr[cy0 : min(y1 + m, lr.shape[0]), cx0 : min(x1 + m, lr.shape[1])]
-    out = model.predict(crop)
-    oy, ox = (y0 - cy0) * zoom, (x0 - cx0) * zoom
-    return out[oy : oy + (y1 - y0) * zoom, ox : ox + (x1 - x0) * zoom]
+    return predict_region(model.predict, lr, _region(box), model.halo, zoom)
 
 
 def evaluate_model(model, ep: EvalPair, *, whole_field: bool = True,
@@ -117,16 +118,16 @@ def evaluate_model(model, ep: EvalPair, *, whole_field: bool = True,
     seconds, mpix = time.perf_counter() - t0, sr_box.size / 1e6
     bic_box = _sr_of(Bicubic(zoom=zoom), lr, box, zoom)
     rows = []
-    for i, (y0, y1, x0, x1) in enumerate(ep.boxes):
-        sl = np.s_[(y0 - box[0]) * zoom : (y1 - box[0]) * zoom,
-                   (x0 - box[2]) * zoom : (x1 - box[2]) * zoom]  # fmt: skip
-        ref = ep.pair.hr[y0 * zoom : y1 * zoom, x0 * zoom : x1 * zoom]
+    for i, sub in enumerate(map(_region, ep.boxes)):
+        sl = sub.relative_to(_region(box)).sr(zoom).slices
+        ref = sub.sr(zoom).crop(ep.pair.hr)
         if crops is not None and not is_train(i) and "sr" not in crops:
-            crops.update(sr=sr_box[sl], bicubic=bic_box[sl], hr=ref, lr=lr[y0:y1, x0:x1])
+            crops.update(sr=sr_box[sl], bicubic=bic_box[sl], hr=ref, lr=sub.crop(lr))
         rows.append({"pair": ep.name, "subimage": i,
                      "split": "in-sample" if is_train(i) else "out-of-sample",
                      **score(np.clip(sr_box[sl], 0, 1), np.clip(bic_box[sl], 0, 1), ref)})
     if whole_field and ep.gt is not None:
+        lr = ep.pair.read()  # the whole field (simulated pairs are small)
         t0 = time.perf_counter()
         sr = model.predict(lr)
         seconds, mpix = time.perf_counter() - t0, sr.size / 1e6

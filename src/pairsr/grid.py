@@ -47,10 +47,21 @@ def bicubic(lr: np.ndarray, zoom: int = 2) -> np.ndarray:
     return ndi.zoom(lr, zoom, order=3, mode="grid-mirror", grid_mode=True).astype(np.float32)
 
 
-def interpolate(image: np.ndarray, coords: np.ndarray, order: int = 3) -> np.ndarray:
+def interpolate(image: np.ndarray, coords: np.ndarray, order: int = 3, *,
+                prefiltered: bool = False) -> np.ndarray:
     """Sample ``image`` at fractional ``(row, col)`` coordinates ``coords`` of shape ``(2, ...)``.
 
-    Same spline and boundary as :func:`bicubic`; float32 of shape ``coords.shape[1:]``.
+    Same spline and boundary as :func:`bicubic`; float32 of shape ``coords.shape[1:]``. With
+    ``prefiltered``, ``image`` is already its :func:`spline_coefficients` (to sample one image
+    many times).
     """
+    if not prefiltered:
+        image = np.asarray(image, dtype=np.float32)
+    return ndi.map_coordinates(image, coords, order=order, mode=BOUNDARY,
+                               prefilter=not prefiltered).astype(np.float32)
+
+
+def spline_coefficients(image: np.ndarray, order: int = 3) -> np.ndarray:
+    """The B-spline coefficients (float64) :func:`interpolate` samples ``image`` from."""
     image = np.asarray(image, dtype=np.float32)
-    return ndi.map_coordinates(image, coords, order=order, mode=BOUNDARY).astype(np.float32)
+    return ndi.spline_filter(image, order, output=np.float64, mode=BOUNDARY)

@@ -38,8 +38,8 @@ of at most :data:`VALUE_TOLERANCE` times the averages' error against the queries
 once per category set, σ and library, and kept while the library lives (the tiles of an image
 share them). (2) Flat background: every patch on the lattice of every ``lattice``-th row and
 column is estimated, the others only where their standard deviation (from window sums of the
-image, :func:`pairsr.patches.window_sums`) reaches :data:`FLAT` ``·σ`` (flat at the scale of
-the weights, where neighbouring estimates agree); pixels average the estimates that cover them
+image, :func:`pairsr.patches.ordered_window_sums`) reaches :data:`FLAT` ``·σ`` (flat at the scale
+of the weights, where neighbouring estimates agree); pixels average the estimates that cover them
 (:func:`pairsr.patches.overlap_average` with ``keep``). Both depend only on the library and
 on the patch itself, so tiles that start on the lattice agree with the whole image.
 
@@ -79,9 +79,9 @@ from pairsr.patches import (
     axis_grid,
     check_grid,
     on_lattice,
+    ordered_window_sums,
     overlap_average,
     threads,
-    window_sums,
 )
 from pairsr.sigma import select_sigma
 
@@ -462,8 +462,8 @@ def _filter(
 
     def structured(band: np.ndarray) -> np.ndarray:
         """Patches whose variance reaches ``flat²``: not flat background."""
-        mean = window_sums(band[0], n) / d
-        return window_sums(band[0] * band[0], n) / d - mean * mean >= flat**2
+        mean = ordered_window_sums(band[0], n) / d
+        return ordered_window_sums(band[0] * band[0], n) / d - mean * mean >= flat**2
 
     # Our threads share the cores, with numpy's BLAS single-threaded so they don't fight.
     with threadpool_limits(limits=1, user_api="blas"):

@@ -32,8 +32,9 @@ class ModelError(ValueError):
     """A model folder is missing, corrupt, or does not match what is asked of it."""
 
 
-#: What every method's ``fit`` learns from: pairs ``(lr, hr_sr)`` of the LR field (float32,
-#: (H, W)) and the registered HR on its SR grid (float32, (zoom*H, zoom*W), NaN where no HR).
+#: What every method's ``fit`` learns from: pairs ``(lr, hr_sr)`` of an LR window (float32,
+#: (H, W): the HR footprint and its context, :class:`pairsr.api.TrainingPair`, or a whole field)
+#: and the registered HR on its SR grid (float32, (zoom*H, zoom*W), NaN where no HR).
 TrainingPairs = list[tuple[np.ndarray, np.ndarray]]
 
 

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from pairsr.grid import BICUBIC_HALO, bicubic
+from pairsr.region import Region
 
 #: Architectures by preset name; ``method`` names the class in :data:`MODELS`. The preset named
 #: like its method is the network as published; ``*-tiny`` ones train in minutes on a laptop CPU.
@@ -298,23 +299,6 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _windows(n: int, tile: int | None, halo: int,
-             zoom: int) -> list[tuple[slice, slice, slice]]:
-    """Tiles of ``tile`` pixels along an LR axis of length ``n`` (one tile if ``tile`` is None).
-
-    Each is ``(read, write, crop)``: the LR pixels read (the tile and up to ``halo`` of context),
-    the SR pixels it writes and where they lie in the SR of ``read``.
-    """
-    tile = n if tile is None else tile
-    out = []
-    for start in range(0, n, tile):
-        stop = min(start + tile, n)
-        read = slice(max(0, start - halo), min(n, stop + halo))
-        crop = slice(zoom * (start - read.start), zoom * (stop - read.start))
-        out.append((read, slice(zoom * start, zoom * stop), crop))
-    return out
-
-
 def predict(
     model: nn.Module,
     lr: np.ndarray,
@@ -343,15 +327,16 @@ def predict(
     model.to(device).eval()
     halo, zoom = model.receptive_field, model.zoom
     by_shape: dict[tuple[int, int], list] = {}  # tiles of one shape run as one batch
-    for r, c in itertools.product(*(_windows(n, tile, halo, zoom) for n in lr.shape)):
-        by_shape.setdefault((r[0].stop - r[0].start, c[0].stop - c[0].start), []).append((r, c))
+    for part in Region.of(lr.shape).tiles(tile or max(lr.shape)):
+        window = part.pad(halo, lr.shape)
+        by_shape.setdefault(window.shape, []).append((part, window))
     sr = np.empty((zoom * lr.shape[0], zoom * lr.shape[1]), np.float32)
     with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
         for group in by_shape.values():
             for first in range(0, len(group), batch):
                 chunk = group[first : first + batch]
-                x = torch.from_numpy(np.stack([lr[r[0], c[0]] for r, c in chunk])[:, None])
+                x = torch.from_numpy(np.stack([window.crop(lr) for _, window in chunk])[:, None])
                 y = model(x.to(device)).float().cpu().numpy()[:, 0]
-                for ((_, r_write, r_crop), (_, c_write, c_crop)), out in zip(chunk, y, strict=True):
-                    sr[r_write, c_write] = out[r_crop, c_crop]
+                for (part, window), out in zip(chunk, y, strict=True):
+                    part.sr(zoom).crop(sr)[...] = part.relative_to(window).sr(zoom).crop(out)
     return sr

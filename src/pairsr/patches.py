@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from pairsr.region import window_sums
+
 #: ``estimate(q)``: HR estimates ``(M, n*n)`` of the windows ``q`` ``(M, C, n*n)``.
 Estimate = Callable[[np.ndarray], np.ndarray]
 #: ``channels(padded)``: the ``(C, H, W)`` maps a window is read from (default ``padded[None]``).
@@ -83,9 +85,7 @@ def valid_corners(invalid: np.ndarray, n: int, stride: int = 1) -> tuple[np.ndar
     ``invalid`` is a boolean ``(H, W)`` image; a summed-area table counts the invalid pixels of
     every window in ``O(H·W)``. Returns two int arrays of equal length, in row-major order.
     """
-    sat = np.zeros((invalid.shape[0] + 1, invalid.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(invalid, axis=0), axis=1, out=sat[1:, 1:])
-    bad = sat[n:, n:] - sat[:-n, n:] - sat[n:, :-n] + sat[:-n, :-n]
+    bad = window_sums(np.asarray(invalid, dtype=bool), (n, n))
     rows, cols = np.nonzero(bad[::stride, ::stride] == 0)
     return rows * stride, cols * stride
 
@@ -174,7 +174,7 @@ def on_lattice(index: np.ndarray, count: int, lattice: int) -> np.ndarray:
     return (index % lattice == 0) | (index == count - 1)
 
 
-def window_sums(image: np.ndarray, n: int) -> np.ndarray:
+def ordered_window_sums(image: np.ndarray, n: int) -> np.ndarray:
     """Sums of ``image`` (H, W) over every ``n × n`` window: ``(H - n + 1, W - n + 1)``, by
     top-left corner. Every window's sum is the same sequence of additions wherever it lies
     (no running sums), so a tile's windows agree bit for bit with the whole image's."""

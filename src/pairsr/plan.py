@@ -30,6 +30,7 @@ from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
 from pairsr.io import find_info_bar, to_float32
+from pairsr.region import Region, window_sums
 
 #: Coarse cells the field is summarised on (the step grows with the field to keep to this).
 TARGET_CELLS = 2**18
@@ -39,24 +40,20 @@ MIN_BOX_CELLS = 4
 KMEANS_SAMPLE = 50000
 
 
-@dataclass
-class Box:
-    """An HR box in LR pixels: top-left pixel ``(row, col)``, size ``rows × cols``; ``gain``: the
-    weighted coverage it added to the boxes before it (fraction of the field's structure)."""
+@dataclass(frozen=True)
+class Box(Region):
+    """An HR box in LR pixels (a :class:`pairsr.region.Region`); ``gain``: the weighted coverage
+    it added to the boxes before it (fraction of the field's structure)."""
 
-    row: int
-    col: int
-    rows: int
-    cols: int
-    gain: float
+    gain: float = 0.0
 
     def to_dict(self, pixel_size_nm: float | None, translation_nm=(0.0, 0.0)) -> dict:
         """JSON record; ``row_nm``/``col_nm``: the centre of the top-left pixel in nm (None
         without a pixel size), ``rows_nm``/``cols_nm`` the box's extent in nm."""
         out = {"row": self.row, "col": self.col, "rows": self.rows, "cols": self.cols}
         if pixel_size_nm:
-            out.update(row_nm=translation_nm[0] + self.row * pixel_size_nm,
-                       col_nm=translation_nm[1] + self.col * pixel_size_nm,
+            row_nm, col_nm = self.translation(pixel_size_nm, translation_nm)
+            out.update(row_nm=row_nm, col_nm=col_nm,
                        rows_nm=self.rows * pixel_size_nm, cols_nm=self.cols * pixel_size_nm)
         else:
             out.update(row_nm=None, col_nm=None, rows_nm=None, cols_nm=None)
@@ -146,13 +143,6 @@ def _descriptors(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats, weight
 
 
-def _box_counts(indicator: np.ndarray, bh: int, bw: int) -> np.ndarray:
-    """Sum of ``indicator`` (h, w) over every ``bh × bw`` window: (h - bh + 1, w - bw + 1)."""
-    s = np.zeros((indicator.shape[0] + 1, indicator.shape[1] + 1))
-    s[1:, 1:] = indicator.cumsum(0).cumsum(1)
-    return s[bh:, bw:] - s[:-bh, bw:] - s[bh:, :-bw] + s[:-bh, :-bw]
-
-
 def choose_step(shape: tuple[int, int], box: tuple[int, int]) -> int:
     """LR pixels per coarse cell: about :data:`TARGET_CELLS` cells over the field, at least 2,
     and at most a :data:`MIN_BOX_CELLS`-th of the box's shorter side."""
@@ -234,7 +224,7 @@ def plan_acquisition(
     for _ in range(count):
         gain = np.zeros((h - bh + 1, w - bw + 1))
         for c in np.flatnonzero(mass > 0):
-            n = _box_counts((labels == c) & ~covered, bh, bw)
+            n = window_sums((labels == c) & ~covered, (bh, bw))
             gain += mass[c] * (np.exp(-seen[c] / share[c]) - np.exp(-(seen[c] + n) / share[c]))
         i, j = np.unravel_index(np.argmax(gain), gain.shape)
         covered[i : i + bh, j : j + bw] = True

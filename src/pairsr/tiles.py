@@ -64,6 +64,7 @@ from pairsr.io import (
     to_float32,
 )
 from pairsr.methods import cached_model, model_hash
+from pairsr.region import Region, predict_region, sr_translation
 
 __all__ = ["BLENDS", "PartialOutputError", "ResumeError", "apply_tiled", "run_task"]
 
@@ -130,31 +131,38 @@ class Lattice:
 class Span:
     """One window along one axis, as one task uses it.
 
-    ``read``: LR px it predicts from; ``crop``: SR px of its output that the task keeps;
-    ``write``: where they go in the task's output (task-relative SR px); ``weight``: their blend
-    weights, normalised over all the task's windows.
+    ``blend``: LR px ``(start, stop)`` of its blend region within the image (it is predicted
+    with the method's halo around it, clipped to the image); ``crop``: SR px of that prediction
+    the task keeps; ``write``: where they go in the task's output (task-relative SR px);
+    ``weight``: their blend weights, normalised over all the task's windows.
     """
 
-    read: tuple[int, int]
+    blend: tuple[int, int]
     crop: slice
     write: slice
     weight: np.ndarray
 
 
-def spans(lattice: Lattice, start: int, stop: int, n: int, zoom: int, halo: int) -> list[Span]:
+def spans(lattice: Lattice, start: int, stop: int, n: int, zoom: int) -> list[Span]:
     """The windows a task owning LR px ``[start, stop)`` of an axis of length ``n`` predicts."""
     full = lattice.weights(zoom)
     parts, total = [], np.zeros(zoom * (stop - start))
     for k in lattice.windows(start, stop, n):
         b0, b1 = lattice.blend(k)
-        read = (max(b0 - halo, 0), min(b1 + halo, n))  # blend plus halo, within the image
+        blend = (max(b0, 0), min(b1, n))  # within the image
         k0, k1 = max(b0, 0, start), min(b1, n, stop)  # kept: blend ∩ image ∩ task
         write = slice(zoom * (k0 - start), zoom * (k1 - start))
         weight = full[zoom * (k0 - b0) : zoom * (k1 - b0)]
         total[write] += weight
-        parts.append((read, slice(zoom * (k0 - read[0]), zoom * (k1 - read[0])), write, weight))
-    return [Span(read, crop, write, (weight / total[write]).astype(np.float32))
-            for read, crop, write, weight in parts]
+        parts.append((blend, slice(zoom * (k0 - blend[0]), zoom * (k1 - blend[0])), write,
+                      weight))
+    return [Span(blend, crop, write, (weight / total[write]).astype(np.float32))
+            for blend, crop, write, weight in parts]
+
+
+def _region(sy: Span, sx: Span) -> Region:
+    """The blend region (LR px) of the window ``sy × sx``."""
+    return Region.from_bounds((sy.blend[0], sx.blend[0]), (sy.blend[1], sx.blend[1]))
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -203,20 +211,21 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None) -> di
     """
     t0 = time.perf_counter()
     method = cached_model(job.model)
-    ys = spans(job.lattice, *task.rows, job.shape[0], job.zoom, job.halo)
-    xs = spans(job.lattice, *task.cols, job.shape[1], job.zoom, job.halo)
-    (y0, y1), (x0, x1) = (ys[0].read[0], ys[-1].read[1]), (xs[0].read[0], xs[-1].read[1])
-    oy, ox = job.origin
-    raw = np.asarray((open_level0(job.lr) if lr is None else lr)[oy + y0 : oy + y1,
-                                                                 ox + x0 : ox + x1])
+    ys = spans(job.lattice, *task.rows, job.shape[0], job.zoom)
+    xs = spans(job.lattice, *task.cols, job.shape[1], job.zoom)
+    read = Region.bounding([_region(ys[0], xs[0]), _region(ys[-1], xs[-1])]).pad(job.halo,
+                                                                                 job.shape)
+    raw = np.asarray(read.shift(job.origin).crop(open_level0(job.lr) if lr is None else lr))
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        (y0, x0), (y1, x1) = read.start, read.stop
         raise ImageError(f"{job.lr}: NaN/Inf values in LR rows {y0}:{y1}, cols {x0}:{x1}")
-    core = raw[task.rows[0] - y0 : task.rows[1] - y0, task.cols[0] - x0 : task.cols[1] - x0]
-    digest = hashlib.sha256(np.ascontiguousarray(core).tobytes()).hexdigest()
+    core = Region.from_bounds((task.rows[0], task.cols[0]), (task.rows[1], task.cols[1]))
+    digest = hashlib.sha256(np.ascontiguousarray(core.relative_to(read).crop(raw)).tobytes())
+    digest = digest.hexdigest()
     block = to_float32(raw)
     t1 = time.perf_counter()
 
-    sr = _blend(method, block, (y0, x0), ys, xs)
+    sr = _blend(method, block, read, ys, xs, job.halo)
     t2 = time.perf_counter()
 
     out = zarr.open_array(Path(job.out) / "0", mode="r+") if out is None else out
@@ -231,20 +240,20 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None) -> di
     return record
 
 
-def _blend(method, block: np.ndarray, origin: tuple[int, int], ys: list[Span],
-           xs: list[Span]) -> np.ndarray:
+def _blend(method, block: np.ndarray, read: Region, ys: list[Span], xs: list[Span],
+           halo: int) -> np.ndarray:
     """The blended predictions of the windows ``ys × xs`` over a task; float32 (SR px).
 
-    ``block``: float32 LR px covering every window's read region; ``origin``: its LR (row, col).
+    ``block``: float32 LR px of the region ``read``, which holds every window with its
+    ``halo`` (clipped to the image).
     """
 
     def predict(sy: Span, sx: Span) -> np.ndarray:
-        window = block[sy.read[0] - origin[0] : sy.read[1] - origin[0],
-                       sx.read[0] - origin[1] : sx.read[1] - origin[1]]
-        pred = method.predict(window)
-        if pred.shape != (method.zoom * window.shape[0], method.zoom * window.shape[1]):
-            raise ValueError(f"{method.name}: predict gave shape {pred.shape} for an LR window "
-                             f"of shape {window.shape}; expected ×{method.zoom}")
+        try:
+            pred = predict_region(method.predict, block, _region(sy, sx).relative_to(read), halo,
+                                  method.zoom)
+        except ValueError as err:
+            raise ValueError(f"{method.name}: {err}") from None
         return pred[sy.crop, sx.crop]
 
     if len(ys) == len(xs) == 1:  # one window (blend "none"): its weights are all 1
@@ -499,7 +508,7 @@ def _create_output(out: Path, image, zoom: int, chunk: int, provenance: dict,
     SR px chunks and pyramid levels if asked."""
     pixel = image.attrs["pixel_size_nm"]
     step = 1.0 if pixel is None else pixel
-    translation = tuple(t - step * (zoom - 1) / (2 * zoom) for t in image.attrs["translation_nm"])
+    translation = sr_translation(image.attrs["translation_nm"], step, zoom)
     shape = (zoom * image.shape[0], zoom * image.shape[1])
     levels = 1 + max(0, math.ceil(math.log2(max(shape) / chunk))) if provenance["pyramid"] else 1
     return create_ome_zarr(out, shape, provenance["dtype"], chunks=chunk, pixel_size_nm=step / zoom,

@@ -53,6 +53,7 @@ from torch import nn
 from pairsr import __version__
 from pairsr.grid import BICUBIC_HALO, bicubic, sr_shape
 from pairsr.models import build_model, default_device, predict, preset_params
+from pairsr.region import Region, predict_region, window_sums
 
 #: Downsizing factors of the pair (paper III-B); 1 is the pair itself.
 SCALES = (1.0, 0.7, 0.5)
@@ -162,7 +163,7 @@ class _PatchSampler:
                 lr_s, hr_s = _downsize(lr, hr, scale, zoom)
                 h, w = lr_s.shape
                 valid = np.isfinite(hr_s).reshape(h, zoom, w, zoom).all(axis=(1, 3))
-                ok = _all_in_window(valid, patch)
+                ok = window_sums(~valid, (patch, patch)) == 0  # all valid
                 if ok.any():
                     self.images.append((lr_s, hr_s))
                     self.positions.append(np.stack(np.nonzero(ok)))
@@ -188,22 +189,16 @@ class _PatchSampler:
         return lr_out, hr_out
 
 
-def _all_in_window(valid: np.ndarray, size: int) -> np.ndarray:
-    """``ok[r, c]``: ``valid[r : r+size, c : c+size]`` is all True (summed-area table)."""
-    s = np.pad(np.cumsum(np.cumsum(~valid, 0, dtype=np.int64), 1), ((1, 0), (1, 0)))
-    return (s[size:, size:] - s[:-size, size:] - s[size:, :-size] + s[:-size, :-size]) == 0
-
-
 def _val_psnr(upsample, halo: int, pairs: list[Pair], blocks: list[Block],
               zoom: int = 2) -> float:
     """PSNR (dB) of ``upsample`` (LR → SR) over the valid HR pixels of all validation blocks."""
-    preds, refs, z = [], [], zoom
+    preds, refs = [], []
     for k, rows, cols in blocks:
         lr, hr = pairs[k]
-        r0, c0 = max(0, rows.start - halo), max(0, cols.start - halo)
-        sr = upsample(lr[r0 : rows.stop + halo, c0 : cols.stop + halo])
-        ref = hr[z * rows.start : z * rows.stop, z * cols.start : z * cols.stop]
-        pred = sr[z * (rows.start - r0) :, z * (cols.start - c0) :][: ref.shape[0], : ref.shape[1]]
+        block = Region.from_bounds((rows.start, cols.start), (rows.stop, cols.stop))
+        block = block.intersect(Region.of(lr.shape))
+        pred = predict_region(upsample, lr, block, halo, zoom)
+        ref = block.sr(zoom).crop(hr)
         valid = np.isfinite(ref)
         preds.append(pred[valid])
         refs.append(ref[valid])

@@ -8,6 +8,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.util import img_as_float32
 
+from pairsr.region import window_sums as _box_sums  # noqa: F401 (the searches' box sums)
+
 
 def _is_dask(a) -> bool:
     dask = sys.modules.get("dask")  # a dask array exists only if dask was imported
@@ -67,13 +69,6 @@ def _texture_note(lr_c: np.ndarray, hr_c: np.ndarray) -> str:
         return ""
     return (f"; the {' and '.join(flat)} image{'s are' if len(flat) > 1 else ' is'} textureless "
             "at the scale of the search (structure at the noise level)")
-
-
-def _box_sums(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Sums of ``a`` over every ``shape`` window of its last two axes (valid positions only)."""
-    c = np.pad(a.cumsum(-2).cumsum(-1), [(0, 0)] * (a.ndim - 2) + [(1, 0), (1, 0)])
-    h, w = shape
-    return c[..., h:, w:] - c[..., :-h, w:] - c[..., h:, :-w] + c[..., :-h, :-w]
 
 
 def _grid_samples(image: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ from scipy import fft
 from scipy import ndimage as ndi
 
 from pairsr.grid import BICUBIC_HALO, interpolate
+from pairsr.region import Region, window_sums
 from pairsr.register._images import (
-    _box_sums,
     _gauss_depth,
     _is_dask,
     _quadratic,
@@ -54,7 +54,7 @@ def _ncc_maps(search: np.ndarray, tmpl: np.ndarray) -> np.ndarray:
     spectrum = (fft.rfft2(search.astype(np.float32), workers=-1)
                 * np.conj(fft.rfft2(t0.astype(np.float32), s=(m, m), workers=-1)))
     num = fft.irfft2(spectrum, s=(m, m), workers=-1)[:, :k, :k].astype(np.float64)
-    sums = _box_sums(np.stack([search, search**2]), (n, n))
+    sums = window_sums(np.stack([search, search**2]), (n, n))
     var = np.clip(sums[1] - sums[0] ** 2 / n**2, 0.0, None)
     den = np.sqrt(var * (t0**2).sum(axis=(1, 2))[:, None, None])
     return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12 * n**2)
@@ -215,15 +215,13 @@ def _patch_results(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray,
             if not (len(rows) and len(cols)):
                 continue
             centres = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
-            lo = np.maximum(centres.min(0) - opts.halo, 0)
-            hi = np.minimum(centres.max(0) + opts.halo + 1, (h, w))
-            box = _apply(matrix, offset, np.array([[lo[0], lo[0], hi[0], hi[0]],
-                                                   [lo[1], hi[1], lo[1], hi[1]]], float))
-            lr_lo = np.clip(np.floor(box.min(1)).astype(int) - BICUBIC_HALO, 0, lr.shape)
-            lr_hi = np.clip(np.ceil(box.max(1)).astype(int) + BICUBIC_HALO + 1, 0, lr.shape)
-            jobs.append((hr[lo[0]:hi[0], lo[1]:hi[1]], lo,
-                         lr[lr_lo[0]:lr_hi[0], lr_lo[1]:lr_hi[1]], lr_lo, matrix, offset,
-                         centres, hr_noise, lr.shape, opts))
+            window = Region.covering(centres).pad(opts.halo, (h, w))
+            (y0, x0), (y1, x1) = window.start, window.stop
+            box = _apply(matrix, offset, np.array([[y0, y0, y1, y1], [x0, x1, x0, x1]], float))
+            lr_window = Region.covering(box.T).pad(BICUBIC_HALO, lr.shape)
+            jobs.append((window.crop(hr), np.array(window.start), lr_window.crop(lr),
+                         np.array(lr_window.start), matrix, offset, centres, hr_noise, lr.shape,
+                         opts))
     if not jobs:
         return _Patches.blank(np.zeros((0, 2), int))
     if _is_dask(hr):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pairsr.grid import interpolate, lr_to_sr, sr_shape, sr_to_lr
+from pairsr.grid import interpolate, lr_to_sr, spline_coefficients, sr_to_lr
+from pairsr.region import Region
 from pairsr.register._images import _as_image
 
 
@@ -182,28 +183,44 @@ class Registration:
         return cls(**kwargs)
 
 
+#: SR pixels :func:`warp_hr_to_sr` maps at once (its float64 temporaries: ~16 bytes each, a few).
+WARP_BAND = 2**20
+
+
 def warp_hr_to_sr(hr, reg: Registration, lr_shape: tuple[int, int] | None = None,
-                  zoom: int = 2, local: bool = True) -> np.ndarray:
-    """Resample the HR image onto the ×``zoom`` SR grid of the LR field (the training target).
+                  zoom: int = 2, local: bool = True, region: Region | None = None) -> np.ndarray:
+    """Resample the HR image onto the ×``zoom`` SR grid of the LR field (the training target),
+    or of its ``region`` only (LR px; default the whole field of ``lr_shape``).
 
     SR pixel ``p`` has LR coordinate ``(p + 0.5)/zoom − 0.5`` (:func:`pairsr.grid.sr_to_lr`); its
     value is the HR image's bicubic (:func:`pairsr.grid.interpolate`) at ``reg.lr_to_hr`` of it.
-    Returns float32 (zoom·H, zoom·W), NaN outside the HR footprint.
+    Returns float32 ``region.sr(zoom).shape`` ((zoom·H, zoom·W) for the whole field), NaN outside
+    the HR footprint. Computed in row bands of about :data:`WARP_BAND` pixels (bounded memory).
     """
     hr = _as_image(hr, "hr")
     if hr.shape != reg.hr_shape:
         raise ValueError(f"hr has shape {hr.shape}, the registration was made for {reg.hr_shape}")
-    lr_shape = tuple(reg.lr_shape if lr_shape is None else lr_shape)
-    out = np.full(sr_shape(lr_shape, zoom), np.nan, dtype=np.float32)
+    if region is None:
+        region = Region.of(reg.lr_shape if lr_shape is None else lr_shape)
+    grid = region.sr(zoom)
+    out = np.full(grid.shape, np.nan, dtype=np.float32)
     # SR bounding box of the footprint, widened by the local field and a pixel.
-    margin = zoom * (1 + (np.abs(reg.disp).max() / reg.zoom if reg.disp is not None else 0))
-    corners = lr_to_sr(reg.footprint, zoom)
-    lo = np.clip(np.floor(corners.min(0) - margin).astype(int), 0, out.shape)
-    hi = np.clip(np.ceil(corners.max(0) + margin).astype(int) + 1, 0, out.shape)
-    if np.any(hi <= lo):
-        return out
-    p = np.mgrid[lo[0] : hi[0], lo[1] : hi[1]].astype(float)
-    x = reg.lr_to_hr(sr_to_lr(p, zoom), local=local)
-    inside = np.all((x >= -0.5) & (x <= np.array(hr.shape).reshape(2, 1, 1) - 0.5), axis=0)
-    out[lo[0] : hi[0], lo[1] : hi[1]] = np.where(inside, interpolate(hr, x), np.nan)
+    box = footprint_region(reg, zoom).intersect(grid)
+    rows = max(1, WARP_BAND // max(box.cols, 1))  # bands of about WARP_BAND SR px
+    coefficients = spline_coefficients(hr) if not box.empty else None
+    for r in range(box.row, box.stop[0], rows):
+        band = Region(r, box.col, min(rows, box.stop[0] - r), box.cols)
+        p = np.mgrid[band.slices].astype(float)
+        x = reg.lr_to_hr(sr_to_lr(p, zoom), local=local)
+        inside = np.all((x >= -0.5) & (x <= np.array(hr.shape).reshape(2, 1, 1) - 0.5), axis=0)
+        values = interpolate(coefficients, x, prefiltered=True)
+        band.relative_to(grid).crop(out)[...] = np.where(inside, values, np.nan)
     return out
+
+
+def footprint_region(reg: Registration, zoom: int = 1) -> Region:
+    """Pixels of the ×``zoom`` SR grid (``zoom=1``: the LR grid) that the HR scan may reach: the
+    box around its footprint, widened by the local field's largest displacement and a pixel
+    (not clipped to the field)."""
+    margin = zoom * (1 + (np.abs(reg.disp).max() / reg.zoom if reg.disp is not None else 0))
+    return Region.covering(lr_to_sr(reg.footprint, zoom), margin)
