@@ -6,7 +6,7 @@ valid patch pairs drawn uniformly at random from the training pairs (:func:`samp
 no clustering). At inference a patch is taken at every ``stride``-th SR pixel from ``(0, 0)``
 (the image padded half-sample symmetrically), each is mapped to an HR patch estimate, and every
 output pixel is the mean of the estimates of the patches covering it
-(:func:`pairsr.patches.overlap_average`, on :func:`pairsr.patches.threads` threads).
+(:func:`pairsr.patches.overlap_average`, on the method's ``threads``).
 Neither method has the original back-projection step: the paper shows it hurts physical pairs.
 
 * **ScSR** (Yang et al., TIP 2010): a coupled dictionary ``(D_l, D_h)`` learned by
@@ -44,11 +44,10 @@ from typing import ClassVar
 import numpy as np
 from scipy import ndimage as ndi
 from scipy import sparse
-from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO, BOUNDARY, bicubic, sr_shape
 from pairsr.methods import ModelError, SRMethod, TrainingPairs
-from pairsr.patches import Channels, check_grid, overlap_average, sample_windows, threads
+from pairsr.patches import Channels, check_grid, cpus, overlap_average, sample_windows
 
 #: Patches handed to one estimate call. It bounds the memory of a step: ScSR's solver holds a few
 #: ``BATCH × 2·atoms`` float64 arrays (8 MiB each for 256 atoms), SRSW ``BATCH × neighbours × n²``
@@ -346,10 +345,9 @@ class _PatchMethod(SRMethod):
         lr = np.asarray(lr, dtype=np.float32)
         if lr.ndim != 2 or not np.isfinite(lr).all():
             raise ValueError(f"{self.name}: lr must be a finite 2-D image, got shape {lr.shape}")
-        with threadpool_limits(limits=1):  # our threads share the cores
-            return overlap_average(bicubic(lr, self.zoom), self.params["n"],
-                                   self.params["stride"], self._estimate,
-                                   channels=self._channels, step=BATCH, workers=threads())
+        return overlap_average(bicubic(lr, self.zoom), self.params["n"], self.params["stride"],
+                               self._estimate, channels=self._channels, step=BATCH,
+                               workers=self.threads or cpus())
 
     def save_data(self, folder: Path) -> list[str]:
         name = f"{self.name}.npz"
