@@ -122,7 +122,7 @@ def main(size: int, tile: int, repeats: int, tiles: int, profile: bool) -> None:
                   f"{str(s['blas/openmp']) + ', ' + str(s['torch']):>34}")
         ratio = best[LAYOUTS[1]] / best[LAYOUTS[0]]
         print(f"1×2 / 2×1 wall time: {ratio:.3f} ({abs(ratio - 1):.1%} apart)")
-        per_tile(model, lr, 512, tiles, profile)
+        per_tile(model, lr, tile, tiles, profile)
 
 
 if __name__ == "__main__":
