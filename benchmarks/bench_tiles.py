@@ -13,8 +13,8 @@ image from zarr to zarr in this process (one tile, and 1024 px tiles), best of 2
 and in CPU seconds (the latter hardly depends on other programs' load).
 
 ``--method lbnlm`` fits LB-NLM (library defaults, σ = 0.05) on a small simulated pair. In a
-worker, LB-NLM runs one thread per task (:func:`pairsr.patches.threads`); by default every
-worker is also pinned to its own core (``--no-pin`` to compare without).
+worker, LB-NLM runs one thread per task (the execution policy, :mod:`pairsr.cluster`); by
+default every worker is also pinned to its own core (``--no-pin`` to compare without).
 
 Run: ``.venv/bin/python benchmarks/bench_tiles.py`` (16384² LR, LB-NLM, 1 then 2 workers: more
 than an hour on 2 cores); ``--workers 2 --overhead-size 0`` (the 16384² run on 2 workers only);

@@ -168,6 +168,7 @@ def test_slurm_cluster_from_a_jobqueue_yaml(fake_slurm, tmp_path):
         assert task_resources(client, {"GPU": 1}, "require") == {"GPU": 1}
     script = (fake_slurm / "job.sh").read_text()
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -t 00:10:00" in script
+    assert "export OMP_NUM_THREADS=1" in script  # the execution policy, for the nanny's env
     assert dask.config.get("jobqueue.slurm.job-extra-directives") == []
     with pytest.raises(ValueError, match="'jobqueue: slurm:' section"):
         (tmp_path / "bad.yaml").write_text("slurm: {cores: 1}")

@@ -6,7 +6,6 @@ from pairsr.patches import (
     ordered_window_sums,
     overlap_average,
     sample_windows,
-    threads,
     valid_corners,
 )
 from pairsr.sparse import FEATURE_REACH, scsr_channels
@@ -117,12 +116,18 @@ def test_sample_windows_draws_valid_windows_without_replacement():
         sample_windows([np.full((2, 5, 5), np.nan, np.float32)], 4, 10, rng)
 
 
-def test_threads_are_one_per_task_in_a_dask_worker_and_all_cores_elsewhere():
-    distributed = pytest.importorskip("distributed")
-    assert threads() == cpus()
-    with distributed.Client(n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
-        assert client.submit(threads).result() == 1
-        assert threads() == cpus()  # in the client process, even with OMP_NUM_THREADS=1 set
+def test_cpus_are_those_this_process_may_run_on():
+    """The default threads follow the process's CPU affinity (a SLURM step, ``taskset``), not
+    the machine's core count."""
+    import os
+    import subprocess
+    import sys
+
+    assert cpus() == len(os.sched_getaffinity(0)) >= 1
+    one = subprocess.run([sys.executable, "-c", "from pairsr.patches import cpus; print(cpus())"],
+                         capture_output=True, text=True, check=True,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert one.stdout.strip() == "1"
 
 
 def test_scratch_reuses_one_growing_buffer_per_name_and_thread():

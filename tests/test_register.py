@@ -207,30 +207,45 @@ def test_warp_reproduces_hr_on_pure_x2_pair(spec):
 # --- dask -------------------------------------------------------------------------------------
 
 
+def _refuse(*args, **kwargs):
+    raise AssertionError("registration used the ambient dask scheduler")
+
+
 def test_chunked_dask_hr_gives_the_same_registration(simulated):
+    """A dask HR is read and searched chunk by chunk on registration's own threads, never on
+    the ambient scheduler (here one that refuses), with the same result."""
+    dask = pytest.importorskip("dask")
     da = pytest.importorskip("dask.array")
     pair, reg = simulated
     lazy = da.from_array(pair.hr, chunks=(pair.hr.shape[0] // 2 + 7, pair.hr.shape[1] // 3))
-    tiled = register_pair(pair.lr, lazy)
+    with dask.config.set(scheduler=_refuse):
+        with pytest.raises(AssertionError, match="ambient"):
+            lazy.sum().compute()  # the refusing scheduler is in force
+        tiled = register_pair(pair.lr, lazy, threads=2)
     assert np.abs(tiled.footprint - reg.footprint).max() < 1e-6
     assert np.abs(tiled.disp - reg.disp).max() < 1e-4
     assert (tiled.patches_tried, tiled.patches_accepted) == (reg.patches_tried,
                                                              reg.patches_accepted)
 
 
-def test_coarse_search_as_dask_tasks_finds_the_same_match(spec, monkeypatch):
-    """The angles of the coarse search run as dask tasks on large images: same result."""
+def test_coarse_search_on_threads_finds_the_same_match(spec, monkeypatch):
+    """The angles of the coarse search run on ``threads`` threads on large images (here a pool
+    of 2, not the calling thread): the same result as one after the other."""
+    import threading
+
     import pairsr.register._global as register
 
     lr, hr, _, _ = _pair(spec, zoom=2.02, angle=1.3)
-    serial = register_pair(lr, hr, local=False)
+    serial = register_pair(lr, hr, local=False, threads=1)
     calls = []
     monkeypatch.setattr(register, "PARALLEL_SEARCH_PIXELS", 0)
     monkeypatch.setattr(register, "_angle_peaks",
-                        lambda *a: calls.append(a[2]) or _angle_peaks(*a))  # fmt: skip
-    parallel = register_pair(lr, hr, local=False)
-    assert len(calls) > 3  # every angle went through the dask path
+                        lambda *a: calls.append(threading.get_ident()) or _angle_peaks(*a))
+    parallel = register_pair(lr, hr, local=False, threads=2)
+    assert len(calls) > 3 and threading.get_ident() not in calls  # every angle on the pool
     assert parallel.to_dict() == serial.to_dict()
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        register_pair(lr, hr, threads=0)
 
 
 # --- helpers and figure -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pairsr.patches import valid_corners
 from pairsr.sparse import (
     SRSW,
     ScSR,
+    nearest,
     nonneg_lasso,
     sample_patch_pairs,
     scsr_channels,
@@ -246,3 +247,28 @@ def test_runs_through_the_tiled_apply(name, request, tmp_path, texture_pair):
                 out_dtype="float32", progress=False)  # fmt: skip
     tiled = zarr.open_group(tmp_path / "sr.zarr", mode="r")["0"][:]
     np.testing.assert_allclose(tiled, model.predict(lr), atol=1e-5)
+
+
+def test_srsw_neighbours_match_scikit_learn_and_leave_the_process_threads_alone(srsw_model,
+                                                                                texture_pair):
+    """The numpy neighbour search finds scikit-learn's neighbours; SRSW on 2 threads leaves
+    the process's BLAS threads as they were (scikit-learn's search, run from two threads at
+    once, left them at 1)."""
+    import copy
+
+    from sklearn.neighbors import NearestNeighbors
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(0)
+    keys, queries = rng.random((500, 25), np.float32), rng.random((300, 25), np.float32)
+    found = nearest(queries, keys, 6)
+    expected = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(keys).kneighbors(
+        queries, return_distance=False)
+    assert all(set(a) == set(b) for a, b in zip(found, expected, strict=True))
+    d = ((queries[:, None] - keys[found]) ** 2).sum(-1)
+    assert (np.diff(d, axis=1) >= -1e-6).all()  # nearest first
+    before = [p["num_threads"] for p in threadpool_info()]
+    model = copy.copy(srsw_model)
+    model.threads = 2
+    model.predict(texture_pair[0])
+    assert [p["num_threads"] for p in threadpool_info()] == before

@@ -686,7 +686,7 @@ def batch(
     networks: ``GPU=1``) train on a worker offering it, all at once; the others are fitted here,
     pair by pair, before their tiles run.
     """
-    from pairsr.cluster import task_resources
+    from pairsr.cluster import TASK_THREADS, task_resources
     from pairsr.io import is_zarr
     from pairsr.methods import method_class
     from pairsr.tiles import apply_tiled
@@ -707,7 +707,8 @@ def batch(
                 needs = method_class(job["method"]).resources
                 resources = task_resources(client, needs, gpu) if client and needs else None
                 if todo[i] and resources:
-                    remote[i] = client.submit(_fit_job, job, overwrite, resources=resources,
+                    remote[i] = client.submit(_fit_job, job, overwrite, TASK_THREADS,
+                                              resources=resources,
                                               key=f"pairsr-fit-{i}-{job['name']}", pure=False)
             for i, job in enumerate(jobs):
                 console.print(f"[bold]{job['name']}[/bold]: {job['method']} → {job['out']}")
@@ -724,11 +725,12 @@ def batch(
         raise _fail(err) from err
 
 
-def _fit_job(job: dict, overwrite: bool) -> None:
-    """Register a manifest entry's pair and fit its model into ``job["model"]``."""
+def _fit_job(job: dict, overwrite: bool, threads: int | None = None) -> None:
+    """Register a manifest entry's pair (on ``threads`` threads, default every CPU: a worker's
+    task passes its share) and fit its model into ``job["model"]``."""
     from pairsr.api import fit
 
-    pair = _prepare(job["lr"], job["hr"], zoom=job["zoom"], **job["register"])
+    pair = _prepare(job["lr"], job["hr"], zoom=job["zoom"], threads=threads, **job["register"])
     fit([pair], job["method"], out=job["model"], overwrite=overwrite, **job["params"])
 
 

@@ -8,24 +8,47 @@ GPUs are Dask *resources*: workers started with ``--resources GPU=1`` (the ``gpu
 ones, or SLURM jobs whose YAML has ``worker-extra-args: ["--resources", "GPU=1"]``) run the tasks
 of methods that ask for ``{"GPU": 1}``; :func:`task_resources` decides, per run, where they go.
 Nothing here writes the user's Dask configuration files.
+
+Execution policy: a worker of ``nthreads`` threads runs ``nthreads`` tasks at once, each on
+:data:`TASK_THREADS` (one) thread for BLAS, OpenMP, torch's intra-op pool and pairsr's own pools
+(the ``threads`` / ``workers`` arguments, which :func:`pairsr.tiles.apply_tiled` passes to every
+task): tasks × threads = the worker's threads, one per core, as Dask assumes. It is set once per
+worker process, never per task: the nanny starts a new worker process with the variables of
+:func:`policy_environ` (``OMP_NUM_THREADS`` …), and :class:`ThreadPolicy`, a worker plugin that
+:func:`get_client` installs on every cluster it starts or connects to (existing workers and those
+joining later), sets the same process-wide (:func:`set_process_threads`). Outside a cluster
+pairsr's functions take ``threads`` explicitly (default: the CPUs the process may use) and leave
+the process's BLAS, OpenMP and torch settings alone.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 import shutil
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dask.config
-from distributed import Client, Nanny, Scheduler, SpecCluster
+from distributed import (
+    Client,
+    Nanny,
+    Scheduler,
+    SpecCluster,
+    WorkerPlugin,
+    as_completed,
+    get_worker,
+)
 from distributed.worker_memory import parse_memory_limit
+from threadpoolctl import threadpool_limits
 
-__all__ = ["CLUSTERS", "GPU_MODES", "dashboard_link", "get_client", "task_resources"]
+__all__ = ["CLUSTERS", "GPU_MODES", "TASK_THREADS", "ThreadPolicy", "dashboard_link", "get_client",
+           "policy_environ", "run_batched", "set_process_threads", "task_resources"]
 
 #: Values of ``get_client(cluster=...)``.
 CLUSTERS = ("local", "slurm")
@@ -33,8 +56,48 @@ CLUSTERS = ("local", "slurm")
 GPU_MODES = ("auto", "require")
 #: The resource a GPU worker carries.
 GPU = {"GPU": 1}
+#: Threads each task of a worker gets (BLAS, OpenMP, torch, pairsr's pools): see the policy above.
+TASK_THREADS = 1
+#: Variables that set the BLAS and OpenMP threads of a new process (torch reads OMP_NUM_THREADS).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 logger = logging.getLogger(__name__)
+
+
+def policy_environ(threads: int = TASK_THREADS) -> dict[str, str]:
+    """Environment variables that give a new process ``threads`` BLAS/OpenMP/torch threads."""
+    return dict.fromkeys(THREAD_VARIABLES, str(threads))
+
+
+def set_process_threads(threads: int) -> None:
+    """Set this whole process to ``threads`` BLAS, OpenMP and torch intra-op threads, once.
+
+    The libraries loaded now through threadpoolctl (kept, not a context) and torch, if imported,
+    through ``torch.set_num_threads``; those loaded later through :func:`policy_environ`, which
+    they read when they load (torch when it first runs). OpenMP's setting is per thread in
+    libgomp: threads started before and not yet using OpenMP keep the process's variables,
+    which is why the nanny sets them too.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    os.environ.update(policy_environ(threads))
+    threadpool_limits(limits=threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+class ThreadPolicy(WorkerPlugin):
+    """The execution policy as a worker plugin: :func:`set_process_threads` with ``threads``
+    (default :data:`TASK_THREADS`) when it is set up on a worker process."""
+
+    name = "pairsr-thread-policy"
+
+    def __init__(self, threads: int = TASK_THREADS):
+        self.threads = threads
+
+    def setup(self, worker) -> None:
+        set_process_threads(self.threads)
 
 
 def _local_cluster(workers: int, threads: int, memory_limit: str, gpu_workers: int) -> SpecCluster:
@@ -44,9 +107,10 @@ def _local_cluster(workers: int, threads: int, memory_limit: str, gpu_workers: i
 
     def worker(i: int) -> dict:
         options = {"nthreads": threads, "memory_limit": memory, "host": "127.0.0.1",
-                   "silence_logs": logging.WARNING}
+                   "silence_logs": logging.WARNING, "env": policy_environ()}
         if i < gpu_workers:
-            options.update(resources=dict(GPU), env={"CUDA_VISIBLE_DEVICES": str(i)})
+            options.update(resources=dict(GPU),
+                           env={**policy_environ(), "CUDA_VISIBLE_DEVICES": str(i)})
         return {"cls": Nanny, "options": options}
 
     scheduler = {"cls": Scheduler,
@@ -82,7 +146,8 @@ def get_client(
     jobqueue_config: str | Path | None = None,
     gpu_workers: int = 0,
 ) -> Iterator[Client]:
-    """Yield a ``distributed.Client``; close what was started here on exit.
+    """Yield a ``distributed.Client`` with the execution policy (:class:`ThreadPolicy`) installed
+    on its workers; close what was started here on exit.
 
     Parameters
     ----------
@@ -99,7 +164,8 @@ def get_client(
         ``jobqueue: slurm:`` section of the YAML file ``jobqueue_config``. ``threads_per_worker``
         and ``memory_limit``, when given, set each job's ``cores`` and ``memory``; GPUs are
         asked for in the YAML (``job-extra-directives: ["--gres=gpu:1"]``,
-        ``worker-extra-args: ["--resources", "GPU=1"]``).
+        ``worker-extra-args: ["--resources", "GPU=1"]``). The job script exports
+        :func:`policy_environ` after the YAML's ``job-script-prologue``.
     """
     if cluster not in CLUSTERS:
         raise ValueError(f"cluster must be one of {CLUSTERS}, got {cluster!r}")
@@ -137,11 +203,42 @@ def get_client(
             if jobqueue_config is not None:
                 stack.enter_context(dask.config.set(_jobqueue_settings(jobqueue_config)))
             job = {"cores": threads_per_worker, "memory": memory_limit}
+            prologue = [*(dask.config.get("jobqueue.slurm.job-script-prologue") or []),
+                        *(f"export {k}={v}" for k, v in policy_environ().items())]
             slurm = stack.enter_context(
-                SLURMCluster(**{k: v for k, v in job.items() if v is not None}))
+                SLURMCluster(**{k: v for k, v in job.items() if v is not None},
+                             job_script_prologue=prologue))
             slurm.scale(jobs=workers or 1)
             client = stack.enter_context(Client(slurm))
+        client.register_plugin(ThreadPolicy())
         yield client
+
+
+def _on_worker(fn: Callable[..., dict], args: tuple) -> dict:
+    return fn(*args, worker=get_worker().address)
+
+
+def run_batched(client: Client, fn: Callable[..., dict], calls: Sequence[tuple], key: str,
+                resources: dict | None = None) -> Iterator[dict]:
+    """``fn(*args, worker=ADDRESS)`` for each ``args`` of ``calls`` on ``client``'s workers (those
+    offering ``resources``), in batches of about twice its threads; yield the results as they
+    finish. Tasks still pending when the caller stops are cancelled."""
+    batch = max(2, 2 * sum(client.nthreads().values()))
+    pending = iter(calls)
+
+    def submit(count: int) -> list:
+        part = list(itertools.islice(pending, count))
+        return client.map(_on_worker, [fn] * len(part), part, key=key, pure=False,
+                          resources=resources)
+
+    running = as_completed(submit(batch))
+    try:
+        for future in running:
+            yield future.result()
+            if running.count() <= batch // 2:
+                running.update(submit(batch - running.count()))
+    finally:
+        client.cancel(list(running.futures))
 
 
 def dashboard_link(client: Client) -> str | None:

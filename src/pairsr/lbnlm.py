@@ -69,7 +69,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO, bicubic
 from pairsr.library import Library, sample_patches
@@ -78,10 +77,10 @@ from pairsr.patches import (
     Scratch,
     axis_grid,
     check_grid,
+    cpus,
     on_lattice,
     ordered_window_sums,
     overlap_average,
-    threads,
 )
 from pairsr.sigma import select_sigma
 
@@ -465,10 +464,8 @@ def _filter(
         mean = ordered_window_sums(band[0], n) / d
         return ordered_window_sums(band[0] * band[0], n) / d - mean * mean >= flat**2
 
-    # Our threads share the cores, with numpy's BLAS single-threaded so they don't fight.
-    with threadpool_limits(limits=1, user_api="blas"):
-        return overlap_average(up, n, stride, estimate, step=step, workers=workers or threads(),
-                               keep=None if flat is None else structured, lattice=lattice)
+    return overlap_average(up, n, stride, estimate, step=step, workers=workers or cpus(),
+                           keep=None if flat is None else structured, lattice=lattice)
 
 
 def lbnlm_filter(
@@ -510,10 +507,10 @@ def lbnlm_filter(
         ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) runs the whole filter
         there (same results to float32 rounding).
     workers : int, optional
-        Threads that filter rows of patches at once in numpy (default
-        :func:`pairsr.patches.threads`: 1 in a Dask worker, else the CPUs this process may use;
-        torch runs its own threads). numpy's BLAS is single-threaded, process-wide, while the
-        numpy filter runs. Pass 1 when the caller already runs tiles in parallel.
+        Threads that filter rows of patches at once in numpy (default: the CPUs this process
+        may use, :func:`pairsr.patches.cpus`; torch runs its own threads). Pass 1 when the
+        caller already runs tiles in parallel (a Dask worker's task: :mod:`pairsr.cluster`).
+        The process's BLAS threads are left as they are (one per task on a pairsr cluster).
     exact : bool
         The paper's algorithm: full-rank attention and every patch estimated (the reference).
         The default approximates it with less arithmetic (module docstring).
@@ -579,7 +576,7 @@ class LBNLM(SRMethod):
         lattice = max(d for d in range(1, min(n, self.zoom) + 1) if self.zoom % d == 0)
         return lbnlm_filter(up, self.library, sigma=p["sigma"], categories=p["categories"],
                             stride=p["stride"], residual=p["residual"], device=p.get("device"),
-                            exact=p.get("exact", False), lattice=lattice)
+                            workers=self.threads, exact=p.get("exact", False), lattice=lattice)
 
     def predict(self, lr: np.ndarray) -> np.ndarray:
         return self._filter(bicubic(lr, self.zoom))
@@ -635,4 +632,4 @@ class LBNLMOriginal(LBNLM):
     def _filter(self, up: np.ndarray) -> np.ndarray:
         p = self.params
         return lbnlm_original(up, self.library, sigma=p["sigma"], stride=p["stride"],
-                              device=p.get("device"))
+                              device=p.get("device"), workers=self.threads)

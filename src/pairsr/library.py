@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.cluster import MiniBatchKMeans
-from threadpoolctl import threadpool_limits
 
 from pairsr.patches import gather_patches, sample_corners, valid_corners
 
@@ -271,8 +270,7 @@ def sample_patches(
     kmeans = MiniBatchKMeans(
         n_clusters=k_used, random_state=seed, n_init=3, batch_size=4096, max_no_improvement=20
     )
-    with threadpool_limits(limits=1):  # as fast as 2 threads when idle, far faster when busy
-        labels = kmeans.fit_predict(p_hr).astype(np.int64)
+    labels = kmeans.fit_predict(p_hr).astype(np.int64)  # on the process's OpenMP threads
     params = {"n": n, "k": k, "K": K, "L": L, "seed": seed, "k_used": k_used,
               "sampled": len(p_hr), "available": total}  # fmt: skip
     return PatchSample(p_up, p_hr, labels, where, n, L // k, params)

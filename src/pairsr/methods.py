@@ -3,7 +3,8 @@
 Every method maps a float32 LR array ``(h, w)`` (globally scaled intensities, see
 :mod:`pairsr.grid`) to its ×``zoom`` SR array ``(zoom*h, zoom*w)`` on the SR grid, and states
 ``halo``: the LR pixels of context on each side a tile needs for its interior to equal the
-whole-image result. The tiled engine relies on nothing else.
+whole-image result. The tiled engine relies on nothing else, and sets ``threads`` (the threads
+``predict`` may use) to a task's share on a cluster (:mod:`pairsr.cluster`).
 
 A model folder holds ``model.json`` (format, method, parameters, registration records, the
 SHA-256 of every data file and a content hash over all of it) beside the method's data files.
@@ -45,6 +46,9 @@ class SRMethod:
     name: ClassVar[str] = "base"
     zoom: int = 2
     params: dict = field(default_factory=dict)
+    #: Threads ``predict`` may run at once (None: the CPUs this process may use,
+    #: :func:`pairsr.patches.cpus`); the networks use torch's threads, set per process.
+    threads: int | None = field(default=None, kw_only=True, compare=False)
     #: Dask resources a task running this method must hold (e.g. ``{"GPU": 1}``).
     resources: ClassVar[dict | None] = None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -49,23 +48,11 @@ class Scratch(threading.local):
 
 
 def cpus() -> int:
-    """CPUs this process may run on."""
+    """CPUs this process may run on: the default ``threads`` of pairsr's functions (a caller
+    that runs several at once, such as a Dask worker, passes its share: :mod:`pairsr.cluster`)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def threads() -> int:
-    """Threads a patch method runs on by default: 1 inside a Dask worker (each of its threads
-    runs a task, and a cluster has a thread per core), else :func:`cpus`."""
-    distributed = sys.modules.get("distributed")  # a worker has imported it
-    if distributed is not None:
-        try:
-            distributed.get_worker()
-            return 1
-        except ValueError:
-            pass
-    return cpus()
 
 
 def check_grid(n: int, stride: int, zoom: int) -> None:

@@ -27,7 +27,6 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage as ndi
 from sklearn.cluster import MiniBatchKMeans
-from threadpoolctl import threadpool_limits
 
 from pairsr.io import find_info_bar, to_float32
 from pairsr.region import Region, window_sums
@@ -209,9 +208,8 @@ def plan_acquisition(
     rng = np.random.default_rng(seed)
     sample = flat[rng.choice(len(flat), min(len(flat), KMEANS_SAMPLE), replace=False)]
     kmeans = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096)
-    with threadpool_limits(limits=1):
-        kmeans.fit(sample)
-        labels = kmeans.predict(flat).reshape(h, w)
+    kmeans.fit(sample)
+    labels = kmeans.predict(flat).reshape(h, w)
 
     bh, bw = min(h, max(1, round(box[0] / step))), min(w, max(1, round(box[1] / step)))
     mass = np.bincount(labels.ravel(), weights=weight.ravel(), minlength=k)

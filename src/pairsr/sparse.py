@@ -6,7 +6,7 @@ valid patch pairs drawn uniformly at random from the training pairs (:func:`samp
 no clustering). At inference a patch is taken at every ``stride``-th SR pixel from ``(0, 0)``
 (the image padded half-sample symmetrically), each is mapped to an HR patch estimate, and every
 output pixel is the mean of the estimates of the patches covering it
-(:func:`pairsr.patches.overlap_average`, on :func:`pairsr.patches.threads` threads).
+(:func:`pairsr.patches.overlap_average`, on the method's ``threads``).
 Neither method has the original back-projection step: the paper shows it hurts physical pairs.
 
 * **ScSR** (Yang et al., TIP 2010): a coupled dictionary ``(D_l, D_h)`` learned by
@@ -17,7 +17,7 @@ Neither method has the original back-projection step: the paper shows it hurts p
   that patch's mean (Yang's norm matching; Yang's ``contrast`` is 1.2).
 * **SRSW** (Trinh et al., TIP 2014): the library of original pairs itself. An upsampled patch
   ``q`` is represented over its ``neighbours`` nearest library LR patches ``P`` (Euclidean,
-  ``sklearn.neighbors.NearestNeighbors``) by the **non-negative** lasso
+  brute force, :func:`nearest`) by the **non-negative** lasso
   ``min_{β ≥ 0} ½‖q − Pᵀβ‖² + λ‖β‖₁`` (Trinh's representation is non-negative and favours
   similar patches; here similarity enters through the nearest-neighbour active set), and the HR
   patch is the same combination of the matching HR patches.
@@ -44,11 +44,10 @@ from typing import ClassVar
 import numpy as np
 from scipy import ndimage as ndi
 from scipy import sparse
-from threadpoolctl import threadpool_limits
 
 from pairsr.grid import BICUBIC_HALO, BOUNDARY, bicubic, sr_shape
 from pairsr.methods import ModelError, SRMethod, TrainingPairs
-from pairsr.patches import Channels, check_grid, overlap_average, sample_windows, threads
+from pairsr.patches import Channels, check_grid, cpus, overlap_average, sample_windows
 
 #: Patches handed to one estimate call. It bounds the memory of a step: ScSR's solver holds a few
 #: ``BATCH × 2·atoms`` float64 arrays (8 MiB each for 256 atoms), SRSW ``BATCH × neighbours × n²``
@@ -278,6 +277,30 @@ def nonneg_lasso(gram: np.ndarray, cov: np.ndarray, alpha: float) -> np.ndarray:
     return beta[:, :m]
 
 
+#: float32 distances :func:`nearest` holds at once (16 MiB).
+NEAREST_BLOCK = 2**22
+
+
+def nearest(queries: np.ndarray, keys: np.ndarray, m: int) -> np.ndarray:
+    """Indices ``(M, m)`` of the ``m`` rows of ``keys`` ``(L, d)`` nearest to each row of
+    ``queries`` ``(M, d)`` (Euclidean), nearest first, by blocks of queries; ``m <= L``.
+
+    In numpy rather than ``sklearn.neighbors``, whose search sets the process's BLAS threads
+    for the call (threadpoolctl) and so, called from several of our threads at once, can leave
+    them changed.
+    """
+    norms = np.einsum("ij,ij->i", keys, keys)
+    out = np.empty((len(queries), m), dtype=np.intp)
+    step = max(1, NEAREST_BLOCK // max(1, len(keys)))
+    for i in range(0, len(queries), step):
+        d = norms - 2 * (queries[i : i + step] @ keys.T)  # ‖q − k‖² − ‖q‖²
+        near = np.argpartition(d, m - 1, axis=1)[:, :m] if m < len(keys) else np.broadcast_to(
+            np.arange(len(keys)), d.shape)
+        order = np.argsort(np.take_along_axis(d, near, axis=1), axis=1, kind="stable")
+        out[i : i + step] = np.take_along_axis(near, order, axis=1)
+    return out
+
+
 def srsw_reconstruct(
     up: np.ndarray,
     library_up: np.ndarray,
@@ -293,12 +316,9 @@ def srsw_reconstruct(
     ``up`` is ``(M, d)``, ``library_up`` and ``library_hr`` ``(L, d)``; returns ``(M, d)``
     float32.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     up = np.asarray(up, dtype=np.float32)
     m = min(neighbours, len(library_up))
-    index = NearestNeighbors(n_neighbors=m, algorithm="brute").fit(library_up)
-    idx = index.kneighbors(up, return_distance=False)
+    idx = nearest(up, np.asarray(library_up, dtype=np.float32), m)
     near = library_up[idx].astype(np.float64)  # (M, m, d)
     beta = nonneg_lasso(near @ near.transpose(0, 2, 1), np.einsum("kjd,kd->kj", near, up), alpha)
     return np.einsum("kj,kjd->kd", beta, library_hr[idx]).astype(np.float32)
@@ -346,10 +366,9 @@ class _PatchMethod(SRMethod):
         lr = np.asarray(lr, dtype=np.float32)
         if lr.ndim != 2 or not np.isfinite(lr).all():
             raise ValueError(f"{self.name}: lr must be a finite 2-D image, got shape {lr.shape}")
-        with threadpool_limits(limits=1):  # our threads share the cores
-            return overlap_average(bicubic(lr, self.zoom), self.params["n"],
-                                   self.params["stride"], self._estimate,
-                                   channels=self._channels, step=BATCH, workers=threads())
+        return overlap_average(bicubic(lr, self.zoom), self.params["n"], self.params["stride"],
+                               self._estimate, channels=self._channels, step=BATCH,
+                               workers=self.threads or cpus())
 
     def save_data(self, folder: Path) -> list[str]:
         name = f"{self.name}.npz"

@@ -32,6 +32,7 @@ only the tasks without a marker of the same run (same model, settings and input 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -191,26 +192,20 @@ class Job:
     lattice: Lattice
     dtype: str  # output dtype
     origin: tuple[int, int] = (0, 0)  # LR (row, col) of the field in the array read (a crop)
+    threads: int | None = None  # threads of a task's predict (None: the process's CPUs)
 
 
-def _worker() -> str:
-    from distributed import get_worker
-
-    try:
-        return get_worker().address
-    except ValueError:
-        return "local"
-
-
-def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None) -> dict:
+def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
+             worker: str = "local") -> dict:
     """Super-resolve, blend and write the output chunks of ``task``; return its record.
 
     ``lr`` / ``out``: the opened LR array and output level 0 (in process); workers leave them
     None and open the stores themselves. The record (LR region, SHA-256 of the region's stored LR
-    values, read/predict/write seconds, worker) is written as the task's done-marker last.
+    values, read/predict/write seconds, ``worker``) is written as the task's done-marker last.
     """
     t0 = time.perf_counter()
-    method = cached_model(job.model)
+    method = copy.copy(cached_model(job.model))  # the loaded model, with this run's threads
+    method.threads = job.threads
     ys = spans(job.lattice, *task.rows, job.shape[0], job.zoom)
     xs = spans(job.lattice, *task.cols, job.shape[1], job.zoom)
     read = Region.bounding([_region(ys[0], xs[0]), _region(ys[-1], xs[-1])]).pad(job.halo,
@@ -235,7 +230,7 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None) -> di
     t3 = time.perf_counter()
     record = {"task": task.name, "run_hash": job.run_hash, "rows": task.rows, "cols": task.cols,
               "input_sha256": digest, "windows": len(ys) * len(xs), "read_s": t1 - t0,
-              "predict_s": t2 - t1, "write_s": t3 - t2, "worker": _worker(), "pid": os.getpid()}
+              "predict_s": t2 - t1, "write_s": t3 - t2, "worker": worker, "pid": os.getpid()}
     _write_json(Path(job.out) / STATE / "done" / f"{task.name}.json", record)
     return record
 
@@ -302,28 +297,6 @@ def _open_to_resume(out: Path, run_hash: str) -> zarr.Group:
 
 
 # ----------------------------------------------------------------------------- execution
-
-
-def _on_cluster(client, job: Job, tasks: list[Task], resources: dict | None) -> Iterator[dict]:
-    """Run ``tasks`` on ``client`` in batches of about twice its threads; yield their records."""
-    from distributed import as_completed
-
-    batch = max(2, 2 * sum(client.nthreads().values()))
-    pending = iter(tasks)
-
-    def submit(count: int) -> list:
-        part = list(itertools.islice(pending, count))
-        return client.map(run_task, [job] * len(part), part, key="pairsr-tile", pure=False,
-                          resources=resources)
-
-    running = as_completed(submit(batch))
-    try:
-        for future in running:
-            yield future.result()
-            if running.count() <= batch // 2:
-                running.update(submit(batch - running.count()))
-    finally:
-        client.cancel(list(running.futures))
 
 
 def apply_tiled(
@@ -398,7 +371,7 @@ def apply_tiled(
         As in :func:`pairsr.io.read_image` (info bars of TIFF/PNG inputs are cropped by
         default; zarr inputs are used as they are unless ``crop`` is given).
     """
-    from pairsr.cluster import task_resources
+    from pairsr.cluster import TASK_THREADS, run_batched, task_resources
 
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
@@ -458,7 +431,7 @@ def apply_tiled(
         group = _create_output(out, image, zoom, zoom * chunk, provenance, overwrite or tiff)
 
     job = Job(model, str(lr_path), str(out), run_hash, (rows, cols), zoom, method.halo, lattice,
-              settings["dtype"], origin)
+              settings["dtype"], origin, TASK_THREADS if client is not None else None)
     tasks = [Task(f"{i}_{j}", (r, min(r + tile, rows)), (c, min(c + tile, cols)))
              for i, r in enumerate(range(0, rows, tile))
              for j, c in enumerate(range(0, cols, tile))]
@@ -468,7 +441,8 @@ def apply_tiled(
         source = open_level0(lr_path) if lazy else image.data
         records = (run_task(job, t, source, group["0"]) for t in todo)
     else:
-        records = _on_cluster(client, job, todo, resources)
+        records = run_batched(client, run_task, [(job, t) for t in todo], "pairsr-tile",
+                              resources)
     log = {"run_hash": run_hash, "output": str(final), "tasks_total": len(tasks),
            "tasks_skipped": len(done), "tasks": []}
     if log_path is None:  # (a TIFF output keeps no log unless asked: its store is removed)

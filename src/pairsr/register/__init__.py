@@ -30,7 +30,8 @@ Pipeline of :func:`register_pair`:
    HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
    improves the fine fit. Patch sizes, search radius and knots scale with the zoom, the HR's
    size and the patches accepted. For a chunked dask HR the patch search runs chunk by chunk
-   (with a halo); the global step reads the HR reduced.
+   (with a halo); the global step reads the HR reduced. Both run on ``threads`` threads of
+   the calling process, never on a Dask scheduler (``register_pair(threads=...)``).
 
 Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
 do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field

@@ -123,14 +123,15 @@ def _fine_residual(lr: np.ndarray, hr1: np.ndarray, f1: int, sigma: float,
 
 
 def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
-                 opts: _PatchSearch, scan_knots: int,
-                 smoothing: float) -> tuple[np.ndarray | None, int, int]:
+                 opts: _PatchSearch, scan_knots: int, smoothing: float,
+                 threads: int = 1) -> tuple[np.ndarray | None, int, int]:
     """Dense local field (2, h, w) from the patch search, or None if too few patches pass. The
     splines have at most ``scan_knots`` knot intervals, fewer than there are rows of patches,
     and few enough for :data:`PATCHES_PER_COEF` accepted patches per coefficient.
-    Also returns the numbers of patches tried and accepted.
+    Also returns the numbers of patches tried and accepted. The patch search runs on
+    ``threads`` threads.
     """
-    patches = _patch_results(lr, hr, matrix, offset, hr_noise, opts)
+    patches = _patch_results(lr, hr, matrix, offset, hr_noise, opts, threads)
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
     edge = opts.size // 2 + opts.radius
     patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))

@@ -12,8 +12,9 @@ from scipy import ndimage as ndi
 from skimage.feature import match_template, peak_local_max
 
 from pairsr.grid import interpolate
+from pairsr.patches import ordered_map
+from pairsr.region import window_sums
 from pairsr.register._images import (
-    _box_sums,
     _central,
     _grid_samples,
     _noise_sigma,
@@ -79,7 +80,7 @@ def _null_stats(score: np.ndarray) -> tuple[float, float, float]:
     return med, spread, n_eff
 
 
-#: LR pixels (at the coarse level) from which the coarse search's angles run as dask tasks.
+#: LR pixels (at the coarse level) from which the coarse search's angles run in parallel.
 PARALLEL_SEARCH_PIXELS = 1024**2
 
 
@@ -100,7 +101,7 @@ def _angle_search(lr_c: np.ndarray, tmpl: np.ndarray, angle: float,
                                           order=1, cval=cval)
                      for im, cval in ((lr_c, float(lr_c.mean())), (np.ones_like(lr_c), 0.0)))
     ncc = match_template(image, tmpl)
-    return ncc, ncc * np.sqrt(np.clip(_box_sums(inside, tmpl.shape) / tmpl.size, 0, 1)), umin
+    return ncc, ncc * np.sqrt(np.clip(window_sums(inside, tmpl.shape) / tmpl.size, 0, 1)), umin
 
 
 def _angle_peaks(lr_c: np.ndarray, tmpl: np.ndarray, angle: float,
@@ -110,31 +111,25 @@ def _angle_peaks(lr_c: np.ndarray, tmpl: np.ndarray, angle: float,
     return float(score.max()), float(-score.min())
 
 
-def _coarse_search(lr_c: np.ndarray, tmpl: np.ndarray,
-                   max_rotation_deg: float) -> dict[int, _Match]:
+def _coarse_search(lr_c: np.ndarray, tmpl: np.ndarray, max_rotation_deg: float,
+                   threads: int = 1) -> dict[int, _Match]:
     """NCC template search of ``tmpl`` in ``lr_c`` over a sweep of rotations.
 
     Each angle is searched by :func:`_angle_search`. Positions are scored by NCC·√overlap (the
     overlap: the template's fraction inside the LR), the significance of a correlation over
     that many pixels, so that a small overlap that happens to correlate does not compete with a
-    full one. The angles run as dask tasks (on the current scheduler: threads, or a
-    distributed cluster) when ``lr_c`` has :data:`PARALLEL_SEARCH_PIXELS` or more, and only
-    their best scores come back. Returns, for the positive (key 1) and negative (key −1:
-    inverted contrast) correlation, the :data:`MAX_CANDIDATES` best peaks at the best angle.
+    full one. The angles run on ``threads`` threads when ``lr_c`` has
+    :data:`PARALLEL_SEARCH_PIXELS` or more (else one after the other). Returns, for the positive
+    (key 1) and negative (key −1: inverted contrast) correlation, the :data:`MAX_CANDIDATES`
+    best peaks at the best angle.
     """
     half_diag = 0.5 * np.hypot(*tmpl.shape)
     step = float(np.clip(np.rad2deg(1.0 / half_diag), 0.1, 2.0))  # ≤ 1 px at the corners
     n = int(np.ceil(max_rotation_deg / step)) + 1  # one step beyond the range: edge test
     angles = np.linspace(-n * step, n * step, 2 * n + 1)
     pad = 3 * np.array(tmpl.shape) // 4
-    if lr_c.size >= PARALLEL_SEARCH_PIXELS:
-        import dask
-
-        lazy_lr, lazy_tmpl = dask.delayed(lr_c), dask.delayed(tmpl)  # one task each, not per angle
-        peaks = dask.compute(*[dask.delayed(_angle_peaks)(lazy_lr, lazy_tmpl, a, pad)
-                               for a in angles])  # fmt: skip
-    else:
-        peaks = [_angle_peaks(lr_c, tmpl, a, pad) for a in angles]
+    workers = threads if lr_c.size >= PARALLEL_SEARCH_PIXELS else 1
+    peaks = list(ordered_map(lambda a: _angle_peaks(lr_c, tmpl, a, pad), angles, workers))
     scores = np.array(peaks).T  # (sign, angle): best score per sign and angle
     matches = {}
     for k, sign in enumerate((1, -1)):
@@ -334,7 +329,8 @@ def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, 
 
 
 def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
-            allow_inversion: bool, min_ncc: float | None, min_peak_ratio: float) -> Registration:
+            allow_inversion: bool, min_ncc: float | None, min_peak_ratio: float,
+            threads: int = 1) -> Registration:
     """Coarse search, then pyramid refinement and the HR→LR blur; the global registration.
 
     The coarse match decides alone when it is significant (its NCC well above what chance gives
@@ -351,15 +347,15 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
         levels.append(2 * levels[-1])
     f_of = {c: max(1, round(zoom * c)) for c in levels}
     f1 = f_of[1]
-    hr_fine = _reduce(hr, f1)  # the one pass over the full-resolution HR
-    hr_lev = {c: _reduce(hr_fine, f // f1) if f % f1 == 0 else _reduce(hr, f)
+    hr_fine = _reduce(hr, f1, threads)  # the one pass over the full-resolution HR
+    hr_lev = {c: _reduce(hr_fine, f // f1) if f % f1 == 0 else _reduce(hr, f, threads)
               for c, f in f_of.items()}
     lr_lev = {c: _reduce(lr, c) for c in levels}
 
     c = levels[-1]
     lr_c = ndi.gaussian_filter(lr_lev[c], COARSE_SMOOTH)
     tmpl = ndi.gaussian_filter(hr_lev[c], COARSE_SMOOTH)
-    matches = _coarse_search(lr_c, tmpl, max_rotation_deg)
+    matches = _coarse_search(lr_c, tmpl, max_rotation_deg, threads)
     sign = _choose_sign(matches, allow_inversion=allow_inversion)
     match = matches[sign]
     significant = match.significance >= match.min_significance
@@ -368,7 +364,7 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
         return RegistrationError(
             f"HR image not found in the LR image: {reason} (best coarse match NCC "
             f"{match.ncc:.2f}, {match.significance:.1f}σ above chance){_texture_note(lr_c, tmpl)}"
-            f"; {_zoom_hint(lr_c, hr, zoom, c, max_rotation_deg)}"
+            f"; {_zoom_hint(lr_c, hr, zoom, c, max_rotation_deg, threads)}"
         )
 
     if min_ncc is not None and match.ncc < min_ncc:
@@ -381,7 +377,8 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
     if not fits:
         raise not_found("no candidate position kept an overlap when refined")
     best = fits[0]
-    reliability = best.reliabilities(_noise_sigma(lr), _noise_sigma(_central(hr)), f1)
+    hr_noise = _noise_sigma(_central(hr, threads=threads))
+    reliability = best.reliabilities(_noise_sigma(lr), hr_noise, f1)
     flat = [(name, rel, least) for name, rel, least
             in zip(("LR", "HR"), reliability, MIN_RELIABILITY) if rel < least]
     if flat:
@@ -438,7 +435,8 @@ def _rotation_of(a: np.ndarray) -> float:
     return float(np.rad2deg(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
 
 
-def _zoom_hint(lr_c: np.ndarray, hr, zoom: float, c: int, max_rotation_deg: float) -> str:
+def _zoom_hint(lr_c: np.ndarray, hr, zoom: float, c: int, max_rotation_deg: float,
+               threads: int = 1) -> str:
     """What to try after a failed search: the zoom (of 1.5-8, or half or twice ``zoom``) at
     which the coarse search finds a significant, unique match, if there is one."""
     tried = []
@@ -446,10 +444,10 @@ def _zoom_hint(lr_c: np.ndarray, hr, zoom: float, c: int, max_rotation_deg: floa
         f = round(other * c)
         if abs(other / zoom - 1) < 0.1 or f < 1 or min(hr.shape) / f < 16:
             continue
-        tmpl = ndi.gaussian_filter(_reduce(hr, f), COARSE_SMOOTH)
+        tmpl = ndi.gaussian_filter(_reduce(hr, f, threads), COARSE_SMOOTH)
         if min(tmpl.shape) > 0.9 * min(lr_c.shape):
             continue
-        match = _coarse_search(lr_c, tmpl, max_rotation_deg)[1]
+        match = _coarse_search(lr_c, tmpl, max_rotation_deg, threads)[1]
         tried.append((match.significance - match.min_significance, other, match))
     good = [t for t in tried if t[0] > 0 and t[2].peak_ratio >= 1.5]
     if good:

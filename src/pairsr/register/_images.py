@@ -8,8 +8,6 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.util import img_as_float32
 
-from pairsr.region import window_sums as _box_sums  # noqa: F401 (the searches' box sums)
-
 
 def _is_dask(a) -> bool:
     dask = sys.modules.get("dask")  # a dask array exists only if dask was imported
@@ -27,20 +25,30 @@ def _as_image(image, name: str, allow_dask: bool = False):
     return out
 
 
+def _numpy(image, threads: int) -> np.ndarray:
+    """``image`` as float32 numpy; a dask array computed on ``threads`` threads of this process
+    (never on an ambient scheduler or client)."""
+    if _is_dask(image):
+        image = image.compute(scheduler="sync") if threads == 1 else image.compute(
+            scheduler="threads", num_workers=threads)
+    return np.asarray(image, dtype=np.float32)
+
+
 def _gauss_depth(sigma: float) -> int:
     """Pixels a Gaussian of ``sigma`` reads on each side (scipy's default truncate=4)."""
     return int(4.0 * sigma + 0.5)
 
 
-def _reduce(image, f: int) -> np.ndarray:
-    """Gaussian anti-alias (σ = f/2) and decimate by ``f``: output pixel k ↔ input pixel f·k."""
+def _reduce(image, f: int, threads: int = 1) -> np.ndarray:
+    """Gaussian anti-alias (σ = f/2) and decimate by ``f``: output pixel k ↔ input pixel f·k.
+    A dask ``image`` is computed on ``threads`` threads."""
     if f == 1:
-        return np.asarray(image, dtype=np.float32)
+        return _numpy(image, threads)
     sigma = 0.5 * f
     if _is_dask(image):
         blurred = image.map_overlap(ndi.gaussian_filter, depth=_gauss_depth(sigma) + 1,
                                     boundary="reflect", sigma=sigma, mode="reflect")
-        return np.asarray(blurred[::f, ::f].compute(), dtype=np.float32)
+        return _numpy(blurred[::f, ::f], threads)
     return ndi.gaussian_filter(image, sigma, mode="reflect")[::f, ::f]
 
 
@@ -82,7 +90,8 @@ def _quadratic(w: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(w), w, w * w], axis=-1)
 
 
-def _central(image, size: int = 2048) -> np.ndarray:
-    """Central crop of at most ``size``² pixels, as a numpy array (computes a dask crop only)."""
+def _central(image, size: int = 2048, threads: int = 1) -> np.ndarray:
+    """Central crop of at most ``size``² pixels, as a numpy array (computes a dask crop only,
+    on ``threads`` threads)."""
     lo = [max(0, (n - size) // 2) for n in image.shape]
-    return np.asarray(image[lo[0] : lo[0] + size, lo[1] : lo[1] + size], dtype=np.float32)
+    return _numpy(image[lo[0] : lo[0] + size, lo[1] : lo[1] + size], threads)

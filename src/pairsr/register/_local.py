@@ -11,10 +11,12 @@ from scipy import fft
 from scipy import ndimage as ndi
 
 from pairsr.grid import BICUBIC_HALO, interpolate
+from pairsr.patches import ordered_map
 from pairsr.region import Region, window_sums
 from pairsr.register._images import (
     _gauss_depth,
     _is_dask,
+    _numpy,
     _quadratic,
 )
 from pairsr.register._mapping import _apply
@@ -40,10 +42,11 @@ class _PatchSearch:
         return self.size // 2 + self.radius + _gauss_depth(np.hypot(self.blur, self.smooth)) + 1
 
 
-def _ncc_maps(search: np.ndarray, tmpl: np.ndarray) -> np.ndarray:
+def _ncc_maps(search: np.ndarray, tmpl: np.ndarray, threads: int = 1) -> np.ndarray:
     """Batched :func:`skimage.feature.match_template`: (N, m, m) searched by (N, n, n) templates.
 
-    Returns (N, m−n+1, m−n+1) NCC maps; 0 where the search window is flat.
+    Returns (N, m−n+1, m−n+1) NCC maps; 0 where the search window is flat. The FFTs run on
+    ``threads`` threads.
     """
     m, n = search.shape[-1], tmpl.shape[-1]
     k = m - n + 1
@@ -51,9 +54,9 @@ def _ncc_maps(search: np.ndarray, tmpl: np.ndarray) -> np.ndarray:
     t0 = tmpl - tmpl.mean(axis=(1, 2), keepdims=True, dtype=np.float64)
     # Circular cross-correlation at size m: exact for the k×k shifts that do not wrap. Float32
     # FFTs (twice as fast) suffice to place the peak; the window statistics stay in float64.
-    spectrum = (fft.rfft2(search.astype(np.float32), workers=-1)
-                * np.conj(fft.rfft2(t0.astype(np.float32), s=(m, m), workers=-1)))
-    num = fft.irfft2(spectrum, s=(m, m), workers=-1)[:, :k, :k].astype(np.float64)
+    spectrum = (fft.rfft2(search.astype(np.float32), workers=threads)
+                * np.conj(fft.rfft2(t0.astype(np.float32), s=(m, m), workers=threads)))
+    num = fft.irfft2(spectrum, s=(m, m), workers=threads)[:, :k, :k].astype(np.float64)
     sums = window_sums(np.stack([search, search**2]), (n, n))
     var = np.clip(sums[1] - sums[0] ** 2 / n**2, 0.0, None)
     den = np.sqrt(var * (t0**2).sum(axis=(1, 2))[:, None, None])
@@ -140,7 +143,7 @@ class _Patches(NamedTuple):
 def _search_window(
     hr_win: np.ndarray, origin: np.ndarray, lr_sub: np.ndarray, lr_origin: np.ndarray,
     matrix: np.ndarray, offset: np.ndarray, centres: np.ndarray, hr_noise: float,
-    lr_shape: tuple[int, int], opts: _PatchSearch,
+    lr_shape: tuple[int, int], opts: _PatchSearch, threads: int = 1,
 ) -> _Patches:
     """Patch search in one HR window: the paper's Eq. 1 (NCC of an HR patch, blurred to the LR
     resolution, against the registered upsampled LR ``Ir`` around it), then a sub-pixel
@@ -148,10 +151,11 @@ def _search_window(
 
     ``hr_win`` starts at HR pixel ``origin``; ``lr_sub`` at LR pixel ``lr_origin`` covers the
     window's LR footprint plus the bicubic halo; ``centres`` (N, 2) are HR pixel indices whose
-    patches and search regions lie inside the window.
+    patches and search regions lie inside the window. A dask ``hr_win`` is computed here; the
+    FFTs run on ``threads`` threads.
     """
     n, r = opts.size, opts.radius
-    hb = ndi.gaussian_filter(np.asarray(hr_win, dtype=np.float32), np.hypot(opts.blur, opts.smooth))
+    hb = ndi.gaussian_filter(_numpy(hr_win, 1), np.hypot(opts.blur, opts.smooth))
     grid = np.indices(hr_win.shape, dtype=float) + origin.reshape(2, 1, 1)
     lr_coords = _apply(matrix, offset, grid) - lr_origin.reshape(2, 1, 1)
     ir = ndi.gaussian_filter(interpolate(lr_sub, lr_coords), opts.smooth)  # the paper's Ir
@@ -173,7 +177,7 @@ def _search_window(
         return out
     top = top[tried]
     search = _patches(ir, top - r, n + 2 * r)
-    peak_at, peak, ratio, interior = _peaks(_ncc_maps(search, tmpl[tried]))
+    peak_at, peak, ratio, interior = _peaks(_ncc_maps(search, tmpl[tried], threads))
     moving = np.lib.stride_tricks.sliding_window_view(search, (n, n), axis=(1, 2))[
         np.arange(len(top)), peak_at[:, 0], peak_at[:, 1]]
     delta, weight, where = _lucas_kanade(moving, hb, top)
@@ -188,8 +192,9 @@ def _search_window(
 
 
 def _patch_results(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray,
-                   hr_noise: float, opts: _PatchSearch) -> _Patches:
-    """Run the patch search over the HR image: one window, or one per chunk of a dask ``hr``.
+                   hr_noise: float, opts: _PatchSearch, threads: int = 1) -> _Patches:
+    """Run the patch search over the HR image: one window (its FFTs on ``threads`` threads), or
+    one per chunk of a dask ``hr`` (``threads`` chunks at a time, one thread each).
 
     Patch centres lie on a grid of step ``opts.step``; each chunk searches the centres it holds
     and reads the HR around them with a halo that covers their patches, search regions and
@@ -225,8 +230,6 @@ def _patch_results(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray,
     if not jobs:
         return _Patches.blank(np.zeros((0, 2), int))
     if _is_dask(hr):
-        import dask
-
-        return _Patches.concatenate(
-            dask.compute(*[dask.delayed(_search_window)(*job) for job in jobs]))
-    return _Patches.concatenate([_search_window(*job) for job in jobs])
+        return _Patches.concatenate(list(ordered_map(lambda job: _search_window(*job), jobs,
+                                                     threads)))
+    return _Patches.concatenate([_search_window(*job, threads) for job in jobs])

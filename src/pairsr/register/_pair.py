@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 
+from pairsr.patches import cpus
 from pairsr.register._field import _absorb_affine, _fine_residual, _local_field
 from pairsr.register._global import _global
 from pairsr.register._images import _as_image, _central, _noise_sigma, _reduce
@@ -45,6 +46,7 @@ def register_pair(
     search_radius: int | None = None,
     scan_knots: int = 12,
     smoothing: float = 1.0,
+    threads: int | None = None,
 ) -> Registration:
     """Register an HR scan of a sub-area to the LR scan of the whole field.
 
@@ -76,6 +78,11 @@ def register_pair(
     scan_knots, smoothing
         Local field: most knot intervals over each scan's height (fewer where fewer patch rows
         fit, or fewer patches are accepted), and relative penalty of its per-scan-line P-splines.
+    threads
+        Threads of this process that the rotation search, the FFTs of the patch search and the
+        reading of a dask ``hr`` use (default: the CPUs this process may use). Nothing runs on
+        a Dask scheduler or client: a task on a worker passes its share
+        (:data:`pairsr.cluster.TASK_THREADS`).
 
     Returns
     -------
@@ -95,9 +102,12 @@ def register_pair(
     hr = _as_image(hr, "hr", allow_dask=True)
     if not zoom > 0:
         raise ValueError(f"zoom must be positive, got {zoom}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    threads = threads or cpus()
     reg = _global(lr, hr, zoom, max_rotation_deg=max_rotation_deg, affine=affine,
                   allow_inversion=allow_inversion, min_ncc=min_ncc,
-                  min_peak_ratio=min_peak_ratio)
+                  min_peak_ratio=min_peak_ratio, threads=threads)
     # Scan drift of up to DRIFT_ALLOWANCE LR px across the HR's extent scales the global fit.
     tolerance = zoom_tolerance + DRIFT_ALLOWANCE * zoom / min(hr.shape)
     if abs(reg.zoom / zoom - 1) > tolerance:
@@ -125,14 +135,14 @@ def register_pair(
         opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
                              search_radius)
         disp, reg.patches_tried, reg.patches_accepted = _local_field(
-            lr, hr_signed, reg.matrix, reg.offset, _noise_sigma(_central(hr)), opts, scan_knots,
-            smoothing,
+            lr, hr_signed, reg.matrix, reg.offset, _noise_sigma(_central(hr, threads=threads)),
+            opts, scan_knots, smoothing, threads,
         )
         if disp is not None:
             with_field = Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
                                       disp=disp)
             f1 = max(1, round(reg.zoom))
-            hr1 = _reduce(hr_signed, f1)
+            hr1 = _reduce(hr_signed, f1, threads)
             sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
             gain = [_fine_residual(lr, hr1, f1, sigma, with_field, local)
                     for local in (False, True)]
