@@ -138,21 +138,24 @@ def register_images(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray
     ``allow_inversion``, ``min_ncc``, ``min_peak_ratio``, …). A registration error gets a hint
     about the zoom appended (:meth:`Zoom.hint`).
     """
-    _, _, reg, choice = _register(lr, hr, zoom, local, register_options)
-    return reg, choice
+    return _register(lr, hr, zoom, local, register_options)
+
+
+def _data(image: np.ndarray | xr.DataArray):
+    """The array of an image as it is (a dask-backed DataArray stays lazy)."""
+    return image.data if isinstance(image, xr.DataArray) else image
 
 
 def _register(lr, hr, zoom: float | None, local: bool, options: dict):
-    """``(lr, hr)`` as float32, the registration and the zoom chosen."""
+    """The registration and the zoom chosen; lazy (zarr) images are read as the search needs."""
     from pairsr.register import RegistrationError, register_pair
 
     choice = pair_zoom(_pixel(lr), _pixel(hr), zoom)
-    lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
     try:
-        reg = register_pair(lr_f, hr_f, zoom=choice.nominal, local=local, **options)
+        reg = register_pair(_data(lr), _data(hr), zoom=choice.nominal, local=local, **options)
     except RegistrationError as err:
         raise RegistrationError(f"{err}{choice.hint()}") from None
-    return lr_f, hr_f, reg, choice
+    return reg, choice
 
 
 def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *,
@@ -162,7 +165,8 @@ def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *
     grid of ``lr`` at the integer zoom chosen (:func:`pair_zoom`; ``TrainingPair.zoom``)."""
     from pairsr.register import warp_hr_to_sr
 
-    lr_f, hr_f, reg, choice = _register(lr, hr, zoom, local, register_options)
+    reg, choice = _register(lr, hr, zoom, local, register_options)
+    lr_f, hr_f = to_float32(_values(lr)), to_float32(_values(hr))
     return TrainingPair(lr_f, warp_hr_to_sr(hr_f, reg, lr_f.shape, zoom=choice.sr, local=local),
                         reg)
 

@@ -37,9 +37,17 @@ do, in command-line terms, or warn (HR partly outside the LR; inverted contrast;
 skipped).
 """
 
-from pairsr.register._mapping import Registration, RegistrationError, warp_hr_to_sr
+from pairsr.register._mapping import (
+    LocalField,
+    Registration,
+    RegistrationError,
+    RidgeSpline,
+    sr_footprint,
+    warp_hr_to_sr,
+    warp_hr_to_sr_region,
+)
 from pairsr.register._pair import register_pair
 from pairsr.register._plot import plot_registration
 
-__all__ = ["Registration", "RegistrationError", "plot_registration", "register_pair",
-           "warp_hr_to_sr"]
+__all__ = ["LocalField", "Registration", "RegistrationError", "RidgeSpline", "plot_registration",
+           "register_pair", "sr_footprint", "warp_hr_to_sr", "warp_hr_to_sr_region"]
