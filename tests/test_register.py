@@ -14,10 +14,8 @@ from skimage.util import img_as_float32
 
 from pairsr.grid import interpolate
 from pairsr.register import (
-    LocalField,
     Registration,
     RegistrationError,
-    RidgeSpline,
     plot_registration,
     register_pair,
     sr_footprint,
@@ -25,7 +23,7 @@ from pairsr.register import (
     warp_hr_to_sr_region,
 )
 from pairsr.register._global import _angle_peaks, _refine
-from pairsr.register._images import _reduce
+from pairsr.register._images import _decimate, _reduce, _Window
 from pairsr.register._local import _ncc_maps
 from pairsr.simulate import simulate_pair, true_lr_coords
 
@@ -180,7 +178,7 @@ def test_round_trip_with_local_field():
                           reg.displacement()[:, 20:40, 5:70:3])
     assert np.allclose(reg.hr_to_lr(at, local=False)[:, 0], reg.matrix @ at[:, 0] + reg.offset)
     # Re-expressed against another affine, the whole mapping is unchanged.
-    other = 1.01 * matrix, np.array(offset) + [0.3, -0.4]
+    other = 1.01 * matrix, np.add(offset, [0.3, -0.4])
     moved = Registration(*other, (100, 120), (h, w),
                          local_field=field.reexpressed(matrix, np.array(offset), *other))
     assert np.abs(moved.hr_to_lr(hr_pts) - lr_pts).max() < 1e-9
@@ -213,10 +211,10 @@ def test_old_record_with_a_dense_field_is_converted(simulated, tmp_path):
     del record["local_field"]
     record["disp_file"] = "reg_disp.npy"
     (tmp_path / "reg.json").write_text(json.dumps(record))
-    with pytest.raises(FileNotFoundError, match="reg_disp.npy, which is missing"):
+    with pytest.raises(FileNotFoundError, match=r"reg_disp\.npy, which is missing"):
         Registration.load(tmp_path / "reg.json")
     np.save(tmp_path / "reg_disp.npy", reg.displacement())
-    with pytest.warns(UserWarning, match="converted the dense local field of reg_disp.npy"):
+    with pytest.warns(UserWarning, match=r"converted the dense local field of reg_disp\.npy"):
         back = Registration.load(tmp_path / "reg.json")
     grid = np.indices(reg.hr_shape, dtype=float)
     assert np.abs(back.hr_to_lr(grid) - reg.hr_to_lr(grid)).max() < 1e-3
@@ -250,6 +248,23 @@ def test_warp_reproduces_hr_on_pure_x2_pair(spec):
     assert np.abs(found - hr[2:-2, 2:-2]).mean() < 0.01 * hr.std()
 
 
+def test_region_warp_equals_the_full_warp_cropped(simulated):
+    pair, reg = simulated
+    full = warp_hr_to_sr(pair.hr, reg)
+    box, region = warp_hr_to_sr_region(pair.hr, reg)
+    assert region == sr_footprint(reg)
+    np.testing.assert_array_equal(box, full[region])
+    outside = np.ones(full.shape, bool)
+    outside[region] = False
+    assert np.isnan(full[outside]).all() and np.isfinite(box).mean() > 0.9
+    # Any box, even one reaching beyond the SR grid, without the local field too.
+    rows, cols = slice(-5, 300), slice(400, 1000)
+    part, _ = warp_hr_to_sr_region(pair.hr, reg, (rows, cols), local=False)
+    padded = np.pad(warp_hr_to_sr(pair.hr, reg, local=False), ((5, 0), (0, 40)),
+                    constant_values=np.nan)
+    np.testing.assert_array_equal(part, padded[:305, 400:1000])
+
+
 # --- dask -------------------------------------------------------------------------------------
 
 
@@ -262,6 +277,24 @@ def test_chunked_dask_hr_gives_the_same_registration(simulated):
     assert np.abs(tiled.displacement() - reg.displacement()).max() < 1e-4
     assert (tiled.patches_tried, tiled.patches_accepted) == (reg.patches_tried,
                                                              reg.patches_accepted)
+
+
+def test_lazy_lr_registers_as_the_in_memory_one(simulated):
+    """A chunked dask LR (as read from zarr) is read reduced and around the footprint only,
+    with the same result as the array in memory."""
+    da = pytest.importorskip("dask.array")
+    pair, reg = simulated
+    lazy = register_pair(da.from_array(pair.lr, chunks=(97, 130)), pair.hr)
+    assert lazy.to_dict() == reg.to_dict()
+
+
+def test_coarse_level_block_by_block_equals_the_whole():
+    da = pytest.importorskip("dask.array")
+    image = _specimen((333, 517), seed=3)
+    for f in (2, 4, 8):
+        whole = _decimate(image, f)
+        np.testing.assert_array_equal(_decimate(da.from_array(image, chunks=(100, 77)), f), whole)
+        np.testing.assert_allclose(whole, _reduce(image, f), atol=1e-6)
 
 
 def test_coarse_search_as_dask_tasks_finds_the_same_match(spec, monkeypatch):
@@ -367,7 +400,7 @@ def test_global_refinement_on_a_lattice_keeps_a_good_start(seed):
     a = np.linalg.inv(np.asarray(sim.truth["matrix"]))  # LR -> HR
     t = -a @ np.asarray(sim.truth["offset"])
     lr2, hr4 = _reduce(sim.lr / np.float32(255), 2), _reduce(sim.hr / np.float32(255), 4)
-    a2, t2, ncc = _refine(lr2, hr4, a / 2, t / 4, affine=False)
+    a2, t2, ncc = _refine(_Window(lr2, (0, 0), lr2.shape), hr4, a / 2, t / 4, affine=False)
     shift = np.linalg.solve(a2, -t2) - np.linalg.solve(a / 2, -t / 4)  # level-2 LR px
     assert np.hypot(*shift) < 0.3
     assert ncc > 0.8

@@ -1,8 +1,10 @@
 """Register a physical LR/HR image pair (the paper's Sec. III-A, with sub-pixel accuracy).
 
 Mapping convention (README, :mod:`pairsr.grid`): ``lr = matrix @ hr + offset`` for ``(row, col)``
-pixel-centre coordinates. With the local field ``disp`` (2, h, w), in HR pixels, the LR coordinate
-of HR pixel ``x`` is ``matrix @ (x + disp[:, x]) + offset``.
+pixel-centre coordinates. With the local field ``disp`` (:class:`LocalField`, HR pixels, stored
+as spline coefficients and evaluated where asked), the LR coordinate of HR point ``x`` is
+``matrix @ (x + disp(x)) + offset``. :func:`warp_hr_to_sr_region` resamples the HR onto a box of
+the SR grid (default :func:`sr_footprint`, the HR's footprint), allocating only that box.
 
 Pipeline of :func:`register_pair`:
 
@@ -29,8 +31,11 @@ Pipeline of :func:`register_pair`:
    scan lines. The global affine is then refitted as the least-squares affine of the whole
    HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
    improves the fine fit. Patch sizes, search radius and knots scale with the zoom, the HR's
-   size and the patches accepted. For a chunked dask HR the patch search runs chunk by chunk
-   (with a halo); the global step reads the HR reduced.
+   size and the patches accepted. The patch search runs block by block (a dask HR's chunks, or
+   blocks of an in-memory HR, with a halo); the global step reads the HR reduced.
+
+A dask LR (a zarr survey) is read reduced, block by block, for the coarse search, and at full
+resolution only around the candidates' and the match's footprints (fine fit, noise, local step).
 
 Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
 do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field

@@ -12,6 +12,7 @@ from pairsr.register._global import _global
 from pairsr.register._images import (
     _as_image,
     _central,
+    _is_dask,
     _level_window,
     _noise_sigma,
     _reduce,
@@ -22,6 +23,10 @@ from pairsr.register._mapping import Registration, RegistrationError
 
 #: LR pixels by which scan drift may stretch the HR's extent: widens the accepted zoom range.
 DRIFT_ALLOWANCE = 1.0
+#: HR pixels a side of the blocks an in-memory HR's patch search runs in (as dask tasks, on
+#: the current scheduler): its memory follows the block, not the HR (results do not depend on
+#: the blocks, :func:`pairsr.register._local._patch_results`).
+LOCAL_BLOCK = 1024
 
 
 def _patch_search(hr_shape: tuple[int, int], zoom: float, blur: float, size: int | None,
@@ -140,11 +145,16 @@ def register_pair(
                       stacklevel=2)
     if local:
         hr_signed = 1.0 - hr if reg.inverted else hr
+        hr_blocks = hr_signed
+        if not _is_dask(hr) and max(hr.shape) > LOCAL_BLOCK:
+            import dask.array as da
+
+            hr_blocks = da.from_array(hr_signed, chunks=LOCAL_BLOCK)
         opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
                              search_radius)
         window = _local_window(lr, reg, opts)
         field, reg.patches_tried, reg.patches_accepted = _local_field(
-            window, hr_signed, reg.matrix, reg.offset, _noise_sigma(_central(hr)), opts,
+            window, hr_blocks, reg.matrix, reg.offset, _noise_sigma(_central(hr)), opts,
             scan_knots, smoothing,
         )
         if field is not None:
