@@ -2,6 +2,7 @@
 warp, dask tiling, persistence, the figure, the hard cases (smooth or noisy, periodic, inverted,
 rotated, small, ×3/×4 pairs), and every refusal."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,17 @@ from skimage.feature import match_template
 from skimage.util import img_as_float32
 
 from pairsr.grid import interpolate
+from pairsr.region import Region
 from pairsr.register import (
     Registration,
     RegistrationError,
+    footprint_region,
     plot_registration,
     register_pair,
     warp_hr_to_sr,
 )
 from pairsr.register._global import _angle_peaks, _refine
-from pairsr.register._images import _reduce
+from pairsr.register._images import _decimate, _reduce, _Window
 from pairsr.register._local import _ncc_maps
 from pairsr.simulate import simulate_pair, true_lr_coords
 
@@ -122,12 +125,12 @@ def test_simulated_pair_within_tolerances(simulated):
     est = reg.hr_to_lr(np.indices((h, w), dtype=float))
     err = np.tensordot(np.linalg.inv(reg.matrix), est - true_lr_coords(t), axes=1)
     assert np.sqrt((err**2).sum(0).mean()) < 0.3
-    assert reg.disp.shape == (2, h, w) and reg.rms_displacement > 0.05
+    assert reg.local_field is not None and reg.rms_displacement > 0.05
     assert 0 < reg.patches_accepted <= reg.patches_tried
     # The field holds no affine part: that belongs to the matrix (least-squares affine).
     rows, cols = np.indices((h, w))
     design = np.stack([rows.ravel(), cols.ravel(), np.ones(h * w)], 1)
-    coef, *_ = np.linalg.lstsq(design, reg.disp.reshape(2, -1).T, rcond=None)
+    coef, *_ = np.linalg.lstsq(design, reg.displacement().reshape(2, -1).T, rcond=None)
     assert np.abs(design @ coef).max() < 1e-3
 
 
@@ -138,7 +141,7 @@ def test_invariant_to_gain_and_offset(simulated, which):
     images[which] = 0.45 * images[which] + 0.3
     other = register_pair(images["lr"], images["hr"])
     assert np.abs(other.footprint - reg.footprint).max() < 1e-3
-    assert np.abs(other.disp - reg.disp).max() < 1e-3
+    assert np.abs(other.displacement() - reg.displacement()).max() < 1e-3
     assert other.patches_accepted == reg.patches_accepted
     assert other.ncc == pytest.approx(reg.ncc, abs=1e-4)
 
@@ -146,39 +149,80 @@ def test_invariant_to_gain_and_offset(simulated, which):
 # --- mapping algebra --------------------------------------------------------------------------
 
 
+def _wavy_field(hr_shape, matrix, offset):
+    """A scan-line field of known coefficients (HR-row and LR-row splines) with an affine part."""
+    from pairsr.register._field import _ScanLineField
+
+    model = _ScanLineField(matrix, np.asarray(offset, float), hr_shape, 100, 6)
+    t = np.arange(model.n_coef)
+    coef = np.stack([1.5 * np.sin(t / 1.3), 0.8 * np.cos(t / 1.7)], 1)
+    return model.field(coef, linear=[[0.0, 0.004], [-0.002, 0.0]], shift=[0.1, -0.2])
+
+
 def test_round_trip_with_local_field():
     h, w = 60, 80
-    rows, cols = np.indices((h, w), dtype=float)
-    disp = np.stack([1.5 * np.sin(rows / 9.0) + 0.2 * cols / w,
-                     0.8 * np.cos(rows / 7.0 + cols / 30)])
-    reg = Registration(0.5 * _rotation(2.0), [10.0, 20.0], (100, 120), (h, w), disp=disp)
+    matrix, offset = 0.5 * _rotation(2.0), [10.0, 20.0]
+    field = _wavy_field((h, w), matrix, offset)
+    reg = Registration(matrix, offset, (100, 120), (h, w), local_field=field)
     rng = np.random.default_rng(0)
     hr_pts = rng.uniform((0, 0), (h - 1, w - 1), (500, 2)).T
     lr_pts = reg.hr_to_lr(hr_pts)
     assert np.abs(reg.lr_to_hr(lr_pts) - hr_pts).max() < 1e-4
     assert np.abs(reg.hr_to_lr(reg.lr_to_hr(lr_pts)) - lr_pts).max() < 1e-4
-    # The field moves points by what it says (at pixel centres, where no interpolation is needed).
+    # The field moves points by what it says, its dense form holds the same values.
     at = np.array([[30], [40]], float)
-    assert reg.hr_to_lr(at)[:, 0] == pytest.approx(
-        reg.matrix @ (at[:, 0] + disp[:, 30, 40]) + reg.offset)
+    assert reg.hr_to_lr(at)[:, 0] == pytest.approx(reg.matrix @ (at[:, 0] + field(at)[:, 0])
+                                                   + reg.offset)
+    assert reg.displacement()[:, 30, 40] == pytest.approx(field(at)[:, 0], abs=1e-6)
+    assert np.array_equal(reg.displacement(slice(20, 40), slice(5, 70, 3)),
+                          reg.displacement()[:, 20:40, 5:70:3])
     assert np.allclose(reg.hr_to_lr(at, local=False)[:, 0], reg.matrix @ at[:, 0] + reg.offset)
+    # Re-expressed against another affine, the whole mapping is unchanged.
+    other = 1.01 * matrix, np.add(offset, [0.3, -0.4])
+    moved = Registration(*other, (100, 120), (h, w),
+                         local_field=field.reexpressed(matrix, np.array(offset), *other))
+    assert np.abs(moved.hr_to_lr(hr_pts) - lr_pts).max() < 1e-9
+    # The field is bounded where it is extrapolated (constant splines beyond the HR).
+    far = np.array([[-5000.0, 4000.0], [9000.0, -3000.0]])
+    assert np.all(np.isfinite(reg.lr_to_hr(reg.hr_to_lr(far))))
 
 
 def test_save_and_load(simulated, tmp_path):
     _, reg = simulated
     path = reg.save(tmp_path / "reg.json")
-    assert (tmp_path / "reg_disp.npy").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["reg.json"]  # the field is in the JSON
+    assert len(reg.to_dict()["local_field"]["terms"]) == 2
     back = Registration.load(path)
     assert np.array_equal(back.matrix, reg.matrix) and np.array_equal(back.offset, reg.offset)
-    assert np.array_equal(back.disp, reg.disp)
     assert (back.lr_shape, back.hr_shape, back.ncc, back.patches_accepted) == (
         reg.lr_shape, reg.hr_shape, reg.ncc, reg.patches_accepted)
     assert np.allclose(back.footprint, reg.footprint)
+    grid = np.indices(reg.hr_shape, dtype=float)[:, ::7, ::5] + 0.3
+    assert np.abs(back.hr_to_lr(grid) - reg.hr_to_lr(grid)).max() < 1e-6
+    lr_pts = np.indices(reg.lr_shape, dtype=float)[:, 100:200:9, 150:300:11]
+    assert np.abs(back.lr_to_hr(lr_pts) - reg.lr_to_hr(lr_pts)).max() < 1e-6
 
 
-def test_disp_shape_is_checked():
-    with pytest.raises(ValueError, match="disp must have shape"):
-        Registration(np.eye(2) / 2, [0, 0], (50, 50), (40, 40), disp=np.zeros((2, 40, 41)))
+def test_old_record_with_a_dense_field_is_converted(simulated, tmp_path):
+    """A reg.json of an older pairsr (field in reg_disp.npy, float32 on every HR pixel) loads,
+    its field converted to coefficients; a missing .npy is named."""
+    _, reg = simulated
+    record = reg.to_dict()
+    del record["local_field"]
+    record["disp_file"] = "reg_disp.npy"
+    (tmp_path / "reg.json").write_text(json.dumps(record))
+    with pytest.raises(FileNotFoundError, match=r"reg_disp\.npy, which is missing"):
+        Registration.load(tmp_path / "reg.json")
+    np.save(tmp_path / "reg_disp.npy", reg.displacement())
+    with pytest.warns(UserWarning, match=r"converted the dense local field of reg_disp\.npy"):
+        back = Registration.load(tmp_path / "reg.json")
+    grid = np.indices(reg.hr_shape, dtype=float)
+    assert np.abs(back.hr_to_lr(grid) - reg.hr_to_lr(grid)).max() < 1e-3
+    # A dense field of another form is refused, not approximated.
+    np.save(tmp_path / "reg_disp.npy", np.random.default_rng(0).normal(
+        size=(2, *reg.hr_shape)).astype(np.float32))
+    with pytest.raises(ValueError, match="scan-line spline form"):
+        Registration.load(tmp_path / "reg.json")
 
 
 # --- the SR-grid training target --------------------------------------------------------------
@@ -204,6 +248,24 @@ def test_warp_reproduces_hr_on_pure_x2_pair(spec):
     assert np.abs(found - hr[2:-2, 2:-2]).mean() < 0.01 * hr.std()
 
 
+def test_region_warp_equals_the_full_warp_cropped(simulated):
+    pair, reg = simulated
+    full = warp_hr_to_sr(pair.hr, reg)
+    window = footprint_region(reg).intersect(Region.of(reg.lr_shape))  # LR px
+    np.testing.assert_array_equal(warp_hr_to_sr(pair.hr, reg, region=window),
+                                  window.sr(2).crop(full))
+    box = footprint_region(reg, 2).intersect(Region.of(full.shape))  # SR px
+    outside = np.ones(full.shape, bool)
+    outside[box.slices] = False
+    assert np.isnan(full[outside]).all() and np.isfinite(box.crop(full)).mean() > 0.9
+    # Any region, even one reaching beyond the field, without the local field too.
+    region = Region(-3, 200, 150, 300)
+    part = warp_hr_to_sr(pair.hr, reg, region=region, local=False)
+    padded = np.pad(warp_hr_to_sr(pair.hr, reg, local=False), ((6, 0), (0, 200)),
+                    constant_values=np.nan)
+    np.testing.assert_array_equal(part, padded[:300, 400:1000])
+
+
 # --- dask -------------------------------------------------------------------------------------
 
 
@@ -223,9 +285,27 @@ def test_chunked_dask_hr_gives_the_same_registration(simulated):
             lazy.sum().compute()  # the refusing scheduler is in force
         tiled = register_pair(pair.lr, lazy, threads=2)
     assert np.abs(tiled.footprint - reg.footprint).max() < 1e-6
-    assert np.abs(tiled.disp - reg.disp).max() < 1e-4
+    assert np.abs(tiled.displacement() - reg.displacement()).max() < 1e-4
     assert (tiled.patches_tried, tiled.patches_accepted) == (reg.patches_tried,
                                                              reg.patches_accepted)
+
+
+def test_lazy_lr_registers_as_the_in_memory_one(simulated):
+    """A chunked dask LR (as read from zarr) is read reduced and around the footprint only,
+    with the same result as the array in memory."""
+    da = pytest.importorskip("dask.array")
+    pair, reg = simulated
+    lazy = register_pair(da.from_array(pair.lr, chunks=(97, 130)), pair.hr)
+    assert lazy.to_dict() == reg.to_dict()
+
+
+def test_coarse_level_block_by_block_equals_the_whole():
+    da = pytest.importorskip("dask.array")
+    image = _specimen((333, 517), seed=3)
+    for f in (2, 4, 8):
+        whole = _decimate(image, f)
+        np.testing.assert_array_equal(_decimate(da.from_array(image, chunks=(100, 77)), f), whole)
+        np.testing.assert_allclose(whole, _reduce(image, f), atol=1e-6)
 
 
 def test_coarse_search_on_threads_finds_the_same_match(spec, monkeypatch):
@@ -336,7 +416,7 @@ def test_global_refinement_on_a_lattice_keeps_a_good_start(seed):
     a = np.linalg.inv(np.asarray(sim.truth["matrix"]))  # LR -> HR
     t = -a @ np.asarray(sim.truth["offset"])
     lr2, hr4 = _reduce(sim.lr / np.float32(255), 2), _reduce(sim.hr / np.float32(255), 4)
-    a2, t2, ncc = _refine(lr2, hr4, a / 2, t / 4, affine=False)
+    a2, t2, ncc = _refine(_Window(lr2, (0, 0), lr2.shape), hr4, a / 2, t / 4, affine=False)
     shift = np.linalg.solve(a2, -t2) - np.linalg.solve(a / 2, -t / 4)  # level-2 LR px
     assert np.hypot(*shift) < 0.3
     assert ncc > 0.8
@@ -423,7 +503,7 @@ def test_tiny_hr_registers_globally_with_a_warning(spec):
     lr, hr, matrix, offset = _pair(spec, shape=(72, 80), origin=(10.0, 12.0))
     with pytest.warns(UserWarning, match="local registration skipped"):
         reg = register_pair(lr, hr)
-    assert reg.disp is None
+    assert reg.local_field is None
     assert _corner_errors(reg, matrix, offset).max() < 0.05
 
 

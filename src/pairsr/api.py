@@ -188,22 +188,24 @@ def register_images(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray
     ``allow_inversion``, ``min_ncc``, ``min_peak_ratio``, …). A registration error gets a hint
     about the zoom appended (:meth:`Zoom.hint`).
     """
-    _, reg, choice = _register(lr, hr, zoom, local, register_options)
-    return reg, choice
+    return _register(lr, hr, zoom, local, register_options)
+
+
+def _data(image: np.ndarray | xr.DataArray):
+    """The array of an image as it is (a dask-backed DataArray stays lazy)."""
+    return image.data if isinstance(image, xr.DataArray) else image
 
 
 def _register(lr, hr, zoom: float | None, local: bool, options: dict):
-    """The HR as float32, the registration and the zoom chosen."""
+    """The registration and the zoom chosen; lazy (zarr) images are read as the search needs."""
     from pairsr.register import RegistrationError, register_pair
 
     choice = pair_zoom(_pixel(lr), _pixel(hr), zoom)
-    hr_f = to_float32(_values(hr))
     try:
-        reg = register_pair(to_float32(_values(lr)), hr_f, zoom=choice.nominal, local=local,
-                            **options)
+        reg = register_pair(_data(lr), _data(hr), zoom=choice.nominal, local=local, **options)
     except RegistrationError as err:
         raise RegistrationError(f"{err}{choice.hint()}") from None
-    return hr_f, reg, choice
+    return reg, choice
 
 
 def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *,
@@ -215,7 +217,8 @@ def prepare_pair(lr: np.ndarray | xr.DataArray, hr: np.ndarray | xr.DataArray, *
     to the field. Only that window of ``lr`` is kept (and read, for a lazy DataArray)."""
     from pairsr.register import footprint_region, warp_hr_to_sr
 
-    hr_f, reg, choice = _register(lr, hr, zoom, local, register_options)
+    reg, choice = _register(lr, hr, zoom, local, register_options)
+    hr_f = to_float32(_values(hr))  # the HR scan is small
     margin = pair_margin(choice.sr) if margin is None else margin
     window = footprint_region(reg).pad(margin, lr.shape)
     if window.empty:

@@ -1,8 +1,11 @@
 """Register a physical LR/HR image pair (the paper's Sec. III-A, with sub-pixel accuracy).
 
 Mapping convention (README, :mod:`pairsr.grid`): ``lr = matrix @ hr + offset`` for ``(row, col)``
-pixel-centre coordinates. With the local field ``disp`` (2, h, w), in HR pixels, the LR coordinate
-of HR pixel ``x`` is ``matrix @ (x + disp[:, x]) + offset``.
+pixel-centre coordinates. With the local field ``disp`` (:class:`LocalField`, HR pixels, stored
+as spline coefficients and evaluated where asked), the LR coordinate of HR point ``x`` is
+``matrix @ (x + disp(x)) + offset``. :func:`warp_hr_to_sr` resamples the HR onto the SR grid of
+a region of the LR (:class:`pairsr.region.Region`), computing only the HR's footprint in it
+(:func:`footprint_region`).
 
 Pipeline of :func:`register_pair`:
 
@@ -29,9 +32,13 @@ Pipeline of :func:`register_pair`:
    scan lines. The global affine is then refitted as the least-squares affine of the whole
    HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
    improves the fine fit. Patch sizes, search radius and knots scale with the zoom, the HR's
-   size and the patches accepted. For a chunked dask HR the patch search runs chunk by chunk
-   (with a halo); the global step reads the HR reduced. Both run on ``threads`` threads of
-   the calling process, never on a Dask scheduler (``register_pair(threads=...)``).
+   size and the patches accepted. The patch search runs block by block (a dask HR's chunks, or
+   blocks of an in-memory HR, with a halo); the global step reads the HR reduced. Both run on
+   ``threads`` threads of the calling process, never on a Dask scheduler
+   (``register_pair(threads=...)``).
+
+A dask LR (a zarr survey) is read reduced, block by block, for the coarse search, and at full
+resolution only around the candidates' and the match's footprints (fine fit, noise, local step).
 
 Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
 do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field
@@ -39,13 +46,15 @@ skipped).
 """
 
 from pairsr.register._mapping import (
+    LocalField,
     Registration,
     RegistrationError,
+    RidgeSpline,
     footprint_region,
     warp_hr_to_sr,
 )
 from pairsr.register._pair import register_pair
 from pairsr.register._plot import plot_registration
 
-__all__ = ["Registration", "RegistrationError", "footprint_region", "plot_registration",
-           "register_pair", "warp_hr_to_sr"]
+__all__ = ["LocalField", "Registration", "RegistrationError", "RidgeSpline", "footprint_region",
+           "plot_registration", "register_pair", "warp_hr_to_sr"]

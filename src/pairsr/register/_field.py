@@ -11,9 +11,16 @@ from scipy import ndimage as ndi
 from scipy.interpolate import BSpline
 
 from pairsr.grid import interpolate
-from pairsr.register._images import _grid_samples, _quadratic
+from pairsr.register._images import _grid_samples, _quadratic, _Window
 from pairsr.register._local import _patch_results, _Patches, _PatchSearch
-from pairsr.register._mapping import Registration, _apply
+from pairsr.register._mapping import (
+    LocalField,
+    Registration,
+    RidgeSpline,
+    _apply,
+    _pixel_grid,
+    _row_blocks,
+)
 
 
 @dataclass
@@ -23,7 +30,8 @@ class _ScanLineField:
     ``row`` is the HR row of ``x`` and ``lr_row`` the LR row the global affine maps it to; each
     ``s`` (2 components) is a cubic P-spline with uniform knots, ``knots`` intervals over the full
     height of its scan, and a second-difference penalty. Scan drift is a shift of each scan line
-    that varies smoothly over the frame, so this is the field's form.
+    that varies smoothly over the frame, so this is the field's form. :meth:`field` gives the
+    fitted field as a :class:`LocalField` of two :class:`RidgeSpline` terms.
     """
 
     matrix: np.ndarray
@@ -32,36 +40,42 @@ class _ScanLineField:
     lr_rows: int
     knots: int
 
-    def _knots(self) -> list[np.ndarray]:
-        """Uniform knot vectors of the HR-row and LR-row splines, covering the whole HR image."""
+    def terms(self, coef: np.ndarray | None = None) -> list[RidgeSpline]:
+        """The HR-row and LR-row splines, uniform knots covering the whole HR image, with the
+        coefficients ``coef`` (K, 2) (zeros if None)."""
         h, w = self.hr_shape
         lr_rows = _apply(self.matrix, self.offset,
                          np.array([[-1, -1, h, h], [-1, w, -1, w]], float))[0]
-        knots = []
-        for start, extent, height in ((-1.0, h + 1.0, h), (lr_rows.min(), np.ptp(lr_rows),
-                                                           self.lr_rows)):
+        coef = np.zeros((self.n_coef, 2)) if coef is None else np.asarray(coef, float)
+        terms, start = [], 0
+        for (direction, offset), (first, extent, height) in zip(
+                (((1.0, 0.0), 0.0), (self.matrix[0], self.offset[0])),
+                ((-1.0, h + 1.0, h), (lr_rows.min(), np.ptp(lr_rows), self.lr_rows))):
             step = height / self.knots
-            knots.append(start + step * np.arange(-3, np.ceil(extent / step) + 4))
-        return knots
+            n = int(np.ceil(extent / step)) + 3
+            terms.append(RidgeSpline(direction, float(offset), first - 3 * step, step,
+                                     coef[start : start + n]))
+            start += n
+        return terms
 
     @property
     def n_coef(self) -> int:
         """Number of spline coefficients per field component."""
-        return sum(len(t) - 4 for t in self._knots())
-
-    def _slow_coords(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """HR row and LR row of HR coordinates (2, ...)."""
-        return coords[0], _apply(self.matrix, self.offset, coords)[0]
+        h, w = self.hr_shape
+        lr_rows = _apply(self.matrix, self.offset,
+                         np.array([[-1, -1, h, h], [-1, w, -1, w]], float))[0]
+        return sum(int(np.ceil(extent / (height / self.knots))) + 3
+                   for extent, height in ((h + 1.0, h), (np.ptp(lr_rows), self.lr_rows)))
 
     def design(self, coords: np.ndarray) -> np.ndarray:
         """B-spline design matrix (N, K) at HR coordinates (2, N)."""
-        return np.hstack([BSpline.design_matrix(u, t, 3).toarray()
-                          for u, t in zip(self._slow_coords(coords), self._knots())])
+        return np.hstack([BSpline.design_matrix(t.coordinate(coords), t.knots, 3).toarray()
+                          for t in self.terms()])
 
     def penalty(self) -> np.ndarray:
         """Second-difference penalty (K, K) on the coefficients of both splines."""
         return linalg.block_diag(*[
-            (d := np.diff(np.eye(len(t) - 4), 2, axis=0)).T @ d for t in self._knots()
+            (d := np.diff(np.eye(len(t.coef)), 2, axis=0)).T @ d for t in self.terms()
         ])
 
     def fit(self, patches: _Patches, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
@@ -94,26 +108,23 @@ class _ScanLineField:
         kept[ok] = dist <= max(3 * sigma, 0.25)
         return coef, kept
 
-    def dense(self, coef: np.ndarray) -> np.ndarray:
-        """The field on every HR pixel, float32 (2, h, w)."""
-        slow = self._slow_coords(np.indices(self.hr_shape, dtype=float))
-        parts, start = [], 0
-        for u, t in zip(slow, self._knots()):
-            n = len(t) - 4
-            parts.append(BSpline(t, coef[start : start + n], 3)(u))  # (..., 2)
-            start += n
-        return np.moveaxis(parts[0] + parts[1], -1, 0).astype(np.float32)
+    def field(self, coef: np.ndarray, linear: np.ndarray | None = None,
+              shift: np.ndarray | None = None) -> LocalField:
+        """The field of coefficients ``coef`` (K, 2) (and an affine part), as a record."""
+        return LocalField(self.terms(coef), np.zeros((2, 2)) if linear is None else linear,
+                          np.zeros(2) if shift is None else shift)
 
 
 #: Least accepted patches per coefficient of the local field (it has fewer knots otherwise).
 PATCHES_PER_COEF = 3
 
 
-def _fine_residual(lr: np.ndarray, hr1: np.ndarray, f1: int, sigma: float,
+def _fine_residual(lr: _Window, hr1: np.ndarray, f1: int, sigma: float,
                    reg: Registration, local: bool, stride: int = 3) -> float:
     """Fraction of the LR's variance left by the quadratic intensity fit to the HR reduced by
     ``f1`` (``hr1``) and blurred by ``sigma`` (its px), through ``reg`` with or without its
-    local field, over every ``stride``-th LR pixel the HR covers."""
+    local field, over every ``stride``-th LR pixel (of the whole LR) that the HR covers; ``lr``
+    is a window of the LR that holds them."""
     ys, values = _grid_samples(lr, stride)
     x = reg.lr_to_hr(ys, local=local) / f1
     ok = np.all((x >= 1.0) & (x <= np.array(hr1.shape)[:, None] - 2.0), axis=0)
@@ -122,16 +133,20 @@ def _fine_residual(lr: np.ndarray, hr1: np.ndarray, f1: int, sigma: float,
     return float(res[0] / max(values[ok].var() * ok.sum(), 1e-30)) if len(res) else 1.0
 
 
-def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
-                 opts: _PatchSearch, scan_knots: int, smoothing: float,
-                 threads: int = 1) -> tuple[np.ndarray | None, int, int]:
-    """Dense local field (2, h, w) from the patch search, or None if too few patches pass. The
-    splines have at most ``scan_knots`` knot intervals, fewer than there are rows of patches,
-    and few enough for :data:`PATCHES_PER_COEF` accepted patches per coefficient.
-    Also returns the numbers of patches tried and accepted. The patch search runs on
-    ``threads`` threads.
+def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
+                 opts: _PatchSearch, scan_knots: int,
+                 smoothing: float, threads: int = 1) -> tuple[LocalField | None, int, int]:
+    """Local field from the patch search, or None if too few patches pass. The splines have at
+    most ``scan_knots`` knot intervals, fewer than there are rows of patches, and few enough
+    for :data:`PATCHES_PER_COEF` accepted patches per coefficient. ``lr`` is the window of the
+    LR around the HR's footprint (its search regions and the bicubic halo; the LR-row spline's
+    knots still span the whole LR's height). Also returns the numbers of patches tried and
+    accepted. The patch search runs on ``threads`` threads.
     """
-    patches = _patch_results(lr, hr, matrix, offset, hr_noise, opts, threads)
+    origin = np.asarray(lr.origin, dtype=float)
+    # The search sees the window as the LR: the same pixels, the affine shifted by its origin.
+    patches = _patch_results(lr.image, hr, matrix, offset - origin, hr_noise, opts,
+                             threads)
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
     edge = opts.size // 2 + opts.radius
     patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))
@@ -147,36 +162,42 @@ def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_
             stacklevel=3,
         )
         return None, tried, 0
+    cols = slice(0, hr.shape[1])
     for _ in range(4):  # stiffen the fit until the mapping has no folds (it almost never folds)
         coef, kept = model.fit(patches, smoothing)
-        disp = model.dense(coef)
-        (d00, d01), (d10, d11) = np.gradient(disp[0]), np.gradient(disp[1])
-        if ((1 + d00) * (1 + d11) - d01 * d10).min() > 0:
-            return disp, tried, int(kept.sum())
+        field = model.field(coef)
+        if min(float(field.jacobian_det(_pixel_grid(rows, cols)).min())
+               for rows in _row_blocks(tuple(hr.shape))) > 0:
+            return field, tried, int(kept.sum())
         smoothing *= 10
     warnings.warn("local registration skipped: the fitted field folds", stacklevel=3)
     return None, tried, 0
 
 
-def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, disp: np.ndarray,
-                   lr_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Refit the affine as the least-squares affine of ``x → matrix (x + disp) + offset`` over
-    the HR pixels that land inside the LR field of ``lr_shape`` (where patches measured the
-    field: outside it the field is only extrapolated; all pixels if under 3 rows and columns
-    land inside); return it with the field re-expressed relative to it (no affine part left)."""
-    grid = np.indices(disp.shape[1:], dtype=float)
-    lr_coords = _apply(matrix, offset, grid + disp)
-    inside = np.all((lr_coords >= -0.5)
-                    & (lr_coords <= np.array(lr_shape, dtype=float).reshape(2, 1, 1) - 0.5),
-                    axis=0)
-    if inside.any(1).sum() < 3 or inside.any(0).sum() < 3:
-        inside = np.ones_like(inside)
-    # Normal equations over those pixel centres, basis (row, col, 1).
-    basis = np.concatenate([grid, np.ones((1, *grid.shape[1:]))])
-    gram = np.tensordot(basis * inside, basis, axes=([1, 2], [1, 2]))
-    moments = np.tensordot(basis * inside, lr_coords, axes=([1, 2], [1, 2]))
+def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, field: LocalField,
+                   hr_shape: tuple[int, int],
+                   lr_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, LocalField]:
+    """Refit the affine as the least-squares affine of ``x → matrix (x + disp(x)) + offset``
+    over the HR pixels that land inside the LR field of ``lr_shape`` (where patches measured
+    the field: outside it the field is only extrapolated; all pixels if under 3 rows and
+    columns land inside); return it with the field re-expressed relative to it (no affine part
+    left)."""
+    # Normal equations over those pixel centres, basis (row, col, 1), summed in row blocks.
+    sums = {key: [np.zeros((3, 3)), np.zeros((3, 2))] for key in ("inside", "all")}
+    rows_in, cols_in = np.zeros(hr_shape[0], bool), np.zeros(hr_shape[1], bool)
+    for rows in _row_blocks(hr_shape):
+        grid = _pixel_grid(rows, slice(0, hr_shape[1]))
+        lr_coords = _apply(matrix, offset, grid + field(grid))
+        inside = np.all((lr_coords >= -0.5)
+                        & (lr_coords <= np.array(lr_shape, dtype=float).reshape(2, 1, 1) - 0.5),
+                        axis=0)
+        rows_in[rows] |= inside.any(1)
+        cols_in |= inside.any(0)
+        basis = np.concatenate([grid, np.ones((1, *grid.shape[1:]))])
+        for key, weight in (("inside", inside), ("all", 1.0)):
+            sums[key][0] += np.tensordot(basis * weight, basis, axes=([1, 2], [1, 2]))
+            sums[key][1] += np.tensordot(basis * weight, lr_coords, axes=([1, 2], [1, 2]))
+    gram, moments = sums["inside" if rows_in.sum() >= 3 and cols_in.sum() >= 3 else "all"]
     coef = np.linalg.solve(gram, moments)  # (3, 2)
     new_matrix, new_offset = coef[:2].T, coef[2]
-    inv = np.linalg.inv(new_matrix)
-    new_disp = _apply(inv, -inv @ new_offset, lr_coords) - grid
-    return new_matrix, new_offset, new_disp.astype(np.float32)
+    return new_matrix, new_offset, field.reexpressed(matrix, offset, new_matrix, new_offset)

@@ -16,11 +16,15 @@ from pairsr.patches import ordered_map
 from pairsr.region import window_sums
 from pairsr.register._images import (
     _central,
+    _decimate,
+    _grid_centre,
     _grid_samples,
+    _level_window,
     _noise_sigma,
     _quadratic,
     _reduce,
     _texture_note,
+    _Window,
 )
 from pairsr.register._mapping import Registration, RegistrationError, _rotation
 
@@ -174,7 +178,7 @@ TOLERANCE = 1e-3
 
 
 def _refine(
-    lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
+    lr_l: _Window, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
     max_iter: int = 30, max_points: int = 100_000,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Gauss-Newton fit of the LR→HR map ``x = a @ y + t`` between two pyramid-level images.
@@ -184,12 +188,14 @@ def _refine(
     or affine (6) transform. A step that raises the fraction of L's variance left by more than
     :data:`TOLERANCE` over the least reached is halved, down to 1/64, then the fit stops: on a
     pattern near the level's resolution (a lattice) the linearisation can point far off.
+    ``lr_l`` is a window of L that holds every pixel the HR reaches; L is sampled on the grid
+    of the whole level (its stride and centre), so the fit does not depend on the window.
     Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
     """
-    ys, values = _grid_samples(lr_l, max(1, int(np.ceil(np.sqrt(lr_l.size / max_points)))))
-    centre = ys.mean(1)
+    stride = max(1, int(np.ceil(np.sqrt(lr_l.shape[0] * lr_l.shape[1] / max_points))))
+    ys, values = _grid_samples(lr_l, stride)
+    centre, span = _grid_centre(lr_l.shape, stride)
     yc = ys - centre[:, None]
-    span = np.abs(yc).max()
     tc = t + a @ centre  # translation in centred coordinates
     grad = np.gradient(hr_l)
     hi = np.array(hr_l.shape, dtype=float)[:, None] - 2.0
@@ -244,7 +250,7 @@ def _refine(
     return a, tc - a @ centre, ncc
 
 
-def _fit_residual(lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray,
+def _fit_residual(lr_l: _Window, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray,
                   sigma: float, stride: int = 3) -> tuple[float, int, float, float]:
     """Fraction of L's variance left by the quadratic intensity fit to H blurred by ``sigma``,
     at the map ``x = a @ y + t``; also the number of L pixels compared, and the variances of L
@@ -308,15 +314,36 @@ def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.
                 *_fit_residual(lr, hr1, a1, t1, sigma, stride=1))
 
 
-def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, f_of: dict,
-                    tmpl_shape: tuple[int, int], zoom: float, affine: bool) -> list[_Fit]:
+#: Margin of the LR window a candidate is fitted in, as a fraction of its footprint's extent
+#: (beyond a few coarse pixels): the fit's zoom may differ from the nominal one by a few %.
+FIT_MARGIN = 0.1
+
+
+def _fit_window(lr, a: np.ndarray, t: np.ndarray, hr_shape: tuple[int, int], c: int,
+                levels: list[int]) -> dict[int, _Window]:
+    """Windows of the LR pyramid ``levels`` around the footprint of the LR→HR map ``x = a @ y +
+    t`` (full resolution), widened by :data:`FIT_MARGIN` of its extent and 4 px of the coarse
+    level ``c``: the LR read at full resolution only there."""
+    h, w = hr_shape
+    corners = np.array([[-0.5, -0.5, h - 0.5, h - 0.5], [-0.5, w - 0.5, -0.5, w - 0.5]])
+    y = np.linalg.solve(a, corners - t[:, None])
+    margin = FIT_MARGIN * np.ptp(y, axis=1) + 4 * c
+    lo, hi = y.min(1) - margin, y.max(1) + margin
+    return {level: _level_window(lr, level, lo, hi) for level in levels}
+
+
+def _candidate_fits(match: _Match, keep: list[int], lr, levels: list[int], hr_lev: dict,
+                    f_of: dict, hr_shape: tuple[int, int], tmpl_shape: tuple[int, int],
+                    zoom: float, affine: bool) -> list[_Fit]:
     """The fits from the coarse peaks ``keep``, best (least residual) first, one per distinct
-    mapping (the HR centre more than 1 LR px apart); peaks whose fit loses the overlap drop."""
-    c = max(lr_lev)
+    mapping (the HR centre more than 1 LR px apart); peaks whose fit loses the overlap drop.
+    Each is fitted on the LR pyramid ``levels`` read around its footprint (:func:`_fit_window`)."""
+    c = max(levels)
     a0 = zoom * _rotation(match.angle).T
     fits = []
     for k in keep:
         t0 = f_of[c] * (np.array(tmpl_shape) - 1) / 2 - a0 @ (c * match.centres[k])
+        lr_lev = _fit_window(lr, a0, t0, hr_shape, c, levels)
         try:
             fits.append(_fit_candidate(lr_lev, hr_lev, f_of, a0, t0, affine=affine))
         except (RegistrationError, np.linalg.LinAlgError):
@@ -328,7 +355,7 @@ def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, 
             if all(np.hypot(*(where[i] - where[j])) > 1.0 for j in range(i))]
 
 
-def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
+def _global(lr, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
             allow_inversion: bool, min_ncc: float | None, min_peak_ratio: float,
             threads: int = 1) -> Registration:
     """Coarse search, then pyramid refinement and the HR→LR blur; the global registration.
@@ -340,6 +367,9 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
     :data:`MIN_SEPARATION` σ of the residual's noise (aperiodic content, such as a defect, an
     edge or the HR's border, tells one period of a regular pattern from the next), and, where
     the coarse match is not significant, explain :data:`MIN_EXPLAINED` of the LR's signal.
+
+    ``lr`` may be a dask array: the search reads it reduced, block by block (:func:`_decimate`),
+    the fits at full resolution only around each candidate (:func:`_fit_window`).
     """
     # Levels c: LR reduced by c, HR by f ≈ zoom·c; the coarsest keeps the template ≥ 48 px.
     levels = [1]
@@ -350,10 +380,9 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
     hr_fine = _reduce(hr, f1, threads)  # the one pass over the full-resolution HR
     hr_lev = {c: _reduce(hr_fine, f // f1) if f % f1 == 0 else _reduce(hr, f, threads)
               for c, f in f_of.items()}
-    lr_lev = {c: _reduce(lr, c) for c in levels}
 
     c = levels[-1]
-    lr_c = ndi.gaussian_filter(lr_lev[c], COARSE_SMOOTH)
+    lr_c = ndi.gaussian_filter(_decimate(lr, c, threads), COARSE_SMOOTH)
     tmpl = ndi.gaussian_filter(hr_lev[c], COARSE_SMOOTH)
     matches = _coarse_search(lr_c, tmpl, max_rotation_deg, threads)
     sign = _choose_sign(matches, allow_inversion=allow_inversion)
@@ -373,12 +402,14 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
     keep = [0] if unique else [k for k, s in enumerate(match.scores)
                                if s >= match.scores[0] / min_peak_ratio]
     hr_signed = {c: sign * h for c, h in hr_lev.items()}
-    fits = _candidate_fits(match, keep, lr_lev, hr_signed, f_of, tmpl.shape, zoom, affine)
+    fits = _candidate_fits(match, keep, lr, levels, hr_signed, f_of, hr.shape, tmpl.shape, zoom,
+                           affine)
     if not fits:
         raise not_found("no candidate position kept an overlap when refined")
     best = fits[0]
-    hr_noise = _noise_sigma(_central(hr, threads=threads))
-    reliability = best.reliabilities(_noise_sigma(lr), hr_noise, f1)
+    # The LR's noise where the HR lies (the pixels compared), the HR's in its centre.
+    lr_noise = _noise_sigma(_fit_window(lr, best.a, best.t, hr.shape, c, [1])[1].image)
+    reliability = best.reliabilities(lr_noise, _noise_sigma(_central(hr, threads=threads)), f1)
     flat = [(name, rel, least) for name, rel, least
             in zip(("LR", "HR"), reliability, MIN_RELIABILITY) if rel < least]
     if flat:

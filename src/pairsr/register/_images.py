@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
+from itertools import pairwise
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy import signal
 from skimage.util import img_as_float32
+
+from pairsr.patches import ordered_map
 
 
 def _is_dask(a) -> bool:
@@ -52,6 +57,93 @@ def _reduce(image, f: int, threads: int = 1) -> np.ndarray:
     return ndi.gaussian_filter(image, sigma, mode="reflect")[::f, ::f]
 
 
+def _decimate_block(block: np.ndarray, f: int, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """Every ``f``-th pixel of ``block`` Gaussian-filtered (σ = f/2), computing those only.
+
+    ``block`` holds the kept pixels' neighbourhoods: a kept pixel every ``f`` rows and columns
+    from ``radius`` (:func:`_gauss_depth`) in, ``radius`` beyond the last, less ``pads`` (top,
+    bottom, left, right) pixels mirrored in at the image's edges (scipy's 'reflect'). Float64
+    sums of the same taps in the same order wherever the block starts, so a field computed block
+    by block equals the whole computed at once.
+    """
+    radius = _gauss_depth(0.5 * f)
+    x = np.pad(np.asarray(block, dtype=np.float64), ((pads[0], pads[1]), (pads[2], pads[3])),
+               mode="symmetric")
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / (0.5 * f)) ** 2)
+    taps /= taps.sum()
+    first = 2 * radius // f  # full-convolution index 2·radius holds the first kept pixel
+    for axis in (0, 1):
+        n = (x.shape[axis] - 2 * radius - 1) // f + 1
+        x = np.take(signal.upfirdn(taps, x, down=f, axis=axis), np.arange(first, first + n),
+                    axis=axis)
+    return x.astype(np.float32)
+
+
+def _decimate(image, f: int, threads: int = 1) -> np.ndarray:
+    """:func:`_reduce` computed at the kept pixels only (equal up to float32 rounding): the
+    image Gaussian-anti-aliased (σ = f/2) at every ``f``-th pixel, float32 (⌈H/f⌉, ⌈W/f⌉).
+
+    A dask image is reduced block by block (one task per chunk, reading the chunk and a halo of
+    :func:`_gauss_depth` pixels) on ``threads`` threads of this process, never whole at full
+    resolution.
+    """
+    if f == 1:
+        return np.asarray(image, dtype=np.float32)
+    radius = _gauss_depth(0.5 * f)
+    chunks = image.chunks if _is_dask(image) else tuple((n,) for n in image.shape)
+    spans = []  # per axis: (read start, read stop, pad before, pad after) of each chunk's pixels
+    for n, sizes in zip(image.shape, chunks):
+        axis = []
+        for start, stop in pairwise(np.cumsum((0, *sizes))):
+            k0, k1 = -(-start // f), -(-stop // f)  # kept pixels k·f in [start, stop)
+            if k1 > k0:
+                lo, hi = k0 * f - radius, (k1 - 1) * f + radius + 1
+                axis.append((max(lo, 0), min(hi, n), max(-lo, 0), max(hi - n, 0)))
+        spans.append(axis)
+    if not _is_dask(image):
+        (r,), (c,) = spans
+        return _decimate_block(image, f, (r[2], r[3], c[2], c[3]))
+
+    def block(job: tuple) -> np.ndarray:
+        r, c = job
+        return _decimate_block(_numpy(image[r[0] : r[1], c[0] : c[1]], 1), f,
+                               (r[2], r[3], c[2], c[3]))
+
+    blocks = list(ordered_map(block, [(r, c) for r in spans[0] for c in spans[1]], threads))
+    width = len(spans[1])
+    return np.block([blocks[i : i + width] for i in range(0, len(blocks), width)])
+
+
+class _Window(NamedTuple):
+    """The pixels ``image`` of a larger image (or pyramid level) of ``shape``, from its pixel
+    ``origin`` (row, col)."""
+
+    image: np.ndarray
+    origin: tuple[int, int]
+    shape: tuple[int, int]
+
+
+def _level_window(image, c: int, lo, hi) -> _Window:
+    """The pixels of :func:`_reduce` ``(image, c)`` whose full-resolution positions lie in the
+    box ``[lo, hi)`` (full-resolution (row, col), clipped to the image), computed from that box
+    and a filter halo only (of a dask image, just those chunks are read); equal to the whole
+    level's there."""
+    shape = tuple(-(-n // c) for n in image.shape)
+    k0 = [int(np.clip(-(-np.ceil(a) // c), 0, m)) for a, m in zip(lo, shape)]
+    k1 = [int(np.clip(-(-np.ceil(b) // c), k, m)) for b, k, m in zip(hi, k0, shape)]
+    if k1[0] == k0[0] or k1[1] == k0[1]:
+        return _Window(np.zeros((0, 0), np.float32), (k0[0], k0[1]), shape)
+    radius = _gauss_depth(0.5 * c) if c > 1 else 0
+    start = [max(k * c - radius, 0) for k in k0]
+    stop = [min((k - 1) * c + radius + 1, n) for k, n in zip(k1, image.shape)]
+    read = _numpy(image[start[0] : stop[0], start[1] : stop[1]], 1)
+    if c > 1:
+        read = ndi.gaussian_filter(read, 0.5 * c, mode="reflect")
+    first = [k * c - a for k, a in zip(k0, start)]
+    return _Window(read[first[0] :: c, first[1] :: c][: k1[0] - k0[0], : k1[1] - k0[1]],
+                   (k0[0], k0[1]), shape)
+
+
 def _noise_sigma(image: np.ndarray) -> float:
     """Std of white noise in ``image`` (Immerkær 1996: mean |Laplacian-difference| response)."""
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
@@ -79,10 +171,21 @@ def _texture_note(lr_c: np.ndarray, hr_c: np.ndarray) -> str:
             "at the scale of the search (structure at the noise level)")
 
 
-def _grid_samples(image: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates (2, N) and values (N,) of every ``stride``-th pixel of ``image``."""
-    coords = np.mgrid[0 : image.shape[0] : stride, 0 : image.shape[1] : stride].astype(float)
-    return coords.reshape(2, -1), image[::stride, ::stride].ravel().astype(float)
+def _grid_samples(window: _Window, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (2, N), in the whole image, and values (N,) of the pixels of a window
+    at every ``stride``-th row and column of the whole image."""
+    first = [-o % stride for o in window.origin]
+    image = window.image[first[0] :: stride, first[1] :: stride]
+    coords = np.mgrid[0 : image.shape[0], 0 : image.shape[1]].astype(float) * stride
+    coords += (np.array(window.origin) + first).reshape(2, 1, 1)
+    return coords.reshape(2, -1), image.ravel().astype(float)
+
+
+def _grid_centre(shape: tuple[int, int], stride: int) -> tuple[np.ndarray, float]:
+    """Mean (2,) of the coordinates of every ``stride``-th pixel of a ``shape`` image, and their
+    largest distance from it along an axis."""
+    half = np.array([(len(range(0, n, stride)) - 1) * stride / 2 for n in shape], dtype=float)
+    return half, float(half.max())
 
 
 def _quadratic(w: np.ndarray) -> np.ndarray:

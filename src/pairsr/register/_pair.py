@@ -6,15 +6,28 @@ import warnings
 
 import numpy as np
 
+from pairsr.grid import BICUBIC_HALO
 from pairsr.patches import cpus
 from pairsr.register._field import _absorb_affine, _fine_residual, _local_field
 from pairsr.register._global import _global
-from pairsr.register._images import _as_image, _central, _noise_sigma, _reduce
+from pairsr.register._images import (
+    _as_image,
+    _central,
+    _is_dask,
+    _level_window,
+    _noise_sigma,
+    _reduce,
+    _Window,
+)
 from pairsr.register._local import _PatchSearch
 from pairsr.register._mapping import Registration, RegistrationError
 
 #: LR pixels by which scan drift may stretch the HR's extent: widens the accepted zoom range.
 DRIFT_ALLOWANCE = 1.0
+#: HR pixels a side of the blocks an in-memory HR's patch search runs in (as dask tasks, on
+#: the current scheduler): its memory follows the block, not the HR (results do not depend on
+#: the blocks, :func:`pairsr.register._local._patch_results`).
+LOCAL_BLOCK = 1024
 
 
 def _patch_search(hr_shape: tuple[int, int], zoom: float, blur: float, size: int | None,
@@ -27,6 +40,14 @@ def _patch_search(hr_shape: tuple[int, int], zoom: float, blur: float, size: int
     step = max(1, size // 2) if step is None else step
     radius = max(2, round(3 * zoom)) if radius is None else radius
     return _PatchSearch(size, step, radius, blur)
+
+
+def _local_window(lr, reg: Registration, opts: _PatchSearch) -> _Window:
+    """The full-resolution LR around the HR footprint that the local step reads: the global
+    footprint's box, widened by the bicubic halo and four search radii (the field's reach)."""
+    box = reg.lr_box(local=False)
+    margin = BICUBIC_HALO + 4 * (opts.radius / reg.zoom + 1)
+    return _level_window(lr, 1, box[0] - margin, box[1] + margin)
 
 
 def register_pair(
@@ -53,8 +74,10 @@ def register_pair(
     Parameters
     ----------
     lr, hr
-        2-D images (integers are scaled to [0, 1] by their dtype). ``hr`` may be a chunked dask
-        array: its global step reads it reduced, its local step chunk by chunk.
+        2-D images (integers are scaled to [0, 1] by their dtype). Either may be a chunked dask
+        array (e.g. a zarr store): the LR is read reduced for the search, block by block, and at
+        full resolution only around the HR's footprint; the HR is read reduced for the global
+        step and chunk by chunk for the local one.
     zoom
         Nominal HR/LR pixel-density ratio; the found one must be within ``zoom_tolerance``
         (relative) of it, plus what :data:`DRIFT_ALLOWANCE` LR px of drift across the HR give.
@@ -98,7 +121,7 @@ def register_pair(
         when part of the HR lies outside the LR, when the contrast is inverted, and when the
         local field is skipped.
     """
-    lr = _as_image(lr, "lr")
+    lr = _as_image(lr, "lr", allow_dask=True)
     hr = _as_image(hr, "hr", allow_dask=True)
     if not zoom > 0:
         raise ValueError(f"zoom must be positive, got {zoom}")
@@ -132,23 +155,29 @@ def register_pair(
                       stacklevel=2)
     if local:
         hr_signed = 1.0 - hr if reg.inverted else hr
+        hr_blocks = hr_signed
+        if not _is_dask(hr) and max(hr.shape) > LOCAL_BLOCK:
+            import dask.array as da
+
+            hr_blocks = da.from_array(hr_signed, chunks=LOCAL_BLOCK)
         opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
                              search_radius)
-        disp, reg.patches_tried, reg.patches_accepted = _local_field(
-            lr, hr_signed, reg.matrix, reg.offset, _noise_sigma(_central(hr, threads=threads)),
-            opts, scan_knots, smoothing, threads,
+        window = _local_window(lr, reg, opts)
+        field, reg.patches_tried, reg.patches_accepted = _local_field(
+            window, hr_blocks, reg.matrix, reg.offset,
+            _noise_sigma(_central(hr, threads=threads)), opts, scan_knots, smoothing, threads,
         )
-        if disp is not None:
+        if field is not None:
             with_field = Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
-                                      disp=disp)
+                                      local_field=field)
             f1 = max(1, round(reg.zoom))
             hr1 = _reduce(hr_signed, f1, threads)
             sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
-            gain = [_fine_residual(lr, hr1, f1, sigma, with_field, local)
+            gain = [_fine_residual(window, hr1, f1, sigma, with_field, local)
                     for local in (False, True)]
             if gain[1] < gain[0]:
-                reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp,
-                                                                  lr.shape)
+                reg.matrix, reg.offset, reg.local_field = _absorb_affine(
+                    reg.matrix, reg.offset, field, hr.shape, lr.shape)
             else:
                 reg.patches_accepted = 0
                 warnings.warn(

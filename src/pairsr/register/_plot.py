@@ -53,10 +53,10 @@ def plot_registration(lr, hr, reg: Registration, path: str | Path, n_arrows: int
     scale = lr.shape[0] / hr.shape[0]  # the HR panel is shown at the LR image's height
     right = _to_rgb(transform.resize(hr, (lr.shape[0], round(hr.shape[1] * scale)),
                                      anti_aliasing=True))
-    if reg.disp is not None:
+    if reg.local_field is not None:
         step = max(1, min(hr.shape) // n_arrows)
         rows, cols = np.mgrid[step // 2 : hr.shape[0] : step, step // 2 : hr.shape[1] : step]
-        vec = reg.disp[:, rows, cols].reshape(2, -1).T
+        vec = reg.local_field(np.stack([rows, cols])).reshape(2, -1).T
         gain = hr.shape[1] / n_arrows / max(np.hypot(*vec.T).max(), 1e-6)
         for base, v in zip(np.stack([rows.ravel(), cols.ravel()], 1), vec):
             start = (base + 0.5) * scale - 0.5
