@@ -122,16 +122,31 @@ def _fine_residual(lr: np.ndarray, hr1: np.ndarray, f1: int, sigma: float,
     return float(res[0] / max(values[ok].var() * ok.sum(), 1e-30)) if len(res) else 1.0
 
 
+def _unexplained_shift(patches: _Patches, mask: np.ndarray, misfit: np.ndarray) -> float:
+    """RMS local misalignment (HR px) that ``misfit`` (N, 2) of the patches in ``mask`` shows
+    beyond their own measurement noise (from their inverse covariances): what a mapping leaves
+    unmodelled (scan drift that a global affine cannot follow), NaN without patches."""
+    if mask.sum() == 0:
+        return float("nan")
+    noise = np.trace(np.linalg.pinv(patches.weight[mask]), axis1=1, axis2=2)
+    # Medians: a few patches that matched the wrong place must not decide.
+    return float(np.sqrt(max(np.median(np.sum(misfit**2, 1)) - np.median(noise), 0.0)))
+
+
 def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
                  opts: _PatchSearch, scan_knots: int,
-                 smoothing: float) -> tuple[np.ndarray | None, int, int]:
+                 smoothing: float) -> tuple[np.ndarray | None, int, int, float, float]:
     """Dense local field (2, h, w) from the patch search, or None if too few patches pass. The
     splines have at most ``scan_knots`` knot intervals, fewer than there are rows of patches,
     and few enough for :data:`PATCHES_PER_COEF` accepted patches per coefficient.
-    Also returns the numbers of patches tried and accepted.
+    Also returns the numbers of patches tried and accepted, and the RMS local misalignment
+    (HR px, :func:`_unexplained_shift`) of the accepted patches under the global mapping and
+    under the field (NaN without a field).
     """
     patches = _patch_results(lr, hr, matrix, offset, hr_noise, opts)
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
+    ok = patches.accepted
+    unmodelled = _unexplained_shift(patches, ok, patches.shift[ok])
     edge = opts.size // 2 + opts.radius
     patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))
     for knots in range(int(np.clip(patch_rows - 1, 1, scan_knots)), 0, -1):
@@ -145,16 +160,18 @@ def _local_field(lr: np.ndarray, hr, matrix: np.ndarray, offset: np.ndarray, hr_
             f"field ({model.n_coef}); the registration is global only",
             stacklevel=3,
         )
-        return None, tried, 0
+        return None, tried, 0, unmodelled, float("nan")
     for _ in range(4):  # stiffen the fit until the mapping has no folds (it almost never folds)
         coef, kept = model.fit(patches, smoothing)
         disp = model.dense(coef)
         (d00, d01), (d10, d11) = np.gradient(disp[0]), np.gradient(disp[1])
         if ((1 + d00) * (1 + d11) - d01 * d10).min() > 0:
-            return disp, tried, int(kept.sum())
+            misfit = patches.shift[kept] - model.design(patches.position[kept].T) @ coef
+            return (disp, tried, int(kept.sum()), unmodelled,
+                    _unexplained_shift(patches, kept, misfit))
         smoothing *= 10
     warnings.warn("local registration skipped: the fitted field folds", stacklevel=3)
-    return None, tried, 0
+    return None, tried, 0, unmodelled, float("nan")
 
 
 def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, disp: np.ndarray,

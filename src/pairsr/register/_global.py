@@ -11,7 +11,7 @@ from scipy import fft, optimize
 from scipy import ndimage as ndi
 from skimage.feature import match_template, peak_local_max
 
-from pairsr.grid import interpolate
+from pairsr.grid import BOUNDARY, interpolate
 from pairsr.register._images import (
     _box_sums,
     _central,
@@ -178,29 +178,106 @@ def _choose_sign(matches: dict[int, _Match], *, allow_inversion: bool) -> int:
 TOLERANCE = 1e-3
 
 
+def _spline_gradient(spline: np.ndarray, coords: np.ndarray,
+                     h: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """Values (N,) and gradient (2, N) of the cubic B-spline interpolant with coefficients
+    ``spline`` (:func:`scipy.ndimage.spline_filter` of an image) at ``coords`` (2, N): the exact
+    derivative of what is fitted (central differences of the spline, error O(h²)), so that the
+    Gauss-Newton fit stops at the objective's minimum, not where a finite-difference image
+    gradient says it is."""
+    def at(x):
+        return ndi.map_coordinates(spline, x, order=3, mode=BOUNDARY, prefilter=False)
+
+    grad = []
+    for k in range(2):
+        step = np.zeros((2, 1))
+        step[k] = h
+        grad.append((at(coords + step) - at(coords - step)) / (2 * h))
+    return at(coords), np.stack(grad)
+
+
+class _Refined(NamedTuple):
+    """Result of :func:`_refine`: the LR→HR map ``x = a @ y + t`` at a pyramid level."""
+
+    a: np.ndarray
+    t: np.ndarray
+    ncc: float  # NCC of L and the intensity-mapped H at the fit
+    corner_sd: float  # predicted error of the HR's corners in L (level px, RMS over the 4)
+
+
+#: Side (level px) of the blocks over which the fit's residuals are taken as correlated, for its
+#: precision (:func:`_corner_sd`), in units of the compared images' smoothing scale.
+PRECISION_BLOCK = 4.0
+
+
+def _corner_sd(a: np.ndarray, tc: np.ndarray, yv: np.ndarray, jac: np.ndarray,
+               resid: np.ndarray, n_geom: int, hr_shape: tuple[int, int], block: float) -> float:
+    """Predicted RMS error (level px) of the HR image's 4 corners in L from the Gauss-Newton
+    fit: the parameters' covariance, cluster-robust over ``block``-px blocks of L (the
+    residual is correlated over the images' blur and over a mis-modelled region, so the
+    white-noise ``σ² (JᵀJ)⁻¹`` underestimates it), propagated to the corners.
+
+    ``yv`` (2, N) centred L coordinates of the compared pixels, ``jac`` (N, P) their Jacobian
+    (its first ``n_geom`` columns the map's: 6 affine or 4 similarity), ``resid`` (N,).
+    """
+    cell = np.floor((yv - yv.min(1, keepdims=True)) / block).astype(np.int64)
+    ids = np.unique(cell[0] * (cell[1].max() + 1) + cell[1], return_inverse=True)[1]
+    scores = np.zeros((ids.max() + 1, jac.shape[1]))
+    np.add.at(scores, ids, jac * resid[:, None])
+    bread = np.linalg.pinv(jac.T @ jac)
+    cov = (bread @ (scores.T @ scores) @ bread)[:n_geom, :n_geom]
+    h, w = hr_shape
+    inv = np.linalg.inv(a)
+    total = 0.0
+    for x in ([-0.5, -0.5], [-0.5, w - 0.5], [h - 0.5, -0.5], [h - 0.5, w - 0.5]):
+        y = inv @ (np.asarray(x) - tc)
+        if n_geom == 6:  # dx = da y + dt
+            dx = np.array([[y[0], y[1], 0, 0, 1, 0], [0, 0, y[0], y[1], 0, 1]])
+        else:  # da = [[s, -r], [r, s]]
+            dx = np.array([[y[0], -y[1], 1, 0], [y[1], y[0], 0, 1]])
+        d = inv @ dx  # corner's move in L (sign aside) per parameter
+        total += float(np.trace(d @ cov @ d.T))
+    return float(np.sqrt(total / 4))
+
+
 def _refine(
     lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
-    max_iter: int = 30, max_points: int = 100_000,
-) -> tuple[np.ndarray, np.ndarray, float]:
+    max_iter: int = 30, max_points: int = 100_000, smooth: float = 1.0,
+) -> _Refined:
     """Gauss-Newton fit of the LR→HR map ``x = a @ y + t`` between two pyramid-level images.
 
     Minimises Σ (L(y) − p(H(a y + t)))² over LR pixels ``y`` whose ``x`` falls inside H, with
     ``p`` a quadratic intensity map fitted jointly (ECC-style), over a similarity (4 parameters)
-    or affine (6) transform. A step that raises the fraction of L's variance left by more than
-    :data:`TOLERANCE` over the least reached is halved, down to 1/64, then the fit stops: on a
-    pattern near the level's resolution (a lattice) the linearisation can point far off.
-    Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
+    or affine (6) transform. The compared pixels are those of L under H's footprint (at most
+    ``max_points``, on a regular sub-grid), and H's gradient is the exact derivative of its
+    cubic spline, so that the fit stops at its objective's minimum. A step that raises the
+    fraction of L's variance left by more than :data:`TOLERANCE` over the least reached is
+    halved, down to 1/64, then the fit stops: on a pattern near the level's resolution (a
+    lattice) the linearisation can point far off. ``smooth``: the images' smoothing scale
+    (level px), for the precision's residual correlation (:func:`_corner_sd`).
     """
-    ys, values = _grid_samples(lr_l, max(1, int(np.ceil(np.sqrt(lr_l.size / max_points)))))
+    # L's pixels under H's footprint (2 px of margin for the fit's moves).
+    inv = np.linalg.inv(a)
+    h, w = hr_l.shape
+    box = inv @ (np.array([[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]], float) - t[:, None])
+    lo = np.clip(np.floor(box.min(1)) - 2, 0, lr_l.shape).astype(int)
+    hi_y = np.clip(np.ceil(box.max(1)) + 3, 0, lr_l.shape).astype(int)
+    if np.any(hi_y - lo < 2):
+        raise RegistrationError("global refinement lost the overlap between LR and HR")
+    sub = lr_l[lo[0]:hi_y[0], lo[1]:hi_y[1]]
+    ys, values = _grid_samples(sub, max(1, int(np.ceil(np.sqrt(sub.size / max_points)))))
+    ys = ys + lo[:, None]
     centre = ys.mean(1)
     yc = ys - centre[:, None]
     span = np.abs(yc).max()
     tc = t + a @ centre  # translation in centred coordinates
-    grad = np.gradient(hr_l)
+    spline = ndi.spline_filter(np.asarray(hr_l, dtype=float), order=3, mode=BOUNDARY)
     hi = np.array(hr_l.shape, dtype=float)[:, None] - 2.0
+    n_geom = 6 if affine else 4
 
     def evaluate(a, tc):
-        """Fraction of variance left, NCC, and the Gauss-Newton step at the map ``a``, ``tc``."""
+        """Fraction of variance left, NCC, the Gauss-Newton step at the map ``a``, ``tc``, and
+        the predicted corner error there."""
         x = a @ yc + tc[:, None]
         ok = np.all((x >= 1.0) & (x <= hi), axis=0)
         if ok.sum() < 64:
@@ -208,8 +285,7 @@ def _refine(
                 "global refinement lost the overlap between LR and HR (fewer than 64 pixels)"
             )
         xv, yv, lv = x[:, ok], yc[:, ok], values[ok]
-        w = interpolate(hr_l, xv).astype(float)
-        g = np.stack([interpolate(gk, xv, order=1) for gk in grad]).astype(float)
+        w, g = _spline_gradient(spline, xv)
         photo = _quadratic(w)
         coef, *_ = np.linalg.lstsq(photo, lv, rcond=None)
         slope = coef[1] + 2 * coef[2] * w
@@ -226,9 +302,11 @@ def _refine(
         else:
             da, dt = np.array([[delta[0], -delta[1]], [delta[1], delta[0]]]), delta[2:4]
         left = float(resid @ resid / max(lv.var() * lv.size, 1e-30))
-        return left, float(np.corrcoef(w, lv)[0, 1]), da, dt
+        precision = lambda: _corner_sd(a, tc, yv, jac, resid, n_geom, hr_l.shape,  # noqa: E731
+                                       PRECISION_BLOCK * max(smooth, 1.0))
+        return left, float(np.corrcoef(w, lv)[0, 1]), da, dt, precision
 
-    left, ncc, da, dt = evaluate(a, tc)
+    left, ncc, da, dt, precision = evaluate(a, tc)
     least, step = left, 1.0
     for _ in range(max_iter):
         try:
@@ -242,11 +320,11 @@ def _refine(
             continue
         change = step * (np.abs(dt).max() + np.abs(da).sum(1).max() * span)  # largest of x
         a, tc = a + step * da, tc + step * dt
-        left, ncc, da, dt = trial
+        left, ncc, da, dt, precision = trial
         least, step = min(least, left), 1.0
         if change < 1e-3:
             break
-    return a, tc - a @ centre, ncc
+    return _Refined(a, tc - a @ centre, ncc, precision())
 
 
 def _fit_residual(lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray,
@@ -273,6 +351,7 @@ class _Fit(NamedTuple):
     t: np.ndarray
     sigma: float  # extra blur (LR px) of the HR reduced to the LR scale
     fit_ncc: float
+    corner_sd: float  # predicted RMS error of the HR's corners in the LR, LR px
     residual: float  # fraction of the LR's variance the fit leaves, over all ``n`` LR pixels
     n: int
     lr_var: float  # variance of those LR pixels
@@ -300,17 +379,18 @@ def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.
     with it, at the finest level."""
     for c in sorted(lr_lev, reverse=True):
         f = f_of[c]
-        a_l, t_l, _ = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=affine and c == 1)
-        a, t = a_l * f / c, t_l * f
+        fit = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=affine and c == 1)
+        a, t = fit.a * f / c, fit.t * f
     # The blur (LR px) that best brings the reduced HR to the LR, then a last refinement with it.
     f1, lr, hr1 = f_of[1], lr_lev[1], hr_lev[1]
     a1, t1 = a / f1, t / f1
     sigma = optimize.minimize_scalar(lambda s: _fit_residual(lr, hr1, a1, t1, s)[0],
                                      bounds=(0, 3), method="bounded", options={"xatol": 0.1}).x
-    a1, t1, fit_ncc = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine)
+    fit = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine,
+                  smooth=float(np.hypot(1.0, sigma)))
     # Every LR pixel for the comparison of candidates: the LR's noise is white per pixel.
-    return _Fit(a1 * f1, t1 * f1, float(sigma), fit_ncc,
-                *_fit_residual(lr, hr1, a1, t1, sigma, stride=1))
+    return _Fit(fit.a * f1, fit.t * f1, float(sigma), fit.ncc, fit.corner_sd,
+                *_fit_residual(lr, hr1, fit.a, fit.t, sigma, stride=1))
 
 
 def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, f_of: dict,
@@ -427,7 +507,7 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
     return Registration(
         matrix, -matrix @ best.t, lr.shape, hr.shape, ncc=match.ncc,
         peak_ratio=match.peak_ratio, significance=match.significance, fit_ncc=best.fit_ncc,
-        inverted=sign < 0,
+        corner_sd=best.corner_sd, inverted=sign < 0,
         blur_sigma=float(np.hypot(0.5 * f1 if f1 > 1 else 0.0, f1 * best.sigma)),  # HR px
     )
 

@@ -124,7 +124,7 @@ def register_pair(
         hr_signed = 1.0 - hr if reg.inverted else hr
         opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
                              search_radius)
-        disp, reg.patches_tried, reg.patches_accepted = _local_field(
+        disp, reg.patches_tried, reg.patches_accepted, unmodelled, left = _local_field(
             lr, hr_signed, reg.matrix, reg.offset, _noise_sigma(_central(hr)), opts, scan_knots,
             smoothing,
         )
@@ -139,6 +139,7 @@ def register_pair(
             if gain[1] < gain[0]:
                 reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp,
                                                                   lr.shape)
+                unmodelled = left
             else:
                 reg.patches_accepted = 0
                 warnings.warn(
@@ -146,4 +147,23 @@ def register_pair(
                     f"patches does not improve the fit (fraction of the LR's variance left "
                     f"{gain[1]:.4f} with it, {gain[0]:.4f} without); the registration is "
                     "global only", stacklevel=2)
+        if np.isfinite(unmodelled):  # HR px → LR px
+            reg.corner_sd = float(np.hypot(reg.corner_sd, unmodelled / reg.zoom))
+    if reg.corner_sd > MAX_CORNER_SD:
+        warnings.warn(_imprecise(reg), stacklevel=2)
     return reg
+
+
+#: Predicted corner error (RMS, LR px) above which a registration is reported as imprecise.
+MAX_CORNER_SD = 0.25
+
+
+def _imprecise(reg: Registration) -> str:
+    """The warning for a registration whose predicted error exceeds :data:`MAX_CORNER_SD`."""
+    return (
+        f"imprecise registration: the HR's corners are placed in the LR to about "
+        f"±{reg.corner_sd:.2f} LR px (predicted from the fit's residuals and the local "
+        f"misalignment it leaves; above {MAX_CORNER_SD:g}), which blurs what the model learns; "
+        f"a larger HR field (more LR pixels overlapped), more counts per pixel in both scans, "
+        f"or less scan drift improve it"
+    )
