@@ -220,8 +220,7 @@ def _corner_sd(a: np.ndarray, tc: np.ndarray, yv: np.ndarray, jac: np.ndarray,
     ``yv`` (2, N) centred L coordinates of the compared pixels, ``jac`` (N, P) their Jacobian
     (its first ``n_geom`` columns the map's: 6 affine or 4 similarity), ``resid`` (N,).
     """
-    cell = np.floor((yv - yv.min(1, keepdims=True)) / block).astype(np.int64)
-    ids = np.unique(cell[0] * (cell[1].max() + 1) + cell[1], return_inverse=True)[1]
+    ids = _block_ids(yv, block)
     scores = np.zeros((ids.max() + 1, jac.shape[1]))
     np.add.at(scores, ids, jac * resid[:, None])
     bread = np.linalg.pinv(jac.T @ jac)
@@ -240,6 +239,30 @@ def _corner_sd(a: np.ndarray, tc: np.ndarray, yv: np.ndarray, jac: np.ndarray,
     return float(np.sqrt(total / 4))
 
 
+def _under_footprint(lr_l: np.ndarray, a: np.ndarray, t: np.ndarray, hr_shape: tuple[int, int],
+                     max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (2, N) and values (N,) of L's pixels in the bounding box of H's footprint
+    under ``x = a @ y + t`` (2 px of margin for a fit's moves), on a regular sub-grid of at
+    most ``max_points`` (None: all)."""
+    h, w = hr_shape
+    box = np.linalg.solve(a, np.array([[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]], float)
+                          - t[:, None])
+    lo = np.clip(np.floor(box.min(1)) - 2, 0, lr_l.shape).astype(int)
+    hi = np.clip(np.ceil(box.max(1)) + 3, 0, lr_l.shape).astype(int)
+    if np.any(hi - lo < 2):
+        raise RegistrationError("global refinement lost the overlap between LR and HR")
+    sub = lr_l[lo[0]:hi[0], lo[1]:hi[1]]
+    stride = 1 if max_points is None else max(1, int(np.ceil(np.sqrt(sub.size / max_points))))
+    ys, values = _grid_samples(sub, stride)
+    return ys + lo[:, None], values
+
+
+def _block_ids(ys: np.ndarray, block: float) -> np.ndarray:
+    """Index (N,) of the ``block``-px square of L that each of the coordinates (2, N) is in."""
+    cell = np.floor((ys - ys.min(1, keepdims=True)) / block).astype(np.int64)
+    return np.unique(cell[0] * (cell[1].max() + 1) + cell[1], return_inverse=True)[1].ravel()
+
+
 def _refine(
     lr_l: np.ndarray, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
     max_iter: int = 30, max_points: int = 100_000, smooth: float = 1.0,
@@ -256,17 +279,7 @@ def _refine(
     lattice) the linearisation can point far off. ``smooth``: the images' smoothing scale
     (level px), for the precision's residual correlation (:func:`_corner_sd`).
     """
-    # L's pixels under H's footprint (2 px of margin for the fit's moves).
-    inv = np.linalg.inv(a)
-    h, w = hr_l.shape
-    box = inv @ (np.array([[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]], float) - t[:, None])
-    lo = np.clip(np.floor(box.min(1)) - 2, 0, lr_l.shape).astype(int)
-    hi_y = np.clip(np.ceil(box.max(1)) + 3, 0, lr_l.shape).astype(int)
-    if np.any(hi_y - lo < 2):
-        raise RegistrationError("global refinement lost the overlap between LR and HR")
-    sub = lr_l[lo[0]:hi_y[0], lo[1]:hi_y[1]]
-    ys, values = _grid_samples(sub, max(1, int(np.ceil(np.sqrt(sub.size / max_points)))))
-    ys = ys + lo[:, None]
+    ys, values = _under_footprint(lr_l, a, t, hr_l.shape, max_points)
     centre = ys.mean(1)
     yc = ys - centre[:, None]
     span = np.abs(yc).max()
@@ -393,6 +406,34 @@ def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.
                 *_fit_residual(lr, hr1, fit.a, fit.t, sigma, stride=1))
 
 
+def _paired_separation(lr: np.ndarray, hr1: np.ndarray, f1: int, best: _Fit,
+                       other: _Fit) -> float:
+    """Significance (σ) by which ``best`` explains the LR better than ``other``: the sum over
+    the LR pixels that both place inside the HR of the difference of their squared residuals
+    (each with its own blur and quadratic intensity fit there), over its std, cluster-robust
+    over blocks of the images' smoothing scale. The LR's noise enters the difference only where
+    the two predictions differ (a defect, an edge, the HR's border), so a regular pattern
+    that both explain alike adds nothing but the noise of that difference."""
+    ys, values = _under_footprint(lr, best.a / f1, best.t / f1, hr1.shape)
+    xs = [(fit.a @ ys + fit.t[:, None]) / f1 for fit in (best, other)]
+    both = np.all([np.all((x >= 1.0) & (x <= np.array(hr1.shape)[:, None] - 2.0), axis=0)
+                   for x in xs], axis=0)
+    if both.sum() < 64:
+        return float("inf")  # the other candidate barely overlaps the best one's pixels
+    pred = []
+    for fit, x in zip((best, other), xs):
+        w = interpolate(ndi.gaussian_filter(hr1, fit.sigma), x[:, both]).astype(float)
+        coef, *_ = np.linalg.lstsq(_quadratic(w), values[both], rcond=None)
+        pred.append(_quadratic(w) @ coef)
+    resid = values[both] - pred[0]
+    delta = pred[1] - pred[0]
+    # (L − p₂)² − (L − p₁)² = Δ² − 2Δ(L − p₁): its noise is −2Δ times the best fit's residual
+    # (the LR's noise, if the best is right), summed in blocks over which that is correlated.
+    ids = _block_ids(ys[:, both], PRECISION_BLOCK * np.hypot(1.0, best.sigma))
+    noise = np.bincount(ids, weights=2 * delta * resid)
+    return float(np.sum(delta**2 - 2 * delta * resid) / max(np.sqrt(np.sum(noise**2)), 1e-300))
+
+
 def _candidate_fits(match: _Match, keep: list[int], lr_lev: dict, hr_lev: dict, f_of: dict,
                     tmpl_shape: tuple[int, int], zoom: float, affine: bool) -> list[_Fit]:
     """The fits from the coarse peaks ``keep``, best (least residual) first, one per distinct
@@ -484,7 +525,7 @@ def _global(lr: np.ndarray, hr, zoom: float, *, max_rotation_deg: float, affine:
         )
     if len(fits) > 1:
         second = fits[1]
-        separation = (second.residual - best.residual) * np.sqrt(best.n) / (2 * best.residual)
+        separation = _paired_separation(lr, hr_lev[1] * sign, f1, best, second)
         if separation < MIN_SEPARATION:
             apart = np.hypot(*(np.linalg.solve(best.a, -best.t)
                                - np.linalg.solve(second.a, -second.t)))
