@@ -88,8 +88,9 @@ def register_pair(
         LR); ambiguous match (a periodic specimen with nothing aperiodic in the HR field);
         contrast inverted (with ``allow_inversion=False``); rotation at the edge of the search
         range; zoom out of range; less than half of the HR inside the LR. A warning is given
-        when part of the HR lies outside the LR, when the contrast is inverted, and when the
-        local field is skipped.
+        when part of the HR lies outside the LR, when the contrast is inverted, when the
+        local field is skipped, and when the predicted corner error ``corner_sd`` exceeds
+        :data:`MAX_CORNER_SD` LR px (imprecise registration).
     """
     lr = _as_image(lr, "lr")
     hr = _as_image(hr, "hr", allow_dask=True)
