@@ -140,7 +140,9 @@ def register_pair(
             if gain[1] < gain[0]:
                 reg.matrix, reg.offset, reg.disp = _absorb_affine(reg.matrix, reg.offset, disp,
                                                                   lr.shape)
-                unmodelled = left
+                # What the field leaves is local (line jitter, patch noise): it averages out
+                # over the patches in the affine's 6 parameters.
+                unmodelled = left * np.sqrt(6 / max(reg.patches_accepted, 6))
             else:
                 reg.patches_accepted = 0
                 warnings.warn(
