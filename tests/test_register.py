@@ -416,7 +416,7 @@ def test_global_refinement_on_a_lattice_keeps_a_good_start(seed):
     a = np.linalg.inv(np.asarray(sim.truth["matrix"]))  # LR -> HR
     t = -a @ np.asarray(sim.truth["offset"])
     lr2, hr4 = _reduce(sim.lr / np.float32(255), 2), _reduce(sim.hr / np.float32(255), 4)
-    a2, t2, ncc = _refine(_Window(lr2, (0, 0), lr2.shape), hr4, a / 2, t / 4, affine=False)
+    a2, t2, ncc, _ = _refine(_Window(lr2, (0, 0), lr2.shape), hr4, a / 2, t / 4, affine=False)
     shift = np.linalg.solve(a2, -t2) - np.linalg.solve(a / 2, -t / 4)  # level-2 LR px
     assert np.hypot(*shift) < 0.3
     assert ncc > 0.8

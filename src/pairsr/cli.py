@@ -409,7 +409,7 @@ def _prepare(lr_path: Path, hr_path: Path, *, lr_crop=None, hr_crop=None, local=
                         **(register_options or _register_options()))
     r = pair.registration
     console.print(f"  zoom {r.zoom:.4f} (SR ×{pair.zoom}), rotation {r.rotation_deg:+.3f}°, "
-                  f"NCC {r.ncc:.3f}")
+                  f"NCC {r.ncc:.3f}, precision ±{r.corner_sd:.2f} LR px")
     return pair
 
 
@@ -453,7 +453,8 @@ def register_cmd(
         raise _fail(err) from err
     console.print(
         f"registered in {seconds:.2f} s: zoom {reg.zoom:.4f}, rotation {reg.rotation_deg:+.3f}°, "
-        f"NCC {reg.ncc:.3f} (peak ratio {reg.peak_ratio:.2f}), {100 * reg.inside_fraction:.0f}% "
+        f"NCC {reg.ncc:.3f} (peak ratio {reg.peak_ratio:.2f}), precision ±{reg.corner_sd:.2f} "
+        f"LR px, {100 * reg.inside_fraction:.0f}% "
         f"inside; local: {reg.patches_accepted}/{reg.patches_tried} patches, RMS "
         f"{reg.rms_displacement:.2f} HR px → {out}"
     )

@@ -21,7 +21,11 @@ Pipeline of :func:`register_pair`:
    brings the HR to the LR resolution is estimated on the way. The decision rests on this fit:
    it must explain most of the LR's variance that the noise of both images lets any fit explain,
    and, among several candidates (one period apart on a periodic specimen), one fit must be
-   better than the others by more than the noise allows.
+   better than the others by more than the noise allows (a paired test on the LR pixels both
+   cover). The fit runs on the LR pixels under the HR's footprint, with the exact gradient of
+   the HR's cubic spline; its parameters' covariance (cluster-robust over the residuals'
+   correlation length) propagated to the HR's corners is the registration's predicted
+   precision (``corner_sd``), with the misalignment the local patches still show added.
 3. **Local field**: the paper's patch search (its Eq. 1): NCC of HR patches (blurred to the LR
    resolution) against the LR resampled on the HR grid through the global mapping (``Ir``), on
    textured patches (signal variance well above the noise), then a sub-pixel Lucas-Kanade step
@@ -42,7 +46,7 @@ resolution only around the candidates' and the match's footprints (fine fit, noi
 
 Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
 do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field
-skipped).
+skipped; a predicted precision worse than ``MAX_CORNER_SD`` LR px: "imprecise registration").
 """
 
 from pairsr.register._mapping import (

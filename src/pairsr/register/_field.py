@@ -133,21 +133,36 @@ def _fine_residual(lr: _Window, hr1: np.ndarray, f1: int, sigma: float,
     return float(res[0] / max(values[ok].var() * ok.sum(), 1e-30)) if len(res) else 1.0
 
 
+def _unexplained_shift(patches: _Patches, mask: np.ndarray, misfit: np.ndarray) -> float:
+    """RMS local misalignment (HR px) that ``misfit`` (N, 2) of the patches in ``mask`` shows
+    beyond their own measurement noise (from their inverse covariances): what a mapping leaves
+    unmodelled (scan drift that a global affine cannot follow), NaN without patches."""
+    if mask.sum() == 0:
+        return float("nan")
+    noise = np.trace(np.linalg.pinv(patches.weight[mask]), axis1=1, axis2=2)
+    # Medians: a few patches that matched the wrong place must not decide.
+    return float(np.sqrt(max(np.median(np.sum(misfit**2, 1)) - np.median(noise), 0.0)))
+
+
 def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
-                 opts: _PatchSearch, scan_knots: int,
-                 smoothing: float, threads: int = 1) -> tuple[LocalField | None, int, int]:
+                 opts: _PatchSearch, scan_knots: int, smoothing: float,
+                 threads: int = 1) -> tuple[LocalField | None, int, int, float, float]:
     """Local field from the patch search, or None if too few patches pass. The splines have at
     most ``scan_knots`` knot intervals, fewer than there are rows of patches, and few enough
     for :data:`PATCHES_PER_COEF` accepted patches per coefficient. ``lr`` is the window of the
     LR around the HR's footprint (its search regions and the bicubic halo; the LR-row spline's
-    knots still span the whole LR's height). Also returns the numbers of patches tried and
-    accepted. The patch search runs on ``threads`` threads.
+    knots still span the whole LR's height). The patch search runs on ``threads`` threads.
+    Also returns the numbers of patches tried and accepted, and the RMS local misalignment
+    (HR px, :func:`_unexplained_shift`) of the accepted patches under the global mapping and
+    under the field (NaN without a field).
     """
     origin = np.asarray(lr.origin, dtype=float)
     # The search sees the window as the LR: the same pixels, the affine shifted by its origin.
     patches = _patch_results(lr.image, hr, matrix, offset - origin, hr_noise, opts,
                              threads)
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
+    ok = patches.accepted
+    unmodelled = _unexplained_shift(patches, ok, patches.shift[ok])
     edge = opts.size // 2 + opts.radius
     patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))
     for knots in range(int(np.clip(patch_rows - 1, 1, scan_knots)), 0, -1):
@@ -161,17 +176,19 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
             f"field ({model.n_coef}); the registration is global only",
             stacklevel=3,
         )
-        return None, tried, 0
+        return None, tried, 0, unmodelled, float("nan")
     cols = slice(0, hr.shape[1])
     for _ in range(4):  # stiffen the fit until the mapping has no folds (it almost never folds)
         coef, kept = model.fit(patches, smoothing)
         field = model.field(coef)
         if min(float(field.jacobian_det(_pixel_grid(rows, cols)).min())
                for rows in _row_blocks(tuple(hr.shape))) > 0:
-            return field, tried, int(kept.sum())
+            misfit = patches.shift[kept] - model.design(patches.position[kept].T) @ coef
+            return (field, tried, int(kept.sum()), unmodelled,
+                    _unexplained_shift(patches, kept, misfit))
         smoothing *= 10
     warnings.warn("local registration skipped: the fitted field folds", stacklevel=3)
-    return None, tried, 0
+    return None, tried, 0, unmodelled, float("nan")
 
 
 def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, field: LocalField,

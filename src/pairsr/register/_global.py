@@ -11,13 +11,12 @@ from scipy import fft, optimize
 from scipy import ndimage as ndi
 from skimage.feature import match_template, peak_local_max
 
-from pairsr.grid import interpolate
+from pairsr.grid import BOUNDARY, interpolate
 from pairsr.patches import ordered_map
 from pairsr.region import window_sums
 from pairsr.register._images import (
     _central,
     _decimate,
-    _grid_centre,
     _grid_samples,
     _level_window,
     _noise_sigma,
@@ -177,31 +176,123 @@ def _choose_sign(matches: dict[int, _Match], *, allow_inversion: bool) -> int:
 TOLERANCE = 1e-3
 
 
+def _spline_gradient(spline: np.ndarray, coords: np.ndarray,
+                     h: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """Values (N,) and gradient (2, N) of the cubic B-spline interpolant with coefficients
+    ``spline`` (:func:`scipy.ndimage.spline_filter` of an image) at ``coords`` (2, N): the exact
+    derivative of what is fitted (central differences of the spline, error O(h²)), so that the
+    Gauss-Newton fit stops at the objective's minimum, not where a finite-difference image
+    gradient says it is."""
+    def at(x):
+        return ndi.map_coordinates(spline, x, order=3, mode=BOUNDARY, prefilter=False)
+
+    grad = []
+    for k in range(2):
+        step = np.zeros((2, 1))
+        step[k] = h
+        grad.append((at(coords + step) - at(coords - step)) / (2 * h))
+    return at(coords), np.stack(grad)
+
+
+class _Refined(NamedTuple):
+    """Result of :func:`_refine`: the LR→HR map ``x = a @ y + t`` at a pyramid level."""
+
+    a: np.ndarray
+    t: np.ndarray
+    ncc: float  # NCC of L and the intensity-mapped H at the fit
+    corner_sd: float  # predicted error of the HR's corners in L (level px, RMS over the 4)
+
+
+#: Side (level px) of the blocks over which the fit's residuals are taken as correlated, for its
+#: precision (:func:`_corner_sd`), in units of the compared images' smoothing scale.
+PRECISION_BLOCK = 4.0
+
+
+def _corner_sd(a: np.ndarray, tc: np.ndarray, yv: np.ndarray, jac: np.ndarray,
+               resid: np.ndarray, n_geom: int, hr_shape: tuple[int, int], block: float) -> float:
+    """Predicted RMS error (level px) of the HR image's 4 corners in L from the Gauss-Newton
+    fit: the parameters' covariance, cluster-robust over ``block``-px blocks of L (the
+    residual is correlated over the images' blur and over a mis-modelled region, so the
+    white-noise ``σ² (JᵀJ)⁻¹`` underestimates it), propagated to the corners.
+
+    ``yv`` (2, N) centred L coordinates of the compared pixels, ``jac`` (N, P) their Jacobian
+    (its first ``n_geom`` columns the map's: 6 affine or 4 similarity), ``resid`` (N,).
+    """
+    ids = _block_ids(yv, block)
+    scores = np.zeros((ids.max() + 1, jac.shape[1]))
+    np.add.at(scores, ids, jac * resid[:, None])
+    bread = np.linalg.pinv(jac.T @ jac)
+    cov = (bread @ (scores.T @ scores) @ bread)[:n_geom, :n_geom]
+    h, w = hr_shape
+    inv = np.linalg.inv(a)
+    total = 0.0
+    for x in ([-0.5, -0.5], [-0.5, w - 0.5], [h - 0.5, -0.5], [h - 0.5, w - 0.5]):
+        y = inv @ (np.asarray(x) - tc)
+        if n_geom == 6:  # dx = da y + dt
+            dx = np.array([[y[0], y[1], 0, 0, 1, 0], [0, 0, y[0], y[1], 0, 1]])
+        else:  # da = [[s, -r], [r, s]]
+            dx = np.array([[y[0], -y[1], 1, 0], [y[1], y[0], 0, 1]])
+        d = inv @ dx  # corner's move in L (sign aside) per parameter
+        total += float(np.trace(d @ cov @ d.T))
+    return float(np.sqrt(total / 4))
+
+
+def _under_footprint(lr_l: _Window, a: np.ndarray, t: np.ndarray, hr_shape: tuple[int, int],
+                     max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (2, N) (of the whole level) and values (N,) of L's pixels in the bounding
+    box of H's footprint under ``x = a @ y + t`` (2 px of margin for a fit's moves), on a
+    regular sub-grid of at most ``max_points`` (None: all). ``lr_l`` is a window of L that
+    holds that box."""
+    h, w = hr_shape
+    box = np.linalg.solve(a, np.array([[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]], float)
+                          - t[:, None])
+    origin = np.array(lr_l.origin)
+    inside = origin + lr_l.image.shape
+    lo = np.clip(np.floor(box.min(1)) - 2, origin, inside).astype(int)
+    hi = np.clip(np.ceil(box.max(1)) + 3, origin, inside).astype(int)
+    if np.any(hi - lo < 2):
+        raise RegistrationError("global refinement lost the overlap between LR and HR")
+    sub = lr_l.image[lo[0] - origin[0] : hi[0] - origin[0], lo[1] - origin[1] : hi[1] - origin[1]]
+    stride = 1 if max_points is None else max(1, int(np.ceil(np.sqrt(sub.size / max_points))))
+    ys, values = _grid_samples(_Window(sub, (0, 0), sub.shape), stride)
+    return ys + lo[:, None], values
+
+
+def _block_ids(ys: np.ndarray, block: float) -> np.ndarray:
+    """Index (N,) of the ``block``-px square of L that each of the coordinates (2, N) is in."""
+    cell = np.floor((ys - ys.min(1, keepdims=True)) / block).astype(np.int64)
+    return np.unique(cell[0] * (cell[1].max() + 1) + cell[1], return_inverse=True)[1].ravel()
+
+
 def _refine(
     lr_l: _Window, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
-    max_iter: int = 30, max_points: int = 100_000,
-) -> tuple[np.ndarray, np.ndarray, float]:
+    max_iter: int = 30, max_points: int = 100_000, smooth: float = 1.0,
+) -> _Refined:
     """Gauss-Newton fit of the LR→HR map ``x = a @ y + t`` between two pyramid-level images.
 
     Minimises Σ (L(y) − p(H(a y + t)))² over LR pixels ``y`` whose ``x`` falls inside H, with
     ``p`` a quadratic intensity map fitted jointly (ECC-style), over a similarity (4 parameters)
-    or affine (6) transform. A step that raises the fraction of L's variance left by more than
-    :data:`TOLERANCE` over the least reached is halved, down to 1/64, then the fit stops: on a
-    pattern near the level's resolution (a lattice) the linearisation can point far off.
-    ``lr_l`` is a window of L that holds every pixel the HR reaches; L is sampled on the grid
-    of the whole level (its stride and centre), so the fit does not depend on the window.
-    Returns the new ``a``, ``t`` and the NCC of L and H at the fit.
+    or affine (6) transform. The compared pixels are those of L under H's footprint (at most
+    ``max_points``, on a regular sub-grid), and H's gradient is the exact derivative of its
+    cubic spline, so that the fit stops at its objective's minimum. A step that raises the
+    fraction of L's variance left by more than :data:`TOLERANCE` over the least reached is
+    halved, down to 1/64, then the fit stops: on a pattern near the level's resolution (a
+    lattice) the linearisation can point far off. ``smooth``: the images' smoothing scale
+    (level px), for the precision's residual correlation (:func:`_corner_sd`). ``lr_l`` is a
+    window of L that holds every pixel the HR reaches; the result does not depend on it.
     """
-    stride = max(1, int(np.ceil(np.sqrt(lr_l.shape[0] * lr_l.shape[1] / max_points))))
-    ys, values = _grid_samples(lr_l, stride)
-    centre, span = _grid_centre(lr_l.shape, stride)
+    ys, values = _under_footprint(lr_l, a, t, hr_l.shape, max_points)
+    centre = ys.mean(1)
     yc = ys - centre[:, None]
+    span = np.abs(yc).max()
     tc = t + a @ centre  # translation in centred coordinates
-    grad = np.gradient(hr_l)
+    spline = ndi.spline_filter(np.asarray(hr_l, dtype=float), order=3, mode=BOUNDARY)
     hi = np.array(hr_l.shape, dtype=float)[:, None] - 2.0
+    n_geom = 6 if affine else 4
 
     def evaluate(a, tc):
-        """Fraction of variance left, NCC, and the Gauss-Newton step at the map ``a``, ``tc``."""
+        """Fraction of variance left, NCC, the Gauss-Newton step at the map ``a``, ``tc``, and
+        the predicted corner error there."""
         x = a @ yc + tc[:, None]
         ok = np.all((x >= 1.0) & (x <= hi), axis=0)
         if ok.sum() < 64:
@@ -209,8 +300,7 @@ def _refine(
                 "global refinement lost the overlap between LR and HR (fewer than 64 pixels)"
             )
         xv, yv, lv = x[:, ok], yc[:, ok], values[ok]
-        w = interpolate(hr_l, xv).astype(float)
-        g = np.stack([interpolate(gk, xv, order=1) for gk in grad]).astype(float)
+        w, g = _spline_gradient(spline, xv)
         photo = _quadratic(w)
         coef, *_ = np.linalg.lstsq(photo, lv, rcond=None)
         slope = coef[1] + 2 * coef[2] * w
@@ -227,9 +317,11 @@ def _refine(
         else:
             da, dt = np.array([[delta[0], -delta[1]], [delta[1], delta[0]]]), delta[2:4]
         left = float(resid @ resid / max(lv.var() * lv.size, 1e-30))
-        return left, float(np.corrcoef(w, lv)[0, 1]), da, dt
+        precision = lambda: _corner_sd(a, tc, yv, jac, resid, n_geom, hr_l.shape,  # noqa: E731
+                                       PRECISION_BLOCK * max(smooth, 1.0))
+        return left, float(np.corrcoef(w, lv)[0, 1]), da, dt, precision
 
-    left, ncc, da, dt = evaluate(a, tc)
+    left, ncc, da, dt, precision = evaluate(a, tc)
     least, step = left, 1.0
     for _ in range(max_iter):
         try:
@@ -243,11 +335,11 @@ def _refine(
             continue
         change = step * (np.abs(dt).max() + np.abs(da).sum(1).max() * span)  # largest of x
         a, tc = a + step * da, tc + step * dt
-        left, ncc, da, dt = trial
+        left, ncc, da, dt, precision = trial
         least, step = min(least, left), 1.0
         if change < 1e-3:
             break
-    return a, tc - a @ centre, ncc
+    return _Refined(a, tc - a @ centre, ncc, precision())
 
 
 def _fit_residual(lr_l: _Window, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray,
@@ -274,6 +366,7 @@ class _Fit(NamedTuple):
     t: np.ndarray
     sigma: float  # extra blur (LR px) of the HR reduced to the LR scale
     fit_ncc: float
+    corner_sd: float  # predicted RMS error of the HR's corners in the LR, LR px
     residual: float  # fraction of the LR's variance the fit leaves, over all ``n`` LR pixels
     n: int
     lr_var: float  # variance of those LR pixels
@@ -301,17 +394,46 @@ def _fit_candidate(lr_lev: dict, hr_lev: dict, f_of: dict, a: np.ndarray, t: np.
     with it, at the finest level."""
     for c in sorted(lr_lev, reverse=True):
         f = f_of[c]
-        a_l, t_l, _ = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=affine and c == 1)
-        a, t = a_l * f / c, t_l * f
+        fit = _refine(lr_lev[c], hr_lev[c], a * c / f, t / f, affine=affine and c == 1)
+        a, t = fit.a * f / c, fit.t * f
     # The blur (LR px) that best brings the reduced HR to the LR, then a last refinement with it.
     f1, lr, hr1 = f_of[1], lr_lev[1], hr_lev[1]
     a1, t1 = a / f1, t / f1
     sigma = optimize.minimize_scalar(lambda s: _fit_residual(lr, hr1, a1, t1, s)[0],
                                      bounds=(0, 3), method="bounded", options={"xatol": 0.1}).x
-    a1, t1, fit_ncc = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine)
+    fit = _refine(lr, ndi.gaussian_filter(hr1, sigma), a1, t1, affine=affine,
+                  smooth=float(np.hypot(1.0, sigma)))
     # Every LR pixel for the comparison of candidates: the LR's noise is white per pixel.
-    return _Fit(a1 * f1, t1 * f1, float(sigma), fit_ncc,
-                *_fit_residual(lr, hr1, a1, t1, sigma, stride=1))
+    return _Fit(fit.a * f1, fit.t * f1, float(sigma), fit.ncc, fit.corner_sd,
+                *_fit_residual(lr, hr1, fit.a, fit.t, sigma, stride=1))
+
+
+def _paired_separation(lr: _Window, hr1: np.ndarray, f1: int, best: _Fit,
+                       other: _Fit) -> float:
+    """Significance (σ) by which ``best`` explains the LR better than ``other``: the sum over
+    the LR pixels that both place inside the HR of the difference of their squared residuals
+    (each with its own blur and quadratic intensity fit there), over its std, cluster-robust
+    over blocks of the images' smoothing scale. The LR's noise enters the difference only where
+    the two predictions differ (a defect, an edge, the HR's border), so a regular pattern
+    that both explain alike adds nothing but the noise of that difference."""
+    ys, values = _under_footprint(lr, best.a / f1, best.t / f1, hr1.shape)
+    xs = [(fit.a @ ys + fit.t[:, None]) / f1 for fit in (best, other)]
+    both = np.all([np.all((x >= 1.0) & (x <= np.array(hr1.shape)[:, None] - 2.0), axis=0)
+                   for x in xs], axis=0)
+    if both.sum() < 64:
+        return float("inf")  # the other candidate barely overlaps the best one's pixels
+    pred = []
+    for fit, x in zip((best, other), xs):
+        w = interpolate(ndi.gaussian_filter(hr1, fit.sigma), x[:, both]).astype(float)
+        coef, *_ = np.linalg.lstsq(_quadratic(w), values[both], rcond=None)
+        pred.append(_quadratic(w) @ coef)
+    resid = values[both] - pred[0]
+    delta = pred[1] - pred[0]
+    # (L − p₂)² − (L − p₁)² = Δ² − 2Δ(L − p₁): its noise is −2Δ times the best fit's residual
+    # (the LR's noise, if the best is right), summed in blocks over which that is correlated.
+    ids = _block_ids(ys[:, both], PRECISION_BLOCK * np.hypot(1.0, best.sigma))
+    noise = np.bincount(ids, weights=2 * delta * resid)
+    return float(np.sum(delta**2 - 2 * delta * resid) / max(np.sqrt(np.sum(noise**2)), 1e-300))
 
 
 #: Margin of the LR window a candidate is fitted in, as a fraction of its footprint's extent
@@ -408,7 +530,8 @@ def _global(lr, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
         raise not_found("no candidate position kept an overlap when refined")
     best = fits[0]
     # The LR's noise where the HR lies (the pixels compared), the HR's in its centre.
-    lr_noise = _noise_sigma(_fit_window(lr, best.a, best.t, hr.shape, c, [1])[1].image)
+    best_window = _fit_window(lr, best.a, best.t, hr.shape, c, [1])[1]
+    lr_noise = _noise_sigma(best_window.image)
     reliability = best.reliabilities(lr_noise, _noise_sigma(_central(hr, threads=threads)), f1)
     flat = [(name, rel, least) for name, rel, least
             in zip(("LR", "HR"), reliability, MIN_RELIABILITY) if rel < least]
@@ -432,7 +555,7 @@ def _global(lr, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
         )
     if len(fits) > 1:
         second = fits[1]
-        separation = (second.residual - best.residual) * np.sqrt(best.n) / (2 * best.residual)
+        separation = _paired_separation(best_window, hr_lev[1] * sign, f1, best, second)
         if separation < MIN_SEPARATION:
             apart = np.hypot(*(np.linalg.solve(best.a, -best.t)
                                - np.linalg.solve(second.a, -second.t)))
@@ -455,7 +578,7 @@ def _global(lr, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
     return Registration(
         matrix, -matrix @ best.t, lr.shape, hr.shape, ncc=match.ncc,
         peak_ratio=match.peak_ratio, significance=match.significance, fit_ncc=best.fit_ncc,
-        inverted=sign < 0,
+        corner_sd=best.corner_sd, inverted=sign < 0,
         blur_sigma=float(np.hypot(0.5 * f1 if f1 > 1 else 0.0, f1 * best.sigma)),  # HR px
     )
 

@@ -181,13 +181,6 @@ def _grid_samples(window: _Window, stride: int) -> tuple[np.ndarray, np.ndarray]
     return coords.reshape(2, -1), image.ravel().astype(float)
 
 
-def _grid_centre(shape: tuple[int, int], stride: int) -> tuple[np.ndarray, float]:
-    """Mean (2,) of the coordinates of every ``stride``-th pixel of a ``shape`` image, and their
-    largest distance from it along an axis."""
-    half = np.array([(len(range(0, n, stride)) - 1) * stride / 2 for n in shape], dtype=float)
-    return half, float(half.max())
-
-
 def _quadratic(w: np.ndarray) -> np.ndarray:
     """Design (..., 3) of the quadratic intensity map ``p(w) = c0 + c1 w + c2 w²``."""
     return np.stack([np.ones_like(w), w, w * w], axis=-1)

@@ -177,6 +177,9 @@ class Registration:
         scale) and its ratio to the second-best peak: the evidence that the HR is in the LR.
     fit_ncc
         NCC of the LR against the HR blurred to the LR resolution at the fitted mapping.
+    corner_sd
+        Predicted RMS error of the HR image's corners in the LR (LR px) of the global fit: its
+        parameters' covariance (Gauss-Newton normal matrix and residuals) propagated to them.
     blur_sigma
         Gaussian σ (HR pixels) that brings the HR image to the LR resolution.
     inverted
@@ -197,6 +200,7 @@ class Registration:
     peak_ratio: float = float("nan")
     significance: float = float("nan")
     fit_ncc: float = float("nan")
+    corner_sd: float = float("nan")
     blur_sigma: float = 0.0
     inverted: bool = False
     patches_tried: int = 0

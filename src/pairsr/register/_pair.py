@@ -118,8 +118,9 @@ def register_pair(
         LR); ambiguous match (a periodic specimen with nothing aperiodic in the HR field);
         contrast inverted (with ``allow_inversion=False``); rotation at the edge of the search
         range; zoom out of range; less than half of the HR inside the LR. A warning is given
-        when part of the HR lies outside the LR, when the contrast is inverted, and when the
-        local field is skipped.
+        when part of the HR lies outside the LR, when the contrast is inverted, when the
+        local field is skipped, and when the predicted corner error ``corner_sd`` exceeds
+        :data:`MAX_CORNER_SD` LR px (imprecise registration).
     """
     lr = _as_image(lr, "lr", allow_dask=True)
     hr = _as_image(hr, "hr", allow_dask=True)
@@ -163,7 +164,7 @@ def register_pair(
         opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
                              search_radius)
         window = _local_window(lr, reg, opts)
-        field, reg.patches_tried, reg.patches_accepted = _local_field(
+        field, reg.patches_tried, reg.patches_accepted, unmodelled, left = _local_field(
             window, hr_blocks, reg.matrix, reg.offset,
             _noise_sigma(_central(hr, threads=threads)), opts, scan_knots, smoothing, threads,
         )
@@ -178,6 +179,9 @@ def register_pair(
             if gain[1] < gain[0]:
                 reg.matrix, reg.offset, reg.local_field = _absorb_affine(
                     reg.matrix, reg.offset, field, hr.shape, lr.shape)
+                # What the field leaves is local (line jitter, patch noise): it averages out
+                # over the patches in the affine's 6 parameters.
+                unmodelled = left * np.sqrt(6 / max(reg.patches_accepted, 6))
             else:
                 reg.patches_accepted = 0
                 warnings.warn(
@@ -185,4 +189,23 @@ def register_pair(
                     f"patches does not improve the fit (fraction of the LR's variance left "
                     f"{gain[1]:.4f} with it, {gain[0]:.4f} without); the registration is "
                     "global only", stacklevel=2)
+        if np.isfinite(unmodelled):  # HR px → LR px
+            reg.corner_sd = float(np.hypot(reg.corner_sd, unmodelled / reg.zoom))
+    if reg.corner_sd > MAX_CORNER_SD:
+        warnings.warn(_imprecise(reg), stacklevel=2)
     return reg
+
+
+#: Predicted corner error (RMS, LR px) above which a registration is reported as imprecise.
+MAX_CORNER_SD = 0.25
+
+
+def _imprecise(reg: Registration) -> str:
+    """The warning for a registration whose predicted error exceeds :data:`MAX_CORNER_SD`."""
+    return (
+        f"imprecise registration: the HR's corners are placed in the LR to about "
+        f"±{reg.corner_sd:.2f} LR px (predicted from the fit's residuals and the local "
+        f"misalignment it leaves; above {MAX_CORNER_SD:g}), which blurs what the model learns; "
+        f"a larger HR field (more LR pixels overlapped), more counts per pixel in both scans, "
+        f"or less scan drift improve it"
+    )
