@@ -45,12 +45,18 @@ from pairsr.grid import bicubic
 from pairsr.library import Library, sample_patches
 from pairsr.patches import axis_grid, ordered_map, threads
 
-#: Names of the per-pixel features, in the order of :func:`patch_features`' output.
-FEATURES = ("spread", "disagreement", "distance", "concentration")
+#: Names of the per-pixel features the calibration regresses on, in the order of
+#: :func:`patch_features`' output.
+FEATURES = ("spread", "disagreement", "distance", "concentration", "intensity", "gradient")
 #: Bands of the HR footprint per pair, and how many of them are held out (one refit each).
 FOLDS, ROUNDS = 4, 2
 #: Held-out pixels the calibration regresses on at most.
 PIXELS = 2**16
+#: Ridge penalty of the regression on standardised features (keeps a feature that hardly
+#: varies, e.g. ``concentration`` when σ makes every weight equal, from a huge coefficient).
+RIDGE = 1e-3
+#: Side (SR px) of the windows the held-out errors and features are averaged over first.
+SMOOTH = 9
 #: The novelty library of methods without one of their own: patch side, categories, size.
 NOVELTY_N, NOVELTY_K, NOVELTY_L = 9, 50, 10000
 #: Query patches that measure the novelty library's distance scale per round.
@@ -191,7 +197,8 @@ def patch_features(up: np.ndarray, ref: Reference, *, stride: int = 1,
     acc = acc[:, before : before + h, before : before + w]
     mean = acc[:5] / acc[5]
     disagreement = np.maximum(mean[1] - mean[0] ** 2, 0)
-    return np.stack([mean[2], disagreement, mean[3], mean[4]])
+    gy, gx = np.gradient(up)
+    return np.stack([mean[2], disagreement, mean[3], mean[4], mean[0], gy * gy + gx * gx])
 
 
 @dataclass
@@ -210,24 +217,26 @@ class Calibration:
     residual: bool
     coef: list[float]
     floors: list[float]
+    noise: float = 0.0
     record: dict = field(default_factory=dict)
     library: Library | None = None
 
     def design(self, features: np.ndarray) -> np.ndarray:
         """The regressors ``log(f + ε)`` of features ``(4, ...)``: ``(4, ...)`` float64."""
-        floors = np.asarray(self.floors).reshape(-1, *([1] * (features.ndim - 1)))
-        return np.log(features.astype(np.float64) + floors)
+        floors = np.asarray(self.floors[: len(FEATURES)])
+        floors = floors.reshape(-1, *([1] * (features.ndim - 1)))
+        return np.log(features[: len(FEATURES)].astype(np.float64) + floors)
 
     def rms(self, features: np.ndarray) -> np.ndarray:
         """Expected RMS error (intensity units) of each pixel of ``features`` (4, H, W)."""
         x = self.design(features)
         log_mu = self.coef[0] + np.tensordot(np.asarray(self.coef[1:]), x, axes=1)
-        return np.exp(0.5 * log_mu).astype(np.float32)
+        return np.sqrt(self.noise + np.exp(log_mu)).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "sigma": self.sigma, "categories": self.categories,
                 "residual": self.residual, "features": list(FEATURES), "coef": self.coef,
-                "floors": self.floors, "record": self.record}
+                "floors": self.floors, "noise": self.noise, "record": self.record}
 
     def save(self, folder: Path) -> list[str]:
         """Write the novelty library (if any) into ``folder``; return the file names."""
@@ -244,7 +253,7 @@ class Calibration:
         library = Library.load(Path(folder) / FOLDER) if data["kind"] == "novelty" else None
         return cls(data["kind"], float(data["sigma"]), int(data["categories"]),
                    bool(data["residual"]), list(data["coef"]), list(data["floors"]),
-                   dict(data.get("record", {})), library)
+                   float(data["noise"]), dict(data.get("record", {})), library)
 
 
 def _attention_model(model) -> bool:
@@ -360,25 +369,86 @@ def _on_box(method, lr: np.ndarray, box: tuple[int, int, int, int], zoom: int) -
     return method.predict(crop)[..., oy : oy + y1 - y0, ox : ox + x1 - x0]
 
 
-def _fit_glm(x: np.ndarray, y: np.ndarray) -> list[float]:
-    """β of ``E[y] = exp(β₀ + x·β)`` (Gamma deviance, log link); ``x`` (N, p), ``y`` (N,) > 0,
-    the intercept shifted so that the mean prediction is the mean ``y``."""
+def noise_model(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """The HR scans' noise variance as a power of intensity: ``(a, b)`` of
+    ``v(I) = exp(a + b log I)``, from the pixels' differences to the mean of their 4 neighbours
+    (``1.25 v`` for white noise) where the HR is smoothest (the half of its pixels of least
+    local gradient), by a Gamma GLM with a log link against the local mean intensity."""
+    from sklearn.linear_model import GammaRegressor
+
+    xs, ys = [], []
+    for _, hr in pairs:
+        hr = np.asarray(hr, np.float64)
+        inner = hr[1:-1, 1:-1]
+        around = (hr[:-2, 1:-1] + hr[2:, 1:-1] + hr[1:-1, :-2] + hr[1:-1, 2:]) / 4
+        local = (inner + 4 * around) / 5
+        grad = np.hypot(hr[2:, 1:-1] - hr[:-2, 1:-1], hr[1:-1, 2:] - hr[1:-1, :-2])
+        ok = np.isfinite(inner) & np.isfinite(around) & np.isfinite(grad)
+        if ok.sum() < 16:
+            continue
+        ok &= grad <= np.median(grad[ok])
+        xs.append(local[ok])
+        ys.append((inner - around)[ok] ** 2 / 1.25)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    floor = max(float(np.quantile(x, 0.01)), 1e-3)
+    glm = GammaRegressor(alpha=0.0, solver="newton-cholesky", max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        glm.fit(np.log(np.maximum(x, floor))[:, None], y + 1e-6 * y.mean())
+    return float(glm.intercept_), float(glm.coef_[0])
+
+
+def _smooth(e2: np.ndarray, feats: np.ndarray, seen: np.ndarray,
+            size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Means of ``e2`` (h, w) and ``feats`` (F, h, w) over the ``seen`` pixels of every
+    ``size × size`` window (a less noisy target for the regression)."""
+    from scipy.ndimage import uniform_filter
+
+    if size <= 1:
+        return e2, feats
+    weight = uniform_filter(seen.astype(np.float64), size, mode="constant")
+    stack = np.concatenate([np.where(seen, e2, 0)[None], feats * seen], axis=0)
+    means = uniform_filter(stack.astype(np.float64), (1, size, size), mode="constant")
+    means /= np.maximum(weight, 1e-12)
+    return means[0], means[1:]
+
+
+def _fit_glm(x: np.ndarray, y: np.ndarray, noise: np.ndarray) -> tuple[list[float], float]:
+    """``β`` and ``log κ`` of ``E[y] = κ·noise + exp(β₀ + x·β)`` for ``x`` (N, p), ``y`` (N,)
+    and the HR noise variances ``noise`` (N,), by the Gaussian likelihood of errors ``e``
+    (``y = e²``) of variance ``μ``, started from the Gamma GLM of ``y − noise`` (log link)."""
+    from scipy.optimize import minimize
     from sklearn.linear_model import GammaRegressor
 
     mean, std = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-12)
-    glm = GammaRegressor(alpha=1e-6, solver="newton-cholesky", max_iter=200)
+    z = (x - mean) / std
+    scale = float(y.mean())
+    excess = np.maximum(y - noise, 1e-3 * scale)
+    glm = GammaRegressor(alpha=RIDGE, solver="newton-cholesky", max_iter=200)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        glm.fit((x - mean) / std, y)
-    beta = glm.coef_ / std
-    intercept = glm.intercept_ - float(beta @ mean)
-    predicted = np.exp(intercept + x @ beta)
-    intercept += float(np.log(y.mean() / predicted.mean()))
-    return [float(intercept), *map(float, beta)]
+        glm.fit(z, excess)
+    design = np.column_stack([np.ones(len(z)), z])
+    t, v = y / scale, noise / scale
+
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        part = np.exp(np.clip(design @ theta[:-1] - np.log(scale), -50, 50))
+        kappa = np.exp(theta[-1])
+        mu = kappa * v + part
+        g = (1 / mu - t / mu**2) / len(t)
+        penalty = np.concatenate([[0.0], RIDGE * theta[1:-1], [0.0]])
+        value = float(np.mean(t / mu + np.log(mu))) + 0.5 * float(penalty @ theta)
+        return value, np.append(design.T @ (g * part), kappa * (g @ v)) + penalty
+
+    start = np.concatenate([[glm.intercept_], glm.coef_, [0.0]])
+    theta = minimize(nll, start, jac=True, method="L-BFGS-B").x
+    beta = theta[1:-1] / std
+    return [float(theta[0] - beta @ mean), *map(float, beta)], float(theta[-1])
 
 
 def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: int = FOLDS,
-              rounds: int = ROUNDS, pixels: int = PIXELS, seed: int = 0) -> Calibration:
+              rounds: int = ROUNDS, pixels: int = PIXELS, seed: int = 0,
+              smooth: int | None = None) -> Calibration:
     """Fit ``model``'s uncertainty calibration on held-out bands of its training pairs.
 
     Parameters
@@ -409,6 +479,7 @@ def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: i
     attention = _attention_model(model)
     p = model.params
     margin = zoom * model.halo
+    smooth = SMOOTH if smooth is None else smooth
     features, errors, sigmas = [], [], []
     held = sorted({int(folds * (r + 0.5) / rounds) for r in range(rounds)})
     with tempfile.TemporaryDirectory(prefix="pairsr-calibrate-") as tmp:
@@ -440,7 +511,8 @@ def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: i
                     continue
                 sr = _on_box(fold, lr, box, zoom)
                 feats = _on_box(umap, lr, box, zoom)
-                errors.append((sr - target)[seen] ** 2)
+                e2, feats = _smooth((sr - target) ** 2, feats, seen, smooth)
+                errors.append(e2[seen])
                 features.append(feats[:, seen])
     if not errors:
         raise UncertaintyError("the HR footprint is too small to hold out a band for the "
@@ -456,11 +528,17 @@ def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: i
     else:
         kind, sigma, library = "novelty", float(np.median(sigmas)), _novelty(pairs, zoom, seed)
         categories, residual = 1, False
-    floors = [(sigma / 10) ** 2, (sigma / 10) ** 2, 0.1, 0.0]
-    cal = Calibration(kind, sigma, categories, residual, [0.0] * 5, floors, library=library)
-    x = cal.design(feats).T
-    floor = 1e-3 * floors[0]
-    cal.coef = _fit_glm(x, y + floor)
+    a, b = noise_model(pairs)
+    small = (sigma / 10) ** 2
+    floors = [small, small, 0.1, 0.0, 1e-3, small]
+    cal = Calibration(kind, sigma, categories, residual, [0.0] * (1 + len(FEATURES)), floors,
+                      library=library)
+    noise = np.exp(a + b * np.log(np.maximum(feats[4], floors[4])))
+    cal.coef, log_kappa = _fit_glm(cal.design(feats).T, y, noise)
+    cal.noise = float(np.exp(log_kappa) * noise.mean())
+    factor = float(y.mean() / (cal.rms(feats).astype(np.float64) ** 2).mean())
+    cal.coef[0] += float(np.log(factor))  # the means agree: scale both parts
+    cal.noise *= factor
     predicted = cal.rms(feats) ** 2
     cal.record = {"pixels": int(len(y)), "folds": folds, "rounds": len(held),
                   "measured_rms": float(np.sqrt(y.mean())),
