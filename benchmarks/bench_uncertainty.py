@@ -67,7 +67,8 @@ def build(n_builtin: int, lr_shape: tuple[int, int], limit: int) -> list[EvalPai
             spec = to_float32(read_image(path, crop=crop).values)
             shape = tuple(min(a, int(b / scale) - 16) for a, b in zip(lr_shape, spec.shape,
                                                                        strict=True))
-            sim = simulate_pair(spec, seed=seed, scale=scale, lr_shape=shape, hr_fraction=0.3, gt_drift=True)
+            sim = simulate_pair(spec, seed=seed, scale=scale, lr_shape=shape, hr_fraction=0.3,
+                                gt_drift=True)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -57,8 +57,9 @@ PIXELS = 2**16
 RIDGE = 1e-3
 #: Side (SR px) of the windows the held-out errors and features are averaged over first.
 SMOOTH = 9
-#: The novelty library of methods without one of their own: patch side, categories, size.
-NOVELTY_N, NOVELTY_K, NOVELTY_L = 9, 50, 10000
+#: The novelty library of methods without one of their own: patch side, categories, size, and
+#: patches clustered per member (:func:`pairsr.library.sample_patches`' ``K``).
+NOVELTY_N, NOVELTY_K, NOVELTY_L, NOVELTY_SAMPLE = 9, 50, 10000, 3
 #: Query patches that measure the novelty library's distance scale per round.
 QUERIES = 2048
 #: float32 values of a step's largest temporary (distances of its queries to a category set).
@@ -329,7 +330,8 @@ def _refit(model, pairs: list[tuple[np.ndarray, np.ndarray]], folder: Path):
 
 def _novelty(pairs: list[tuple[np.ndarray, np.ndarray]], zoom: int, seed: int) -> Library:
     train = [(bicubic(lr, zoom), hr) for lr, hr in pairs]
-    return sample_patches(train, n=NOVELTY_N, k=NOVELTY_K, L=NOVELTY_L, seed=seed).library()
+    return sample_patches(train, n=NOVELTY_N, k=NOVELTY_K, K=NOVELTY_SAMPLE, L=NOVELTY_L,
+                          seed=seed).library()
 
 
 def _held_out(hr: np.ndarray, folds: int, f: int, margin: int):
