@@ -485,6 +485,10 @@ def fit_cmd(
     min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
     auto_crop: AutoCrop = True,
+    uncertainty: Annotated[bool | None, typer.Option(
+        "--uncertainty/--no-uncertainty", help="Calibrate the uncertainty map (apply "
+        "--uncertainty) on held-out bands of the HR; default: yes, except for networks (it "
+        "trains them twice more).")] = None,
 ) -> None:
     """Register the HR scan(s) in the LR field (and the --pair pairs) and fit a method on the
     overlaps; write a model folder (×zoom)."""
@@ -505,7 +509,8 @@ def fit_cmd(
         pairs += [_prepare(*paths, auto_crop=auto_crop, **options) for paths in extra]
         t0 = time.perf_counter()
         _fit_stages(method, len(pairs), params)
-        model = fit(pairs, method, out=out, overwrite=overwrite, **params)
+        model = fit(pairs, method, out=out, overwrite=overwrite, uncertainty=uncertainty,
+                    **params)
     except (ValueError, OSError, TypeError) as err:
         raise _fail(err) from err
     console.print(f"fitted {model.name} ×{model.zoom} on {len(pairs)} pair(s) in "
