@@ -4,16 +4,14 @@
 ``stride``-th pixel (the largest divisor of the zoom that is at most ``n``, so that tiles agree
 with the whole image), attends over the pairs of a *reference* library exactly as the paired
 LB-NLM does (nearest ``categories`` categories, weights ``exp(−‖Q − P_up‖² / (2 n² σ²))``,
-normalised). Per patch that gives
-
-* ``spread``: the weighted variance of the HR values of the pairs at each pixel of the patch;
-* ``distance``: the RMS pixel distance of the query to its nearest library patch, over σ;
-* ``concentration``: ``Σ w²``, one over the effective number of matches;
-
-and, per pixel over the patches covering it, the means of these and ``disagreement``: the
-variance of the covering patches' HR estimates. For LB-NLM the reference is the model's own
-library and σ (the map describes its attention); for every other method it is a *novelty*
-library of the training pairs (:func:`pairsr.library.sample_patches`) with σ =
+normalised). Per patch that gives the weighted variance of the pairs' HR values at each of its
+pixels, the RMS pixel distance of the query to its nearest library patch over σ, and ``Σ w²``
+(one over the effective number of matches). Each pixel averages them over the patches covering
+it (:data:`FEATURES`: ``spread``, ``distance``, ``concentration``) and adds the variance of the
+covering patches' HR estimates (``disagreement``), their mean (``intensity``) and the squared
+gradient of the upsampled LR (``gradient``). For LB-NLM the reference is the model's own library
+and σ (the map describes its attention); for every other method it is a *novelty* library of
+the training pairs (:func:`pairsr.library.sample_patches`) with σ =
 :data:`pairsr.sigma.DEFAULT_RATIO` times the median distance of held-out query patches to it:
 a method-independent measure of how familiar each region's structure is.
 
@@ -21,11 +19,14 @@ a method-independent measure of how familiar each region's structure is.
 :data:`FOLDS` bands of equal HR pixel counts (:mod:`pairsr.sigma`'s bands); for
 :data:`ROUNDS` of them in turn the method is fitted again without that band (and a margin of
 its halo), with the same parameters (LB-NLM: the σ chosen), and its SR on the band is compared
-with the HR there. The squared errors ``e²`` of those held-out pixels are regressed on the
-logarithms of the features by a Gamma GLM with a log link (the Gaussian likelihood of
-``e`` with variance ``μ = exp(x·β)``), then ``β``'s intercept is shifted so that the mean ``μ``
-equals the mean ``e²`` there: predicted and measured RMS agree on the held-out bands. The map is
-``sqrt(μ)`` per pixel, in [0, 1] intensity units (as the SR before it is written in a dtype).
+with the HR there; errors and features are averaged over :data:`SMOOTH`-px windows. The squared
+errors ``e²`` are modelled as ``κ·v(I) + exp(β₀ + Σ βᵢ log(fᵢ + εᵢ))``: the HR scan's noise
+variance ``v`` as a power of intensity (:func:`noise_model`, from the HR itself; ``κ`` free)
+plus the SR's own error, fitted by the Gaussian likelihood of ``e`` (:func:`_fit_glm`). The map
+keeps the HR noise as one floor, its mean over the held-out pixels, so that its contrast is
+about the SR, and is scaled so that its mean square equals the mean ``e²`` there: predicted and
+measured RMS agree on the held-out bands. The map is in [0, 1] intensity units (as the SR before
+it is written in a dtype).
 """
 
 from __future__ import annotations
@@ -204,12 +205,14 @@ def patch_features(up: np.ndarray, ref: Reference, *, stride: int = 1,
 
 @dataclass
 class Calibration:
-    """A fitted map from features to expected squared error: ``μ = exp(β₀ + Σ βᵢ log(fᵢ + εᵢ))``.
+    """A fitted map from features to expected squared error:
+    ``μ = noise + exp(β₀ + Σ βᵢ log(fᵢ + εᵢ))`` (intensity² units).
 
     ``kind``: "attention" (the model's LB-NLM library is the reference) or "novelty" (``library``
     is); ``sigma``, ``categories``, ``residual``: the reference's; ``coef``: β₀ then one per
-    feature; ``floors``: the εᵢ; ``record``: how it was fitted (pixels, measured and predicted
-    RMS on the held-out bands, folds).
+    feature (:data:`FEATURES`); ``floors``: the εᵢ; ``noise``: the HR scan's noise variance;
+    ``bounds``: the 1–99 % range of each ``log(fᵢ + εᵢ)`` on the held-out pixels; ``record``:
+    how it was fitted (pixels, measured and predicted RMS on the held-out bands, folds).
     """
 
     kind: str
@@ -219,14 +222,20 @@ class Calibration:
     coef: list[float]
     floors: list[float]
     noise: float = 0.0
+    bounds: list[list[float]] = field(default_factory=list)
     record: dict = field(default_factory=dict)
     library: Library | None = None
 
     def design(self, features: np.ndarray) -> np.ndarray:
-        """The regressors ``log(f + ε)`` of features ``(4, ...)``: ``(4, ...)`` float64."""
-        floors = np.asarray(self.floors[: len(FEATURES)])
-        floors = floors.reshape(-1, *([1] * (features.ndim - 1)))
-        return np.log(features[: len(FEATURES)].astype(np.float64) + floors)
+        """The regressors ``log(f + ε)`` of features ``(F, ...)``: ``(F, ...)`` float64, each
+        clipped to ``bounds`` (the calibration's range, widened by its width either side)."""
+        shape = (-1, *([1] * (features.ndim - 1)))
+        x = np.log(features.astype(np.float64) + np.reshape(self.floors, shape))
+        if self.bounds:
+            lo, hi = np.asarray(self.bounds, dtype=np.float64).T
+            width = hi - lo
+            x = np.clip(x, np.reshape(lo - width, shape), np.reshape(hi + width, shape))
+        return x
 
     def rms(self, features: np.ndarray) -> np.ndarray:
         """Expected RMS error (intensity units) of each pixel of ``features`` (4, H, W)."""
@@ -237,7 +246,8 @@ class Calibration:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "sigma": self.sigma, "categories": self.categories,
                 "residual": self.residual, "features": list(FEATURES), "coef": self.coef,
-                "floors": self.floors, "noise": self.noise, "record": self.record}
+                "floors": self.floors, "noise": self.noise, "bounds": self.bounds,
+                "record": self.record}
 
     def save(self, folder: Path) -> list[str]:
         """Write the novelty library (if any) into ``folder``; return the file names."""
@@ -254,7 +264,8 @@ class Calibration:
         library = Library.load(Path(folder) / FOLDER) if data["kind"] == "novelty" else None
         return cls(data["kind"], float(data["sigma"]), int(data["categories"]),
                    bool(data["residual"]), list(data["coef"]), list(data["floors"]),
-                   float(data["noise"]), dict(data.get("record", {})), library)
+                   float(data["noise"]), [list(b) for b in data["bounds"]],
+                   dict(data.get("record", {})), library)
 
 
 def _attention_model(model) -> bool:
@@ -536,6 +547,8 @@ def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: i
     cal = Calibration(kind, sigma, categories, residual, [0.0] * (1 + len(FEATURES)), floors,
                       library=library)
     noise = np.exp(a + b * np.log(np.maximum(feats[4], floors[4])))
+    x = cal.design(feats)
+    cal.bounds = np.quantile(x, [0.01, 0.99], axis=1).T.tolist()
     cal.coef, log_kappa = _fit_glm(cal.design(feats).T, y, noise)
     cal.noise = float(np.exp(log_kappa) * noise.mean())
     factor = float(y.mean() / (cal.rms(feats).astype(np.float64) ** 2).mean())
