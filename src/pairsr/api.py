@@ -281,11 +281,14 @@ def merge_fields(pairs: Sequence[TrainingPair]) -> list[TrainingPair]:
 
 
 def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path | None = None,
-        overwrite: bool = False, zoom: int | None = None, **params) -> SRMethod:
+        overwrite: bool = False, zoom: int | None = None, uncertainty: bool | None = None,
+        **params) -> SRMethod:
     """Fit ``method`` on one pair (self-training) or many (pooled) at the pairs' zoom (``zoom``,
     if given, must agree); save it to ``out`` if given. The model stores the zoom and every
     pair's registration. Pairs of one LR field (several HR scans of it) are fitted as one
-    (:func:`merge_fields`)."""
+    (:func:`merge_fields`). ``uncertainty`` also fits the calibration of its uncertainty map
+    (:func:`pairsr.uncertainty.calibrate`: a refit per held-out band); None: when the model is
+    saved (``out``) and does not train a network (a network's refit is a training)."""
     zooms = sorted({p.zoom for p in pairs})
     if len(zooms) > 1:
         raise ValueError(f"pairs of different zooms ({', '.join(f'×{z}' for z in zooms)}) cannot "
@@ -295,8 +298,15 @@ def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path
     cls = method_class(method)
     if getattr(cls, "trains_in_folder", False) and out is not None:
         params.setdefault("folder", out)
-    model = cls.fit([(p.lr, p.hr) for p in merge_fields(pairs)],
-                    zoom=zooms[0] if zooms else zoom or 2, **params)
+    train = [(p.lr, p.hr) for p in merge_fields(pairs)]
+    model = cls.fit(train, zoom=zooms[0] if zooms else zoom or 2, **params)
+    if uncertainty is None:
+        uncertainty = out is not None and method != "bicubic" and not getattr(
+            cls, "trains_in_folder", False)
+    if uncertainty:
+        from pairsr.uncertainty import calibrate
+
+        model.calibration = calibrate(model, train, seed=params.get("seed", 0))
     if out is not None:
         records = [p.registration.to_dict() for p in pairs]
         save_model(model, out, extra={"registrations": records}, overwrite=overwrite)
@@ -304,18 +314,28 @@ def fit(pairs: Sequence[TrainingPair], method: str = "lbnlm", *, out: str | Path
 
 
 def super_resolve(model: SRMethod | str | Path, lr: np.ndarray | xr.DataArray,
-                  *, dtype: str | np.dtype | None = None) -> xr.DataArray:
+                  *, dtype: str | np.dtype | None = None,
+                  uncertainty: bool = False) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     """Super-resolve a whole LR image in memory.
 
     Returns a DataArray of shape (zoom*H, zoom*W) with dims ("y", "x"), in ``dtype`` (default:
     the input's), named after the input, with SR-grid coordinates in nm when the LR pixel size
-    is known (``attrs["pixel_size_nm"]``), else in LR pixel units (``units`` says which).
+    is known (``attrs["pixel_size_nm"]``), else in LR pixel units (``units`` says which). With
+    ``uncertainty``, returns ``(sr, uncertainty)``: the model's uncertainty map on the same grid
+    (:class:`pairsr.uncertainty.UncertaintyMap`), float32, the expected RMS error against an HR
+    scan in the intensity units of ``sr``'s dtype.
     """
     if not isinstance(model, SRMethod):
         model = load_model(model)
     values = _values(lr)
-    out = model.predict(to_float32(values))
-    out = from_float32(out, np.dtype(dtype or values.dtype))
+    umap = None
+    if uncertainty:
+        from pairsr.uncertainty import UncertaintyMap
+
+        umap = UncertaintyMap(model)  # refuses before the SR's work
+    lr_f = to_float32(values)
+    out_dtype = np.dtype(dtype or values.dtype)
+    out = from_float32(model.predict(lr_f), out_dtype)
     attrs = dict(lr.attrs) if isinstance(lr, xr.DataArray) else {}
     pixel = attrs.get("pixel_size_nm")
     step = pixel or 1.0
@@ -324,5 +344,12 @@ def super_resolve(model: SRMethod | str | Path, lr: np.ndarray | xr.DataArray,
     attrs.update(method=model.name, zoom=model.zoom, pixel_size_nm=pixel and pixel / model.zoom,
                  translation_nm=origin if pixel else (0.0, 0.0))
     name = f"{lr.name}-sr" if isinstance(lr, xr.DataArray) and lr.name else "sr"
-    return image_dataarray(out, step / model.zoom, origin, unit="nm" if pixel else "LR pixel",
-                           attrs=attrs, name=name)
+    unit = "nm" if pixel else "LR pixel"
+    sr = image_dataarray(out, step / model.zoom, origin, unit=unit, attrs=attrs, name=name)
+    if umap is None:
+        return sr
+    top = float(np.iinfo(out_dtype).max) if out_dtype.kind in "iu" else 1.0
+    spread = umap.predict(lr_f) * np.float32(top)
+    return sr, image_dataarray(spread, step / model.zoom, origin, unit=unit,
+                               attrs={**attrs, "quantity": "expected RMS error"},
+                               name=f"{name}-uncertainty")

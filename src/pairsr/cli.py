@@ -502,6 +502,10 @@ def fit_cmd(
     min_peak_ratio: MinPeakRatio = None,
     overwrite: Overwrite = False,
     auto_crop: AutoCrop = True,
+    uncertainty: Annotated[bool | None, typer.Option(
+        "--uncertainty/--no-uncertainty", help="Calibrate the uncertainty map (apply "
+        "--uncertainty) on held-out bands of the HR; default: yes, except for networks (it "
+        "trains them twice more).")] = None,
 ) -> None:
     """Register the HR scan(s) in the LR field (and the --pair pairs) and fit a method on the
     overlaps; write a model folder (×zoom)."""
@@ -522,7 +526,8 @@ def fit_cmd(
         pairs += [_prepare(*paths, auto_crop=auto_crop, **options) for paths in extra]
         t0 = time.perf_counter()
         _fit_stages(method, len(pairs), params)
-        model = fit(pairs, method, out=out, overwrite=overwrite, **params)
+        model = fit(pairs, method, out=out, overwrite=overwrite, uncertainty=uncertainty,
+                    **params)
     except (ValueError, OSError, TypeError) as err:
         raise _fail(err) from err
     console.print(f"fitted {model.name} ×{model.zoom} on {len(pairs)} pair(s) in "
@@ -595,6 +600,17 @@ Gpu = Annotated[str, typer.Option(help="Network tasks: auto (GPU workers if any,
                                    "workers with a message) or require (error without GPU).")]
 
 
+def _check_uncertainty(model: str) -> None:
+    """Refuse ``--uncertainty`` for a model without an uncertainty calibration."""
+    from pairsr.methods import cached_model
+    from pairsr.uncertainty import UncertaintyError, UncertaintyMap
+
+    try:
+        UncertaintyMap(cached_model(model))
+    except UncertaintyError as err:
+        raise UsageError(f"--uncertainty: {err}") from None
+
+
 @contextlib.contextmanager
 def _client(lr: Path | None, scheduler, cluster, workers, threads, memory, jobqueue_config):
     """The Dask client the options ask for (None: run in-process), dashboard link printed."""
@@ -637,6 +653,9 @@ def apply_cmd(
     pixel_size: PixelSize = None,
     crop: Crop = None,
     auto_crop: AutoCrop = True,
+    uncertainty: Annotated[bool, typer.Option(
+        "--uncertainty", help="Also write OUT/uncertainty: the expected RMS error of each SR "
+        "pixel against an HR scan (OME-Zarr outputs).")] = False,
 ) -> None:
     """Super-resolve a whole LR field with a fitted model (or 'bicubic'), tile by tile; write
     OME-Zarr (--out *.zarr), OME-TIFF (*.ome.tif) or TIFF (*.tif)."""
@@ -645,14 +664,17 @@ def apply_cmd(
     try:
         _check_model(model)
         _check_inputs(lr)
-        _check_out(out, overwrite, resume=resume)
+        _check_out(out, overwrite, resume=resume, **({"formats": ("zarr",)} if uncertainty
+                                                     else {}))
+        if uncertainty:
+            _check_uncertainty(model)
         t0 = time.perf_counter()
         with _client(lr, scheduler, cluster, workers, threads_per_worker, memory_limit,
                      jobqueue_config) as client:
             apply_tiled(model, lr, out, tile=tile, blend=blend, client=client, resume=resume,
                         overwrite=overwrite, out_dtype=dtype, pyramid=pyramid, gpu=gpu,
                         progress=not _quiet(), pixel_size=pixel_size, crop=crop,
-                        auto_crop=auto_crop)
+                        auto_crop=auto_crop, uncertainty=uncertainty)
     except (ValueError, OSError, RuntimeError) as err:
         raise _fail(err) from err
     console.print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")

@@ -51,6 +51,8 @@ class SRMethod:
     threads: int | None = field(default=None, kw_only=True, compare=False)
     #: Dask resources a task running this method must hold (e.g. ``{"GPU": 1}``).
     resources: ClassVar[dict | None] = None
+    #: Uncertainty calibration (:class:`pairsr.uncertainty.Calibration`), None when not fitted.
+    calibration: object = field(default=None, kw_only=True)
 
     @property
     def halo(self) -> int:
@@ -162,6 +164,10 @@ def save_model(method: SRMethod, folder: str | Path, *, extra: dict | None = Non
         raise FileExistsError(f"{folder}: a model exists there; pass overwrite=True to replace it")
     folder.mkdir(parents=True, exist_ok=True)
     files = method.save_data(folder)
+    calibration = {}
+    if method.calibration is not None:
+        files += method.calibration.save(folder)
+        calibration = {"uncertainty": method.calibration.to_dict()}
     config = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -170,6 +176,7 @@ def save_model(method: SRMethod, folder: str | Path, *, extra: dict | None = Non
         "halo": method.halo,
         "params": method.params,
         "files": {name: _sha256(folder / name) for name in files},
+        **calibration,
         **(extra or {}),
         "pairsr_version": __version__,
     }
@@ -210,7 +217,15 @@ def load_model(folder: str | Path) -> SRMethod:
         return cls()
     folder = Path(folder)
     config = read_config(folder)
-    return method_class(config["method"]).load_data(folder, config)
+    method = method_class(config["method"]).load_data(folder, config)
+    if "uncertainty" in config:
+        from pairsr.uncertainty import Calibration
+
+        try:
+            method.calibration = Calibration.from_dict(config["uncertainty"], folder)
+        except (ValueError, OSError, KeyError) as err:
+            raise ModelError(f"{folder}: uncertainty calibration: {err}") from None
+    return method
 
 
 @functools.lru_cache(maxsize=4)

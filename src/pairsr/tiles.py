@@ -75,6 +75,8 @@ BLENDS = ("none", "linear", "cosine")
 CHUNK = 512
 #: Folder inside the output store for done-markers and the log.
 STATE = ".pairsr"
+#: The uncertainty map's OME-NGFF image inside the output store.
+UNCERTAINTY = "uncertainty"
 
 
 class ResumeError(ValueError):
@@ -193,6 +195,7 @@ class Job:
     dtype: str  # output dtype
     origin: tuple[int, int] = (0, 0)  # LR (row, col) of the field in the array read (a crop)
     threads: int | None = None  # threads of a task's predict (None: the process's CPUs)
+    uncertainty: float = 0.0  # > 0: also write the uncertainty map, times this (output units)
 
 
 def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
@@ -222,6 +225,14 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
 
     sr = _blend(method, block, read, ys, xs, job.halo)
     t2 = time.perf_counter()
+    if job.uncertainty:
+        from pairsr.uncertainty import UncertaintyMap
+
+        spread = _blend(UncertaintyMap(method), block, read, ys, xs, job.halo)
+        zarr.open_array(Path(job.out) / UNCERTAINTY / "0", mode="r+")[
+            job.zoom * task.rows[0] : job.zoom * task.rows[1],
+            job.zoom * task.cols[0] : job.zoom * task.cols[1]] = spread * job.uncertainty
+    t_u = time.perf_counter()
 
     out = zarr.open_array(Path(job.out) / "0", mode="r+") if out is None else out
     z = job.zoom
@@ -230,7 +241,8 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
     t3 = time.perf_counter()
     record = {"task": task.name, "run_hash": job.run_hash, "rows": task.rows, "cols": task.cols,
               "input_sha256": digest, "windows": len(ys) * len(xs), "read_s": t1 - t0,
-              "predict_s": t2 - t1, "write_s": t3 - t2, "worker": worker, "pid": os.getpid()}
+              "predict_s": t2 - t1, "uncertainty_s": t_u - t2, "write_s": t3 - t_u,
+              "worker": worker, "pid": os.getpid()}
     _write_json(Path(job.out) / STATE / "done" / f"{task.name}.json", record)
     return record
 
@@ -319,6 +331,7 @@ def apply_tiled(
     pixel_size: float | None = None,
     crop: str | tuple[slice, slice] | None = None,
     auto_crop: bool = True,
+    uncertainty: bool = False,
 ) -> Path:
     """Super-resolve a whole LR field tile by tile into OME-Zarr (or a TIFF); return ``out_path``.
 
@@ -370,6 +383,11 @@ def apply_tiled(
     pixel_size, crop, auto_crop
         As in :func:`pairsr.io.read_image` (info bars of TIFF/PNG inputs are cropped by
         default; zarr inputs are used as they are unless ``crop`` is given).
+    uncertainty
+        Also write the model's uncertainty map (:class:`pairsr.uncertainty.UncertaintyMap`:
+        expected RMS error against an HR scan, float32 in the output dtype's intensity units)
+        as the OME-NGFF image ``OUT/uncertainty`` on the SR's grid and transforms (``*.zarr``
+        outputs only).
     """
     from pairsr.cluster import TASK_THREADS, run_batched, task_resources
 
@@ -395,6 +413,14 @@ def apply_tiled(
     # Absolute paths throughout: workers may run in another directory (SLURM jobs).
     model = str(Path(model).resolve()) if Path(model).exists() else str(model)
     method = cached_model(model)
+    halo = method.halo
+    if uncertainty:
+        from pairsr.uncertainty import UncertaintyMap
+
+        if tiff:
+            raise ValueError(f"{final}: the uncertainty map needs an OME-Zarr output "
+                             "(--out NAME.zarr)")
+        halo = max(halo, UncertaintyMap(method).halo)  # refuses an uncalibrated model
     resources = task_resources(client, method.resources, gpu)
     image = read_image(lr_path, pixel_size=pixel_size, crop=crop, auto_crop=auto_crop)
     lazy = not isinstance(image.data, np.ndarray)
@@ -413,6 +439,7 @@ def apply_tiled(
         "input_chunks": list(image.data.chunksize) if lazy else None,
         "input_origin": list(image.attrs["origin_px"]),
         "dtype": np.dtype(out_dtype or image.dtype).name, "pyramid": pyramid,
+        **({"uncertainty": True, "uncertainty_halo": halo} if uncertainty else {}),
     }
     text = json.dumps(settings, sort_keys=True, default=str)
     run_hash = hashlib.sha256(text.encode()).hexdigest()
@@ -429,9 +456,15 @@ def apply_tiled(
             warnings.warn(f"{lr_path.name}: no pixel size in the file; {where}; --pixel-size "
                           "gives nm", MissingPixelSize, stacklevel=2)
         group = _create_output(out, image, zoom, zoom * chunk, provenance, overwrite or tiff)
+        if uncertainty:
+            _create_output(out / UNCERTAINTY, image, zoom, zoom * chunk,
+                           {**provenance, "dtype": "float32", "pyramid": False}, False,
+                           name="uncertainty")
+    dtype = np.dtype(settings["dtype"])
+    scale = (float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0) if uncertainty else 0.0
 
-    job = Job(model, str(lr_path), str(out), run_hash, (rows, cols), zoom, method.halo, lattice,
-              settings["dtype"], origin, TASK_THREADS if client is not None else None)
+    job = Job(model, str(lr_path), str(out), run_hash, (rows, cols), zoom, halo, lattice,
+              settings["dtype"], origin, TASK_THREADS if client is not None else None, scale)
     tasks = [Task(f"{i}_{j}", (r, min(r + tile, rows)), (c, min(c + tile, cols)))
              for i, r in enumerate(range(0, rows, tile))
              for j, c in enumerate(range(0, cols, tile))]
@@ -467,6 +500,8 @@ def apply_tiled(
     if pyramid:
         build_pyramid(group)
     set_display_window(group)
+    if uncertainty:
+        set_display_window(group[UNCERTAINTY])
     checksum = hashlib.sha256("".join(done[t.name]["input_sha256"] for t in tasks).encode())
     group.attrs["pairsr"] = {**provenance, "input_sha256": checksum.hexdigest(), "complete": True}
     if tiff:
@@ -476,10 +511,10 @@ def apply_tiled(
 
 
 def _create_output(out: Path, image, zoom: int, chunk: int, provenance: dict,
-                   overwrite: bool) -> zarr.Group:
+                   overwrite: bool, name: str = "sr") -> zarr.Group:
     """The empty OME-Zarr for the SR of ``image`` (a DataArray from :func:`read_image`), with
     the SR grid's coordinate transform (in nm, or in LR pixels without a pixel size), ``chunk``
-    SR px chunks and pyramid levels if asked."""
+    SR px chunks and pyramid levels if asked; ``name`` ends its multiscale name."""
     pixel = image.attrs["pixel_size_nm"]
     step = 1.0 if pixel is None else pixel
     translation = sr_translation(image.attrs["translation_nm"], step, zoom)
@@ -487,7 +522,7 @@ def _create_output(out: Path, image, zoom: int, chunk: int, provenance: dict,
     levels = 1 + max(0, math.ceil(math.log2(max(shape) / chunk))) if provenance["pyramid"] else 1
     return create_ome_zarr(out, shape, provenance["dtype"], chunks=chunk, pixel_size_nm=step / zoom,
                            translation_nm=translation, unit=None if pixel is None else "nanometer",
-                           name=Path(image.attrs["source"]).name.split(".")[0] + "-sr",
+                           name=Path(image.attrs["source"]).name.split(".")[0] + f"-{name}",
                            attrs=provenance, pyramid_levels=levels, overwrite=overwrite)
 
 
