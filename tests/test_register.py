@@ -22,7 +22,7 @@ from pairsr.register import (
     register_pair,
     warp_hr_to_sr,
 )
-from pairsr.register._global import _angle_peaks, _refine
+from pairsr.register._global import _angle_peaks, _levels, _refine
 from pairsr.register._images import _decimate, _reduce, _Window
 from pairsr.register._local import _ncc_maps
 from pairsr.simulate import simulate_pair, true_lr_coords
@@ -595,3 +595,12 @@ def test_hr_partly_outside_keeps_the_affine_where_the_field_was_measured():
         reg = register_pair(sim.lr, sim.hr)
     assert reg.patches_accepted > 0  # the local field is used
     assert _sim_corner_error(sim, reg) < 0.3
+
+
+def test_search_levels_follow_the_hr_and_coarsen_past_8_only_for_a_survey():
+    """The template keeps >= 48 coarse px; past level 8 only while the coarse LR is wider than
+    2048 px, so a 32k survey is searched at 2048² and smaller fields as before."""
+    assert _levels((1000, 1000), (600, 600), 2) == [1, 2, 4]
+    assert _levels((16384, 16384), (4096, 4096), 2) == [1, 2, 4, 8]
+    assert _levels((32768, 32768), (4096, 4096), 2) == [1, 2, 4, 8, 16]
+    assert _levels((65536, 65536), (2048, 2048), 2) == [1, 2, 4, 8, 16]  # the template decides

@@ -477,6 +477,25 @@ def _candidate_fits(match: _Match, keep: list[int], lr, levels: list[int], hr_le
             if all(np.hypot(*(where[i] - where[j])) > 1.0 for j in range(i))]
 
 
+#: Least side (coarse px) of the HR template at the coarsest search level.
+MIN_TEMPLATE = 48
+#: Side (px) of the coarse LR beyond which the search coarsens past level 8, so that the coarse
+#: search's time and memory follow the HR, not the survey (a 32k field is searched at 2048²).
+COARSE_SIDE = 2048
+
+
+def _levels(lr_shape: tuple[int, int], hr_shape: tuple[int, int], zoom: float) -> list[int]:
+    """Pyramid levels ``c`` (the LR reduced by ``c``, the HR by about ``zoom·c``) of the global
+    step, the last one the coarse search's: powers of 2 up to 8 while the template keeps
+    :data:`MIN_TEMPLATE` px, and beyond 8 while the coarse LR is wider than
+    :data:`COARSE_SIDE`."""
+    levels = [1]
+    while ((levels[-1] < 8 or max(lr_shape) / levels[-1] > COARSE_SIDE)
+           and min(hr_shape) / (zoom * levels[-1] * 2) >= MIN_TEMPLATE):
+        levels.append(2 * levels[-1])
+    return levels
+
+
 def _global(lr, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
             allow_inversion: bool, min_ncc: float | None, min_peak_ratio: float,
             threads: int = 1) -> Registration:
@@ -493,10 +512,7 @@ def _global(lr, hr, zoom: float, *, max_rotation_deg: float, affine: bool,
     ``lr`` may be a dask array: the search reads it reduced, block by block (:func:`_decimate`),
     the fits at full resolution only around each candidate (:func:`_fit_window`).
     """
-    # Levels c: LR reduced by c, HR by f ≈ zoom·c; the coarsest keeps the template ≥ 48 px.
-    levels = [1]
-    while levels[-1] < 8 and min(hr.shape) / (zoom * levels[-1] * 2) >= 48:
-        levels.append(2 * levels[-1])
+    levels = _levels(lr.shape, hr.shape, zoom)
     f_of = {c: max(1, round(zoom * c)) for c in levels}
     f1 = f_of[1]
     hr_fine = _reduce(hr, f1, threads)  # the one pass over the full-resolution HR
