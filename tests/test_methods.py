@@ -177,3 +177,15 @@ def test_lbnlm_fits_and_gains_at_zoom_3_and_4(zoom):
     assert not model.params["sigma_search"]["fallback"]
     held_out[:, -8:] = False  # the image's edge
     assert _held_out_gain(model, lr, hr, held_out) > 0.5
+
+
+def test_every_method_implements_the_interface():
+    """SRMethod is abstract (halo, predict); every registered method is a concrete subclass."""
+    from pairsr.methods import SRMethod, method_class, method_names
+
+    with pytest.raises(TypeError, match="abstract"):
+        SRMethod()
+    for name in method_names():
+        cls = method_class(name)
+        assert issubclass(cls, SRMethod) and not cls.__abstractmethods__, name
+        assert cls.name == name

@@ -12,6 +12,7 @@ SHA-256 of every data file and a content hash over all of it) beside the method'
 
 from __future__ import annotations
 
+import abc
 import functools
 import hashlib
 import importlib
@@ -40,8 +41,10 @@ TrainingPairs = list[tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
-class SRMethod:
-    """Base class: a fitted ×``zoom`` super-resolution method."""
+class SRMethod(abc.ABC):
+    """The interface of a fitted ×``zoom`` super-resolution method (an abstract base class: a
+    method states its ``halo`` and ``predict``; ``fit``, ``save_data`` and ``load_data`` have
+    defaults for a method that learns nothing)."""
 
     name: ClassVar[str] = "base"
     zoom: int = 2
@@ -55,13 +58,13 @@ class SRMethod:
     calibration: object = field(default=None, kw_only=True)
 
     @property
+    @abc.abstractmethod
     def halo(self) -> int:
         """LR pixels of context a tile needs on each side."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def predict(self, lr: np.ndarray) -> np.ndarray:
         """SR of a float32 LR array (h, w) → float32 (zoom*h, zoom*w)."""
-        raise NotImplementedError
 
     def save_data(self, folder: Path) -> list[str]:
         """Write the method's data files into ``folder``; return their names."""
