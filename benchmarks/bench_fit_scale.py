@@ -33,13 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from pairsr.io import create_ome_zarr, read_image, to_float32, write_image
-from pairsr.simulate import _detect, _rotation, builtin_specimen
+from pairsr.simulate import _detect, _rotation, _shot_noise, builtin_specimen
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 SPECIMEN = SHARED / "konstanz_colloids_sem" / "jeol_A-2h-01_x50k_2nm.tif"
@@ -99,8 +100,8 @@ def write_lr(spec: Specimen, path: Path, side: int, seed: int = 0) -> None:
                                ZOOM * w + 2 * margin)
             blurred = ndi.gaussian_filter(block, sigma)[margin:-margin, margin:-margin]
             signal = blurred.reshape(h, ZOOM, w, ZOOM).mean(axis=(1, 3))
-            rng = np.random.default_rng([seed, r, c])
-            level[r : r + h, c : c + w] = _uint8(_detect(signal, LR_SCAN, rng))
+            noise = partial(_shot_noise, rng=np.random.default_rng([seed, r, c]))
+            level[r : r + h, c : c + w] = _uint8(_detect(signal, LR_SCAN, noise))
 
 
 def write_hr(spec: Specimen, path: Path, seed: int = 1) -> None:
@@ -115,7 +116,8 @@ def write_hr(spec: Specimen, path: Path, seed: int = 1) -> None:
     block = ndi.gaussian_filter(spec.block(lo[0], lo[1], *(hi - lo)), BLUR)
     coords -= lo.reshape(2, 1, 1)
     signal = ndi.map_coordinates(block, coords, order=1, mode="nearest")
-    write_image(path, _uint8(_detect(signal, HR_SCAN, np.random.default_rng(seed))),
+    noise = partial(_shot_noise, rng=np.random.default_rng(seed))
+    write_image(path, _uint8(_detect(signal, HR_SCAN, noise)),
                 pixel_size_nm=LR_NM / ZOOM)
 
 
