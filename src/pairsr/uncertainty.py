@@ -280,11 +280,41 @@ def reference(model, calibration: Calibration) -> Reference:
 
 
 @dataclass
-class UncertaintyMap:
+class _FeatureMap:
+    """The features (:func:`patch_features`) of the model's upsampled LR against the library
+    ``ref`` as a tiled-engine method (``zoom``, ``halo``, ``predict``), on the model's
+    ``threads``."""
+
+    model: object  # pairsr.methods.SRMethod
+    ref: Reference
+
+    @property
+    def zoom(self) -> int:
+        return self.model.zoom
+
+    @property
+    def halo(self) -> int:
+        from pairsr.lbnlm import halo
+
+        return halo(self.ref.library.n, self.zoom)
+
+    def features(self, lr: np.ndarray) -> np.ndarray:
+        """The features (:data:`FEATURES`, zoom·h, zoom·w) of a float32 LR array (h, w)."""
+        return patch_features(bicubic(np.asarray(lr, np.float32), self.zoom), self.ref,
+                              stride=feature_stride(self.ref.library.n, self.zoom),
+                              workers=self.model.threads)
+
+    def predict(self, lr: np.ndarray) -> np.ndarray:
+        return self.features(lr)
+
+
+@dataclass
+class UncertaintyMap(_FeatureMap):
     """The uncertainty map of a calibrated model as a tiled-engine method: ``predict(lr)`` gives
     the expected RMS error (intensity units) on the SR grid, ``halo`` its LR context."""
 
     model: object  # pairsr.methods.SRMethod with a calibration
+    ref: Reference = field(init=False)
     name = "uncertainty"
 
     def __post_init__(self) -> None:
@@ -299,22 +329,6 @@ class UncertaintyMap:
                 "calibrated only on request, older models not at all): fit it again with "
                 "`pairsr fit`, or from Python fit(..., uncertainty=True)")
         self.ref = reference(self.model, self.model.calibration)
-        self.stride = feature_stride(self.ref.library.n, self.model.zoom)
-
-    @property
-    def zoom(self) -> int:
-        return self.model.zoom
-
-    @property
-    def halo(self) -> int:
-        from pairsr.lbnlm import halo
-
-        return halo(self.ref.library.n, self.zoom)
-
-    def features(self, lr: np.ndarray) -> np.ndarray:
-        """The features (4, zoom·h, zoom·w) of an LR array, on the model's ``threads``."""
-        return patch_features(bicubic(np.asarray(lr, np.float32), self.zoom), self.ref,
-                              stride=self.stride, workers=self.model.threads)
 
     def predict(self, lr: np.ndarray) -> np.ndarray:
         """Expected RMS error of each SR pixel of a float32 LR array (h, w): (zoom·h, zoom·w)."""
@@ -510,7 +524,7 @@ def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: i
                 sigma = _novelty_sigma(queries, library)
                 sigmas.append(sigma)
                 ref = Reference(library, sigma)
-            umap = _FoldMap(fold, ref)
+            umap = _FeatureMap(fold, ref)
             for (lr, hr), part in zip(pairs, parts, strict=True):
                 if part is None:
                     continue
@@ -557,28 +571,6 @@ def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: i
                   "measured_rms": float(np.sqrt(y.mean())),
                   "predicted_rms": float(np.sqrt(predicted.mean()))}
     return cal
-
-
-@dataclass
-class _FoldMap:
-    """The features of a fold's reference as a method (for :func:`_on_box`)."""
-
-    model: object
-    ref: Reference
-
-    @property
-    def zoom(self) -> int:
-        return self.model.zoom
-
-    @property
-    def halo(self) -> int:
-        from pairsr.lbnlm import halo
-
-        return halo(self.ref.library.n, self.zoom)
-
-    def predict(self, lr: np.ndarray) -> np.ndarray:
-        return patch_features(bicubic(lr, self.zoom), self.ref,
-                              stride=feature_stride(self.ref.library.n, self.zoom))
 
 
 def _band_queries(pairs, parts, n: int, zoom: int, rng: np.random.Generator) -> np.ndarray:
