@@ -167,6 +167,25 @@ def test_the_client_process_keeps_its_own_thread_settings(probes):
     assert {p["filepath"]: p["num_threads"] for p in threadpool_info()} == before
 
 
+def test_pairsr_pools_run_blas_on_one_thread_each_and_restore_it():
+    """A pool of 2 of pairsr's threads (ordered_map) sees one BLAS thread in each task
+    (no threads × cores oversubscription); a pool of 1 sees the process's own; both leave the
+    process's settings as they were."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pairsr.patches import ordered_map
+
+    def seen(_) -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):  # a process with more than one thread per library
+        before = {p["filepath"]: p["num_threads"] for p in threadpool_info()}
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+        assert all(s == {1} for s in ordered_map(seen, range(4), 2))
+        assert all(s == {2} for s in ordered_map(seen, range(4), 1))
+        assert {p["filepath"]: p["num_threads"] for p in threadpool_info()} == before
+
+
 # --- module structure -------------------------------------------------------------------------
 
 
@@ -243,17 +262,22 @@ def _calls_and_imports(path: Path) -> tuple[set[str], set[str]]:
     return imports, calls
 
 
-def test_only_the_cluster_module_touches_dask_workers_and_process_threads():
-    """Library code takes threads explicitly: it neither imports distributed (to look for a
-    worker), nor sets process-wide thread pools, nor computes on an ambient dask scheduler."""
+def test_only_the_policy_modules_touch_dask_workers_and_thread_pools():
+    """Library code takes threads explicitly: only pairsr.cluster imports distributed (to look
+    for a worker), only pairsr.threads sets thread pools (process-wide for a worker, scoped while
+    pairsr's own pool runs), and nothing computes on an ambient dask scheduler."""
     offenders = {}
     for module, path in _modules().items():
         imports, calls = _calls_and_imports(path)
-        bad = {i for i in imports if i.split(".")[0] == "distributed"}
-        bad |= calls & {"threadpool_limits", "get_worker", "set_num_threads", "workers=-1"}
+        bad = set()
+        if module != "pairsr.cluster":
+            bad |= {i for i in imports if i.split(".")[0] == "distributed"}
+            bad |= calls & {"get_worker", "workers=-1"}
+        if module != "pairsr.threads":
+            bad |= calls & {"threadpool_limits", "set_num_threads"}
         if module.startswith("pairsr.register"):  # registration reads dask HRs itself
             bad |= calls & {"ambient compute", "delayed"}
-        if bad and module != "pairsr.cluster":
+        if bad:
             offenders[module] = sorted(bad)
     assert not offenders
-    assert "threadpool_limits" in _calls_and_imports(SRC / "cluster.py")[1]  # the check can see
+    assert "threadpool_limits" in _calls_and_imports(SRC / "threads.py")[1]  # the check can see

@@ -9,16 +9,16 @@ ones, or SLURM jobs whose YAML has ``worker-extra-args: ["--resources", "GPU=1"]
 of methods that ask for ``{"GPU": 1}``; :func:`task_resources` decides, per run, where they go.
 Nothing here writes the user's Dask configuration files.
 
-Execution policy: a worker of ``nthreads`` threads runs ``nthreads`` tasks at once, each on
-:data:`TASK_THREADS` (one) thread for BLAS, OpenMP, torch's intra-op pool and pairsr's own pools
-(the ``threads`` / ``workers`` arguments, which :func:`pairsr.tiles.apply_tiled` passes to every
-task): tasks × threads = the worker's threads, one per core, as Dask assumes. It is set once per
-worker process, never per task: the nanny starts a new worker process with the variables of
-:func:`policy_environ` (``OMP_NUM_THREADS`` …), and :class:`ThreadPolicy`, a worker plugin that
-:func:`get_client` installs on every cluster it starts or connects to (existing workers and those
-joining later), sets the same process-wide (:func:`set_process_threads`). Outside a cluster
-pairsr's functions take ``threads`` explicitly (default: the CPUs the process may use) and leave
-the process's BLAS, OpenMP and torch settings alone.
+Execution policy (:mod:`pairsr.threads`): a worker of ``nthreads`` threads runs ``nthreads``
+tasks at once, each on :data:`~pairsr.threads.TASK_THREADS` (one) thread for BLAS, OpenMP, torch's
+intra-op pool and pairsr's own pools (the ``threads`` / ``workers`` arguments, which
+:func:`pairsr.tiles.apply_tiled` passes to every task): tasks × threads = the worker's threads, one
+per core, as Dask assumes. It is set once per worker process, never per task: the nanny starts a
+new worker process with the variables of :func:`~pairsr.threads.policy_environ`
+(``OMP_NUM_THREADS`` …), and :class:`ThreadPolicy`, a worker plugin that :func:`get_client`
+installs on every cluster it starts or connects to (existing workers and those joining later),
+sets the same process-wide (:func:`~pairsr.threads.set_process_threads`). Starting a cluster
+leaves the client process's own settings alone.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import itertools
 import logging
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -45,7 +44,8 @@ from distributed import (
     get_worker,
 )
 from distributed.worker_memory import parse_memory_limit
-from threadpoolctl import threadpool_limits
+
+from pairsr.threads import TASK_THREADS, policy_environ, set_process_threads
 
 __all__ = ["CLUSTERS", "GPU_MODES", "TASK_THREADS", "ThreadPolicy", "dashboard_link", "get_client",
            "policy_environ", "run_batched", "set_process_threads", "task_resources"]
@@ -56,35 +56,8 @@ CLUSTERS = ("local", "slurm")
 GPU_MODES = ("auto", "require")
 #: The resource a GPU worker carries.
 GPU = {"GPU": 1}
-#: Threads each task of a worker gets (BLAS, OpenMP, torch, pairsr's pools): see the policy above.
-TASK_THREADS = 1
-#: Variables that set the BLAS and OpenMP threads of a new process (torch reads OMP_NUM_THREADS).
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 logger = logging.getLogger(__name__)
-
-
-def policy_environ(threads: int = TASK_THREADS) -> dict[str, str]:
-    """Environment variables that give a new process ``threads`` BLAS/OpenMP/torch threads."""
-    return dict.fromkeys(THREAD_VARIABLES, str(threads))
-
-
-def set_process_threads(threads: int) -> None:
-    """Set this whole process to ``threads`` BLAS, OpenMP and torch intra-op threads, once.
-
-    The libraries loaded now through threadpoolctl (kept, not a context) and torch, if imported,
-    through ``torch.set_num_threads``; those loaded later through :func:`policy_environ`, which
-    they read when they load (torch when it first runs). OpenMP's setting is per thread in
-    libgomp: threads started before and not yet using OpenMP keep the process's variables,
-    which is why the nanny sets them too.
-    """
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    os.environ.update(policy_environ(threads))
-    threadpool_limits(limits=threads)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
 
 
 class ThreadPolicy(WorkerPlugin):

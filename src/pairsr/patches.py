@@ -20,6 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pairsr.region import window_sums
+from pairsr.threads import one_thread_per_worker
 
 #: ``estimate(q)``: HR estimates ``(M, n*n)`` of the windows ``q`` ``(M, C, n*n)``.
 Estimate = Callable[[np.ndarray], np.ndarray]
@@ -123,11 +124,12 @@ def sample_windows(
 
 
 def ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
-    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2·workers`` pending."""
+    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2·workers`` pending;
+    BLAS on one thread per call meanwhile (:func:`pairsr.threads.one_thread_per_worker`)."""
     if workers == 1:
         yield from map(fn, items)
         return
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, one_thread_per_worker(workers):
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
