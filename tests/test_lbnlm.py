@@ -174,7 +174,7 @@ def test_torch_path_with_empty_bases(tiny):
     pytest.importorskip("torch")
     lib, up = tiny
     prepare = _prepared(lib.up, lib.hr, lib.labels, 1 / (lib.n**2 * 100.0**2), False)
-    assert prepare((0,))[4].shape == (lib.n**2, 0)
+    assert prepare((0,))[3].shape == (1, lib.n**2)  # [Cᵀ; ν] with C of rank 0: ν alone
     np.testing.assert_allclose(lbnlm_filter(up, lib, sigma=100.0, device="cpu"),
                                lbnlm_filter(up, lib, sigma=100.0), atol=1e-5)  # fmt: skip
 
@@ -246,11 +246,12 @@ def test_a_query_equal_to_a_library_patch(synthetic):
                                                                             exact)  # fmt: skip
         prepare = _prepared(lib.up, lib.hr, lib.labels, scale, False)
         _numpy_attention(prepare)(lib.up[rows], (c,), reduced)
-        _, basis, _, v_mean, v_basis, _ = prepare((c,))
+        _, basis, _, v_out, _ = prepare((c,))  # v_out: [Cᵀ; ν]
         assert basis.shape[1] < lib.n**2  # reduced indeed
         np.testing.assert_allclose(exact, lib.hr[rows], atol=2e-3)
         projected = lib.hr[rows]
-        if v_basis is not None:
+        if v_out is not None:
+            v_basis, v_mean = v_out[:-1].T, v_out[-1]
             projected = v_mean + (projected - v_mean) @ v_basis @ v_basis.T
         np.testing.assert_allclose(reduced, projected, atol=2e-3)
 

@@ -178,7 +178,8 @@ def test_pairsr_pools_run_blas_on_one_thread_each_and_restore_it():
     def seen(_) -> set[int]:
         return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
 
-    with threadpool_limits(limits=2, user_api="blas"):  # a process with more than one thread per library
+    # A process whose BLAS runs more than one thread:
+    with threadpool_limits(limits=2, user_api="blas"):
         before = {p["filepath"]: p["num_threads"] for p in threadpool_info()}
         assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
         assert all(s == {1} for s in ordered_map(seen, range(4), 2))

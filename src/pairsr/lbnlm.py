@@ -48,9 +48,11 @@ once, and patches (``unfold``), category choice, attention (a softmax, which shi
 itself) and the overlap-add (``fold``) run there, on ``block``-sized steps; only the category
 sets present in a step (a few ints) and the SR image come back.
 
-Memory: each worker thread holds about ``block`` float32 values (``4·block`` bytes, 32 MiB
-by default, 1 GiB on a torch device): the weights of a chunk of query patches against the
-largest set of ``categories`` categories, and a few copies of the chunk's patches. Up to
+Memory: each worker thread holds up to ``2·block`` float32 values in numpy (``8·block`` bytes,
+64 MiB by default): about four copies of a band's query patches (``block``) and the weights of
+one attention call against a set of ``categories`` categories (``block``); bands of many patches
+make few calls, which in turn hold the GIL little, so that threads run side by side. On a torch
+device ``block`` (1 GiB by default) holds both for one step. Up to
 ``2·workers + 1`` bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the
 overlap-add, and the image costs the input, a padded copy, the sums and the output (16 bytes
 per pixel, 20 on the reduced path, which counts the estimates covering each pixel). Measured
@@ -84,7 +86,7 @@ from pairsr.patches import (
 )
 from pairsr.sigma import select_sigma
 
-#: Default bound on the float32 values one worker thread holds at once (32 MiB).
+#: Default bound on the float32 values of each of two work arrays of a worker thread (32 MiB).
 BLOCK = 2**23
 #: The same on a torch device (1 GiB): fewer, larger steps.
 DEVICE_BLOCK = 2**28
@@ -143,10 +145,10 @@ def _basis(x: np.ndarray, rank: Callable[[np.ndarray], int] | None) -> tuple:
 def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> tuple:
     """Projections of one category set's pairs for the attention (see the module docstring).
 
-    Returns ``(shift, basis, k_aug, v_mean, v_basis, v_aug)``: the keys' basis ``B`` ``(d, r)``
-    and the projected key mean ``μB`` (exact: ``B`` None and ``μ``), the augmented key columns
-    ``(r + 2, L)``, the values' mean and basis ``C`` ``(d, r)`` (exact: None) and the augmented
-    value rows ``(L, r + 1)``, all float32.
+    Returns ``(shift, basis, k_aug, v_out, v_aug)``: the keys' basis ``B`` ``(d, r)`` and the
+    projected key mean ``μB`` (exact: ``B`` None and ``μ``), the augmented key columns
+    ``(r + 2, L)``, the values' basis and mean stacked as ``[Cᵀ; ν]`` ``(r + 1, d)`` (exact:
+    None) and the augmented value rows ``(L, r + 1)``, all float32.
     """
     size, d = keys.shape
 
@@ -169,9 +171,10 @@ def _reduce(keys: np.ndarray, values: np.ndarray, scale: float, exact: bool) -> 
         v_mean, v_basis = 0.0, None
     v_rows = values if v_basis is None else (values - v_mean) @ v_basis
     v_aug = np.hstack([v_rows, np.ones((len(values), 1))])
+    v_out = None if v_basis is None else np.vstack([v_basis.T, v_mean])
     shift = mean if basis is None else mean @ basis
     return tuple(None if a is None else np.array(a, dtype=np.float32, order="C")
-                 for a in (shift, basis, k_aug, v_mean, v_basis, v_aug))  # fmt: skip
+                 for a in (shift, basis, k_aug, v_out, v_aug))  # fmt: skip
 
 
 #: Prepared category sets of the libraries in use, by the identity of their arrays: copies
@@ -262,36 +265,34 @@ def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
     scratch = Scratch()
 
     def attend(q: np.ndarray, combo: tuple[int, ...], out: np.ndarray) -> None:
-        shift, basis, k_aug, v_mean, v_basis, v_aug = prepare(combo)
+        shift, basis, k_aug, v_out, v_aug = prepare(combo)
         b, r, dv = len(q), len(k_aug) - 2, v_aug.shape[1] - 1
         # One work buffer, carved into contiguous arrays (for BLAS): fewer calls per category.
-        shapes = ((b, r), (b, r + 2), (b, k_aug.shape[1]), (b, dv + 1), (b, dv))
+        shapes = ((b, r), (b, r + 2), (b, k_aug.shape[1]), (b, dv + 1))
         work = scratch("attend", (sum(math.prod(shape) for shape in shapes),))
-        x, q_aug, weights, sums, mixed = _carve(work, shapes)
-        if basis is None:
-            np.subtract(q, shift, out=x)
-        else:
-            np.subtract(np.matmul(q, basis, out=x), shift, out=x)
-        q_aug[:, :r] = x
+        x, q_aug, weights, sums = _carve(work, shapes)
+        x = q if basis is None else np.matmul(q, basis, out=x)
+        np.subtract(x, shift, out=q_aug[:, :r])
         q_aug[:, r] = 1
-        np.einsum("ij,ij->i", x, x, out=q_aug[:, r + 1])
+        np.einsum("ij,ij->i", q_aug[:, :r], q_aug[:, :r], out=q_aug[:, r + 1])
         # The logits, then (in place) their exponentials (none subnormal).
         np.matmul(q_aug, k_aug, out=weights)
         np.maximum(weights, _LOWEST, out=weights)
         np.exp(weights, out=weights)
         # Weighted sums and, in the last column, the sums of weights.
         np.matmul(weights, v_aug, out=sums)
-        far = np.flatnonzero(sums[:, dv] < _FAR)
-        if len(far):  # no library patch near: shift the logits so that the best weighs 1
+        if sums[:, dv].min() < _FAR:  # no library patch near: shift the logits (best weighs 1)
+            far = np.flatnonzero(sums[:, dv] < _FAR)
             logits = q_aug[far] @ k_aug
             logits -= logits.max(axis=1, keepdims=True)
             np.clip(logits, -_MIN_LOGIT, None, out=logits)
             sums[far] = np.exp(logits, out=logits) @ v_aug
-        if v_basis is None:
-            np.divide(sums[:, :dv], sums[:, dv:], out=out)
+        # [Σ w c, Σ w] [Cᵀ; ν] = Σ w (c Cᵀ + ν) (exact: the sums themselves), over Σ w.
+        if v_out is not None:
+            np.matmul(sums, v_out, out=out)
+            np.divide(out, sums[:, dv:], out=out)
         else:
-            np.divide(sums[:, :dv], sums[:, dv:], out=mixed)
-            np.add(np.matmul(mixed, v_basis.T, out=out), v_mean, out=out)
+            np.divide(sums[:, :dv], sums[:, dv:], out=out)
 
     return attend
 
@@ -350,12 +351,12 @@ def _torch_filter(
                 if combo not in on_device:
                     on_device[combo] = tuple(None if a is None else torch.from_numpy(a).to(dev)
                                              for a in prepare(combo))  # fmt: skip
-                shift, basis, k_aug, v_mean, v_basis, v_aug = on_device[combo]
+                shift, basis, k_aug, v_out, v_aug = on_device[combo]
                 part = ranked[start : start + size]
                 x = part - shift if basis is None else part @ basis - shift
                 weights = torch.softmax(x @ k_aug[:-2] + k_aug[-2], dim=1)
-                est = weights @ v_aug[:, :-1]
-                done[start : start + size] = est if v_basis is None else est @ v_basis.T + v_mean
+                est = weights @ v_aug[:, :-1]  # the weights sum to 1: [Σ w c, 1] [Cᵀ; ν]
+                done[start : start + size] = est if v_out is None else est @ v_out[:-1] + v_out[-1]
                 start += size
             est = torch.empty_like(done)
             est[order] = done
@@ -424,15 +425,17 @@ def _filter(
         raise ValueError(f"image must be a finite 2-D array, got shape {up.shape}")
     scale = 1.0 / (d * sigma**2)
     prepare = _prepared(keys, values, labels, scale, exact)
-    # Per query a step holds at most one row of weights (the largest category set) and about
-    # four copies of its patch: ``block`` float32 values in all.
+    # Per query, one row of weights (the largest category set) and about four copies of its
+    # patch: on the device ``block`` float32 values per step in all; in numpy ``block`` for the
+    # copies of a band's patches and ``block`` for the weights of one attention call.
     largest = int(np.sort(np.bincount(labels, minlength=k))[::-1][:categories].sum())
     block = block or (BLOCK if device is None else DEVICE_BLOCK)
-    step = max(1, block // (largest + 4 * d))
     flat = None if exact or stride > 1 else FLAT * sigma
     if device is not None:
         return _torch_filter(up, prepare, centroids, n, categories=categories, stride=stride,
-                             step=step, device=device, flat=flat, lattice=lattice)  # fmt: skip
+                             step=max(1, block // (largest + 4 * d)), device=device, flat=flat,
+                             lattice=lattice)  # fmt: skip
+    step, piece = max(1, block // (4 * d)), max(1, block // largest)
     attend = _numpy_attention(prepare)
 
     # Centroid scores q·c - ‖c‖²/2 rank the categories by distance to q, nearest first.
@@ -453,7 +456,9 @@ def _filter(
         done = scratch("done", q.shape)
         start = 0
         for combo, idx in groups:
-            attend(ranked[start : start + len(idx)], combo, done[start : start + len(idx)])
+            for a in range(start, start + len(idx), piece):
+                b = min(a + piece, start + len(idx))
+                attend(ranked[a:b], combo, done[a:b])
             start += len(idx)
         est = scratch("estimates", q.shape)
         est[order] = done
@@ -501,7 +506,7 @@ def lbnlm_filter(
     residual : bool
         Average ``P_hr − P_up`` and add it back to ``up`` instead of averaging ``P_hr``.
     block : int, optional
-        float32 values one worker holds at most (weights and patch copies); bounds memory
+        float32 values of each of a worker's two work arrays (patch copies, weights); bounds memory
         (default :data:`BLOCK`, :data:`DEVICE_BLOCK` on a torch device).
     device : str, optional
         ``None`` computes in numpy; a torch device (``"cpu"``, ``"cuda"``) runs the whole filter

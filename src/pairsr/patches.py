@@ -187,11 +187,28 @@ def _box_sum(mask: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+#: The overlap-add of chosen estimates (``keep``) works on about this many patches at a time, so
+#: that its full-grid copy (``n²`` float32 each, 4 MiB for ``n = 9``) stays near a core's cache.
+_OVERLAP_PATCHES = 12288
+
+
 def _transpose(src: np.ndarray, dst: np.ndarray, block: int = 256) -> None:
     """``dst[...] = src.T`` for ``src`` ``(M, D)``, ``block`` rows at a time: each block's
     strided writes stay in cache (about 3× faster than one strided copy for D = 81)."""
     for start in range(0, len(src), block):
         np.copyto(dst[:, start : start + block], src[start : start + block].T)
+
+
+def _add_patches(sums: np.ndarray, est: np.ndarray, row: int, stride: int) -> None:
+    """Add the ``(n, n, R, C)`` patch estimates ``est`` of ``R`` grid rows from grid row ``row``
+    to ``sums``, each at its place: pixel ``(i, j)`` of the patch at grid ``(r, c)`` goes to
+    ``sums[(row + r)·stride + i, c·stride + j]``."""
+    n, _, count, cols = est.shape
+    span = (count - 1) * stride + 1, (cols - 1) * stride + 1
+    top = row * stride
+    for i in range(n):
+        for j in range(n):
+            sums[top + i : top + i + span[0] : stride, j : j + span[1] : stride] += est[i, j]
 
 
 def overlap_average(
@@ -242,9 +259,9 @@ def overlap_average(
         """The summed estimates of the patches of grid rows ``r0 .. r0+chunk`` (a band of
         ``padded`` from row ``r0·stride`` on) and, with ``keep``, how many cover each pixel."""
         count = min(chunk, rows - r0)
-        est = scratch("transposed", (n * n, count * cols))
         counts = None
         if keep is None:
+            est = scratch("transposed", (n * n, count * cols))
             part = np.moveaxis(windows[:, r0 : r0 + count], 0, 2)
             q = scratch("windows", part.shape)
             np.copyto(q, part)
@@ -254,19 +271,28 @@ def overlap_average(
             grid = grid & on_lattice(np.arange(cols), cols, lattice)
             chosen = grid | keep(stack[:, r0 : r0 + count + n - 1])
             at_r, at_c = np.nonzero(chosen)
-            full = scratch("estimates", (count * cols, n * n))
-            full.fill(0)
             if len(at_r):
                 picked = np.moveaxis(windows[:, r0 + at_r, at_c], 0, 1)
-                full[at_r * cols + at_c] = estimate(picked.reshape(len(at_r), len(stack), n * n))
-            _transpose(full, est)
+                done = estimate(picked.reshape(len(at_r), len(stack), n * n))
             counts = _box_sum(chosen.astype(np.float32), n)
-        est = est.reshape(n, n, -1, cols)
-        span = (est.shape[2] - 1) * stride + 1, (cols - 1) * stride + 1
+        span = (count - 1) * stride + 1, (cols - 1) * stride + 1
         sums = np.zeros((span[0] + n - 1, padded.shape[1]), dtype=np.float32)
-        for i in range(n):
-            for j in range(n):
-                sums[i : i + span[0] : stride, j : j + span[1] : stride] += est[i, j]
+        if keep is None:
+            _add_patches(sums, est.reshape(n, n, -1, cols), 0, stride)
+            return sums, counts
+        # The chosen estimates, a few rows of patches at a time (kept in cache), as a full grid.
+        sub = max(1, _OVERLAP_PATCHES // cols)
+        bounds = np.searchsorted(at_r, np.arange(0, count + sub, sub))
+        for k, s0 in enumerate(range(0, count, sub)):
+            s1, (lo, hi) = min(count, s0 + sub), bounds[k : k + 2]
+            if lo == hi:
+                continue
+            full = scratch("estimates", ((s1 - s0) * cols, n * n))
+            full.fill(0)
+            full[(at_r[lo:hi] - s0) * cols + at_c[lo:hi]] = done[lo:hi]
+            est = scratch("transposed", (n * n, (s1 - s0) * cols))
+            _transpose(full, est)
+            _add_patches(sums, est.reshape(n, n, s1 - s0, cols), s0, stride)
         return sums, counts
 
     sums = np.zeros_like(padded)
