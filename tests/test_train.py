@@ -153,8 +153,13 @@ def test_validation_blocks_are_held_out_of_training(pair):
     held = (slice(2 * rows.start, 2 * rows.stop), slice(2 * cols.start, 2 * cols.stop))
     assert np.isnan(hr_train[held]).all() and np.isfinite(hr[held]).any()
     assert np.array_equal(np.isnan(hr_train), np.isnan(hr) | _mask(hr.shape, held))
-    with pytest.raises(ValueError, match="no pair has two blocks"):
-        _split([pair], 48, 0.2, np.random.default_rng(0))
+    # No two 48-px blocks: half-size ones (24 px) are held out instead.
+    _, blocks = _split([pair], 48, 0.2, np.random.default_rng(0))
+    assert blocks and all(b[1].stop - b[1].start == 24 for b in blocks)
+    # Not even two 56-px blocks: nothing is held out, with a warning that says what to do.
+    with pytest.warns(UserWarning, match="no validation.*-p patch="):
+        train_pairs, blocks = _split([pair], 112, 0.2, np.random.default_rng(0))
+    assert blocks == [] and train_pairs[0][1] is hr
 
 
 def _mask(shape, index):

@@ -40,6 +40,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,28 @@ def _fingerprint(pairs: list[Pair]) -> str:
 def _split(
     pairs: list[Pair], block: int, val_fraction: float, rng: np.random.Generator, zoom: int = 2
 ) -> tuple[list[Pair], list[Block]]:
-    """Hold out validation blocks: (pairs with their HR NaN there, the blocks)."""
+    """Hold out validation blocks: (pairs with their HR NaN there, the blocks).
+
+    Blocks are ``block`` LR px squared, or half that where no pair holds two such blocks at
+    least half covered by HR; where none holds two of those either, nothing is held out
+    (a warning: training runs its epochs without early stopping).
+    """
+    if val_fraction <= 0:
+        return list(pairs), []
+    for size in (block, max(1, block // 2)):
+        train_pairs, val_blocks = _hold_out(pairs, size, val_fraction, rng, zoom)
+        if val_blocks:
+            return train_pairs, val_blocks
+    warnings.warn(f"no validation: no pair's HR covers two blocks of {max(1, block // 2)}² LR "
+                  "px at least half; training runs all its epochs without early stopping (a "
+                  "smaller -p patch=N validates on smaller blocks)", stacklevel=3)
+    return list(pairs), []
+
+
+def _hold_out(
+    pairs: list[Pair], block: int, val_fraction: float, rng: np.random.Generator, zoom: int
+) -> tuple[list[Pair], list[Block]]:
+    """:func:`_split` with blocks of ``block`` LR px (none held out where too few)."""
     z = zoom
     train_pairs, val_blocks = [], []
     for k, (lr, hr) in enumerate(pairs):
@@ -120,7 +142,7 @@ def _split(
                 if np.isfinite(hr_part).sum() >= hr_part.size / 2:
                     candidates.append((k, rows, cols))
         n_val = 0  # at least one block held out, and at least one left to train on
-        if val_fraction > 0 and len(candidates) > 1:
+        if len(candidates) > 1:
             n_val = min(max(round(val_fraction * len(candidates)), 1), len(candidates) - 1)
         held = [candidates[i] for i in sorted(rng.choice(len(candidates), n_val, replace=False))]
         hr = hr.copy()
@@ -128,11 +150,6 @@ def _split(
             hr[z * rows.start : z * rows.stop, z * cols.start : z * cols.stop] = np.nan
         train_pairs.append((lr, hr))
         val_blocks += held
-    if val_fraction > 0 and not val_blocks:
-        raise ValueError(
-            f"val_fraction={val_fraction}: no pair has two blocks of {block}² LR pixels half "
-            "covered by HR to hold one out; use a smaller patch or val_fraction=0"
-        )
     return train_pairs, val_blocks
 
 
