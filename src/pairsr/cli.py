@@ -385,6 +385,9 @@ MinNcc = Annotated[float | None, typer.Option(
 MinPeakRatio = Annotated[float | None, typer.Option(
     "--min-peak-ratio", help="Least ratio of the best to the second-best match peak "
     "(default: the registration's).")]
+LrCrop = Annotated[str | None, typer.Option(help="Crop of the LR (info bar).")]
+HrCrop = Annotated[str | None, typer.Option(help="Crop of the HR (info bar).")]
+LocalOption = Annotated[bool, typer.Option(help="Also fit the local displacement field.")]
 
 
 def _register_options(max_rotation: float | None = None, allow_inversion: bool = True,
@@ -420,9 +423,9 @@ def register_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Registration JSON.")] = Path("reg.json"),
     plot: Annotated[Path | None, typer.Option(help="PNG of footprint and arrows.")] = None,
     zoom: ZoomOption = None,
-    lr_crop: Annotated[str | None, typer.Option(help="Crop of the LR (info bar).")] = None,
-    hr_crop: Annotated[str | None, typer.Option(help="Crop of the HR (info bar).")] = None,
-    local: Annotated[bool, typer.Option(help="Also fit the local displacement field.")] = True,
+    lr_crop: LrCrop = None,
+    hr_crop: HrCrop = None,
+    local: LocalOption = True,
     max_rotation: MaxRotation = None,
     allow_inversion: Inversion = True,
     min_ncc: MinNcc = None,
@@ -492,9 +495,9 @@ def fit_cmd(
     pair: Annotated[list[str] | None, typer.Option(
         "--pair", help="More pairs for pooled training: 'LR,HR' or a pair folder.")] = None,
     param: Param = None,
-    lr_crop: Annotated[str | None, typer.Option(help="Crop of the LR (info bar).")] = None,
-    hr_crop: Annotated[str | None, typer.Option(help="Crop of the HR (info bar).")] = None,
-    local: Annotated[bool, typer.Option(help="Also fit the local displacement field.")] = True,
+    lr_crop: LrCrop = None,
+    hr_crop: HrCrop = None,
+    local: LocalOption = True,
     zoom: ZoomOption = None,
     max_rotation: MaxRotation = None,
     allow_inversion: Inversion = True,
