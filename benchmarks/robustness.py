@@ -252,24 +252,29 @@ def _periodic_pair(seed: int, kw: dict, tries: int = 50) -> tuple[SimulatedPair,
     """A pair of the built-in lattice whose HR field holds its precipitate: the aperiodic
     content that tells one period from the next. A lattice HR field without it (the
     site-to-site spread and a rare vacancy alone) is as ambiguous as a perfect lattice to a
-    careful human, which ``neg-perfect-lattice`` covers. The specimen is drawn once; the HR's
-    placement is redrawn (seeds ``seed + k``) until the precipitate's centre lies inside it."""
+    careful human, which ``neg-perfect-lattice`` covers. The specimen is drawn (seed ``seed``),
+    then the HR's placement (seeds ``seed + k``) until the precipitate's centre lies inside it;
+    where no placement reaches it (a precipitate at the specimen's edge), the specimen is
+    redrawn (seeds ``seed + tries·j``)."""
     lr_shape = kw["lr_shape"]
     spec_shape = tuple(int(np.ceil(n * SYNTHETIC_SCALE + 2 * MARGIN)) for n in lr_shape)
-    spec, perfect = (lattice(spec_shape, np.random.default_rng(seed), SYNTHETIC_SCALE,
-                             perfect=p) for p in (False, True))
-    # The precipitate: where the specimen differs most from the perfect lattice over a region
-    # larger than a site (a vacancy or the site spread, smoothed over a few sites, fades).
-    difference = ndi.gaussian_filter(np.abs(spec - perfect), 4 * SYNTHETIC_SCALE)
-    centre = np.array(np.unravel_index(np.argmax(difference), difference.shape), dtype=float)
-    for k in range(tries):
-        pair = _simulate(spec, seed + k, {**kw, "scale": SYNTHETIC_SCALE})
-        t = pair.truth
-        lr = (centre - np.asarray(t["lr_scan"]["origin"])) / t["scale"]  # LR px (drift aside)
-        u = np.linalg.solve(np.asarray(t["matrix"]), lr - np.asarray(t["offset"]))  # HR px
-        if np.all(u >= 0) and np.all(u <= np.array(pair.hr.shape) - 1):
-            break
-    return pair, None
+    for j in range(tries):
+        draw = seed + tries * j
+        spec, perfect = (lattice(spec_shape, np.random.default_rng(draw), SYNTHETIC_SCALE,
+                                 perfect=p) for p in (False, True))
+        # The precipitate: where the specimen differs most from the perfect lattice over a
+        # region larger than a site (a vacancy or the site spread, smoothed over a few sites,
+        # fades).
+        difference = ndi.gaussian_filter(np.abs(spec - perfect), 4 * SYNTHETIC_SCALE)
+        centre = np.array(np.unravel_index(np.argmax(difference), difference.shape), dtype=float)
+        for k in range(tries):
+            pair = _simulate(spec, seed + k, {**kw, "scale": SYNTHETIC_SCALE})
+            t = pair.truth
+            lr = (centre - np.asarray(t["lr_scan"]["origin"])) / t["scale"]  # LR px, no drift
+            u = np.linalg.solve(np.asarray(t["matrix"]), lr - np.asarray(t["offset"]))  # HR px
+            if np.all(u >= 0) and np.all(u <= np.array(pair.hr.shape) - 1):
+                return pair, None
+    raise RuntimeError(f"no HR placement holds the lattice's precipitate (seed {seed})")
 
 
 def _real_case(name: str, variant: int, seed: int, lr_max: int) -> Case:

@@ -150,3 +150,26 @@ def test_printed_warnings_are_captured():
     out = "registering …\nwarning: imprecise registration: the HR's\ncorners are placed\nwarning: x"
     assert robustness._printed_warnings(out) == [
         "imprecise registration: the HR's corners are placed", "x"]
+
+
+def test_periodic_case_holds_the_precipitate():
+    """wide-13009: the lattice's precipitate lay at the specimen's edge, where no HR placement
+    reached it, and the case used its last placement: a lattice field without aperiodic
+    content, refused as ambiguous (rightly: none of the candidates' fits was told apart, the
+    true one 0.75σ behind a false one). The specimen is now redrawn; the pair registers."""
+    _, _, err = _register_case(robustness._synthetic("wide", 13009, 768))
+    assert err < 0.25
+
+
+@needs_real
+def test_insignificant_local_field_is_not_kept():
+    """Simulated scans of a 256² pentacene micrograph (×2, a 205² HR over a 128² LR, -7.7°):
+    the local field from 30 patches lowered the fine fit's residual by 0.0006, a 1.6σ rise
+    tested on every LR pixel, and was kept; its affine part moved the corners from 0.41 to
+    0.54 LR px, with 0.22 predicted and no warning. A field is now kept only where it improves
+    the fit significantly (a simulated pair with drift keeps it: test_register)."""
+    case = robustness._real_case("pentacene", 2, seed=50902, lr_max=768)
+    reg, warned, err = _register_case(case)
+    assert reg.local_field is None and reg.patches_accepted == 0
+    assert any("does not improve the fit beyond the noise" in w for w in warned), warned
+    assert err < robustness.MAX_CORNER_ERROR

@@ -35,7 +35,8 @@ Pipeline of :func:`register_pair`:
    of each scan, a P-spline in the HR row plus one in the LR row, since scan drift moves whole
    scan lines. The global affine is then refitted as the least-squares affine of the whole
    HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
-   improves the fine fit. Patch sizes, search radius and knots scale with the zoom, the HR's
+   improves the fine fit beyond the noise (a paired test on every LR pixel under the HR, as
+   for the candidates). Patch sizes, search radius and knots scale with the zoom, the HR's
    size and the patches accepted. The patch search runs block by block (a dask HR's chunks, or
    blocks of an in-memory HR, with a halo); the global step reads the HR reduced. Both run on
    ``threads`` threads of the calling process, never on a Dask scheduler

@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 from scipy.interpolate import BSpline
 
 from pairsr.grid import interpolate
-from pairsr.register._images import _grid_samples, _quadratic, _Window
+from pairsr.register._images import _grid_samples, _paired_significance, _quadratic, _Window
 from pairsr.register._local import _patch_results, _Patches, _PatchSearch
 from pairsr.register._mapping import (
     LocalField,
@@ -119,18 +119,30 @@ class _ScanLineField:
 PATCHES_PER_COEF = 3
 
 
-def _fine_residual(lr: _Window, hr1: np.ndarray, f1: int, sigma: float,
-                   reg: Registration, local: bool, stride: int = 3) -> float:
-    """Fraction of the LR's variance left by the quadratic intensity fit to the HR reduced by
-    ``f1`` (``hr1``) and blurred by ``sigma`` (its px), through ``reg`` with or without its
-    local field, over every ``stride``-th LR pixel (of the whole LR) that the HR covers; ``lr``
-    is a window of the LR that holds them."""
-    ys, values = _grid_samples(lr, stride)
-    x = reg.lr_to_hr(ys, local=local) / f1
-    ok = np.all((x >= 1.0) & (x <= np.array(hr1.shape)[:, None] - 2.0), axis=0)
-    w = interpolate(ndi.gaussian_filter(hr1, sigma), x[:, ok]).astype(float)
-    _, res, *_ = np.linalg.lstsq(_quadratic(w), values[ok], rcond=None)
-    return float(res[0] / max(values[ok].var() * ok.sum(), 1e-30)) if len(res) else 1.0
+def _field_gain(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, reg: Registration,
+                block: float, max_points: int = 1_000_000) -> tuple[float, float, float]:
+    """How much ``reg``'s local field improves the fit: the fractions of the LR's variance left
+    by the quadratic intensity fit to the HR reduced by ``f1`` (``hr1``) and blurred by
+    ``sigma`` (its px) through ``reg`` without and with its field, and the significance (σ) of
+    the improvement (:func:`_paired_significance`, ``block``-px blocks), over the LR pixels that
+    both place inside the HR (every one, or a regular sub-grid of at most ``max_points`` of the
+    window: the test's power grows with the pixels compared); ``lr`` is a window of the LR that
+    holds them."""
+    ys, values = _grid_samples(lr, max(1, int(np.ceil(np.sqrt(lr.image.size / max_points)))))
+    xs = [reg.lr_to_hr(ys, local=local) / f1 for local in (False, True)]
+    ok = np.all([np.all((x >= 1.0) & (x <= np.array(hr1.shape)[:, None] - 2.0), axis=0)
+                 for x in xs], axis=0)
+    if ok.sum() < 16:
+        return 1.0, 1.0, 0.0
+    blurred = ndi.gaussian_filter(hr1, sigma)
+    pred = []
+    for x in xs:
+        design = _quadratic(interpolate(blurred, x[:, ok]).astype(float))
+        coef, *_ = np.linalg.lstsq(design, values[ok], rcond=None)
+        pred.append(design @ coef)
+    var = max(float(values[ok].var()) * ok.sum(), 1e-30)
+    left = [float(np.sum((values[ok] - p) ** 2) / var) for p in pred]
+    return left[0], left[1], _paired_significance(values[ok], pred[1], pred[0], ys[:, ok], block)
 
 
 def _unexplained_shift(patches: _Patches, mask: np.ndarray, misfit: np.ndarray) -> float:

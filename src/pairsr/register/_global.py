@@ -15,11 +15,13 @@ from pairsr.grid import BOUNDARY, interpolate
 from pairsr.patches import ordered_map
 from pairsr.region import window_sums
 from pairsr.register._images import (
+    _block_ids,
     _central,
     _decimate,
     _grid_samples,
     _level_window,
     _noise_sigma,
+    _paired_significance,
     _quadratic,
     _reduce,
     _texture_note,
@@ -258,12 +260,6 @@ def _under_footprint(lr_l: _Window, a: np.ndarray, t: np.ndarray, hr_shape: tupl
     return ys + lo[:, None], values
 
 
-def _block_ids(ys: np.ndarray, block: float) -> np.ndarray:
-    """Index (N,) of the ``block``-px square of L that each of the coordinates (2, N) is in."""
-    cell = np.floor((ys - ys.min(1, keepdims=True)) / block).astype(np.int64)
-    return np.unique(cell[0] * (cell[1].max() + 1) + cell[1], return_inverse=True)[1].ravel()
-
-
 def _refine(
     lr_l: _Window, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray, *, affine: bool,
     max_iter: int = 30, max_points: int = 100_000, smooth: float = 1.0,
@@ -427,13 +423,8 @@ def _paired_separation(lr: _Window, hr1: np.ndarray, f1: int, best: _Fit,
         w = interpolate(ndi.gaussian_filter(hr1, fit.sigma), x[:, both]).astype(float)
         coef, *_ = np.linalg.lstsq(_quadratic(w), values[both], rcond=None)
         pred.append(_quadratic(w) @ coef)
-    resid = values[both] - pred[0]
-    delta = pred[1] - pred[0]
-    # (L − p₂)² − (L − p₁)² = Δ² − 2Δ(L − p₁): its noise is −2Δ times the best fit's residual
-    # (the LR's noise, if the best is right), summed in blocks over which that is correlated.
-    ids = _block_ids(ys[:, both], PRECISION_BLOCK * np.hypot(1.0, best.sigma))
-    noise = np.bincount(ids, weights=2 * delta * resid)
-    return float(np.sum(delta**2 - 2 * delta * resid) / max(np.sqrt(np.sum(noise**2)), 1e-300))
+    return _paired_significance(values[both], pred[0], pred[1], ys[:, both],
+                                PRECISION_BLOCK * np.hypot(1.0, best.sigma))
 
 
 #: Margin of the LR window a candidate is fitted in, as a fraction of its footprint's extent

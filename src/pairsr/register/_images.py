@@ -191,3 +191,24 @@ def _central(image, size: int = 2048, threads: int = 1) -> np.ndarray:
     on ``threads`` threads)."""
     lo = [max(0, (n - size) // 2) for n in image.shape]
     return _numpy(image[lo[0] : lo[0] + size, lo[1] : lo[1] + size], threads)
+
+
+def _block_ids(ys: np.ndarray, block: float) -> np.ndarray:
+    """Index (N,) of the ``block``-px square of L that each of the coordinates (2, N) is in."""
+    cell = np.floor((ys - ys.min(1, keepdims=True)) / block).astype(np.int64)
+    return np.unique(cell[0] * (cell[1].max() + 1) + cell[1], return_inverse=True)[1].ravel()
+
+
+def _paired_significance(values: np.ndarray, best: np.ndarray, other: np.ndarray,
+                         ys: np.ndarray, block: float) -> float:
+    """Significance (σ) by which the prediction ``best`` (N,) explains ``values`` (N,) (LR pixels
+    at ``ys`` (2, N)) better than ``other`` (N,): the sum of the difference of their squared
+    residuals over its std, cluster-robust over ``block``-px blocks. The LR's noise enters the
+    difference only where the two predictions differ, so what both explain alike adds nothing
+    but the noise of that difference."""
+    resid = values - best
+    delta = other - best
+    # (L − p₂)² − (L − p₁)² = Δ² − 2Δ(L − p₁): its noise is −2Δ times the best fit's residual
+    # (the LR's noise, if the best is right), summed in blocks over which that is correlated.
+    noise = np.bincount(_block_ids(ys, block), weights=2 * delta * resid)
+    return float(np.sum(delta**2 - 2 * delta * resid) / max(np.sqrt(np.sum(noise**2)), 1e-300))

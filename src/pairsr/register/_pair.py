@@ -8,8 +8,8 @@ import numpy as np
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.patches import cpus
-from pairsr.register._field import _absorb_affine, _fine_residual, _local_field
-from pairsr.register._global import _global
+from pairsr.register._field import _absorb_affine, _field_gain, _local_field
+from pairsr.register._global import PRECISION_BLOCK, _global
 from pairsr.register._images import (
     _as_image,
     _central,
@@ -24,6 +24,11 @@ from pairsr.register._mapping import Registration, RegistrationError
 
 #: LR pixels by which scan drift may stretch the HR's extent: widens the accepted zoom range.
 DRIFT_ALLOWANCE = 1.0
+#: Least significance (σ of the noise) by which the local field must improve the fine fit (a
+#: paired test on the LR pixels, :func:`pairsr.register._field._field_gain`) to be kept: a
+#: field fitted to a few patches can follow their noise, and its affine part then moves the
+#: registration off where the image fit put it.
+MIN_FIELD_SIGNIFICANCE = 2.0
 #: HR pixels a side of the blocks an in-memory HR's patch search runs in (as dask tasks, on
 #: the current scheduler): its memory follows the block, not the HR (results do not depend on
 #: the blocks, :func:`pairsr.register._local._patch_results`).
@@ -174,21 +179,25 @@ def register_pair(
             f1 = max(1, round(reg.zoom))
             hr1 = _reduce(hr_signed, f1, threads)
             sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
-            gain = [_fine_residual(window, hr1, f1, sigma, with_field, local)
-                    for local in (False, True)]
-            if gain[1] < gain[0]:
+            without, with_, significance = _field_gain(
+                window, hr1, f1, sigma, with_field, PRECISION_BLOCK * np.hypot(1.0, sigma))
+            if significance >= MIN_FIELD_SIGNIFICANCE:
                 reg.matrix, reg.offset, reg.local_field = _absorb_affine(
                     reg.matrix, reg.offset, field, hr.shape, lr.shape)
                 # What the field leaves is local (line jitter, patch noise): it averages out
                 # over the patches in the affine's 6 parameters.
                 unmodelled = left * np.sqrt(6 / max(reg.patches_accepted, 6))
             else:
+                # The image does not confirm the misalignment that the patches show: their
+                # noise, as what a field leaves, averages out over them.
+                unmodelled *= np.sqrt(6 / max(reg.patches_accepted, 6))
                 reg.patches_accepted = 0
                 warnings.warn(
                     f"local registration skipped: the local field from {reg.patches_tried} "
-                    f"patches does not improve the fit (fraction of the LR's variance left "
-                    f"{gain[1]:.4f} with it, {gain[0]:.4f} without); the registration is "
-                    "global only", stacklevel=2)
+                    f"patches does not improve the fit beyond the noise (fraction of the LR's "
+                    f"variance left {with_:.4f} with it, {without:.4f} without: "
+                    f"{significance:.1f}σ, need {MIN_FIELD_SIGNIFICANCE:g}σ); the registration "
+                    "is global only", stacklevel=2)
         if np.isfinite(unmodelled):  # HR px → LR px
             reg.corner_sd = float(np.hypot(reg.corner_sd, unmodelled / reg.zoom))
     if reg.corner_sd > MAX_CORNER_SD:
