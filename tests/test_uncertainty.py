@@ -135,10 +135,11 @@ def test_map_is_tile_invariant_and_matches_the_api(two_specimens, model, tmp_pat
             maps.append(read_image(out / "uncertainty").values)
         _, whole = super_resolve(folder, lr, uncertainty=True)
     assert maps[0].dtype == np.float32 and maps[0].shape == pair.hr.shape
+    # (up to float32 rounding between the engine's and the API's input paths, which the map's
+    # powers of features amplify at a few pixels)
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(maps[0], whole.values, rtol=1e-4, atol=1e-4)
-    # in the output's units (uint8 in, uint8 out): 255 × the map of [0, 1] intensities (up to
-    # the float32 rounding of the input's scaling, which the map's powers of features amplify)
+    np.testing.assert_allclose(maps[0], whole.values, rtol=5e-4, atol=1e-4)
+    # in the output's units (uint8 in, uint8 out): 255 × the map of [0, 1] intensities
     expected = 255 * UncertaintyMap(fitted).predict(lr.astype(np.float32) / 255)
     np.testing.assert_allclose(whole.values, expected, rtol=5e-4)
 

@@ -228,13 +228,13 @@ class Calibration:
 
     def design(self, features: np.ndarray) -> np.ndarray:
         """The regressors ``log(f + ε)`` of features ``(F, ...)``: ``(F, ...)`` float64, each
-        clipped to ``bounds`` (the calibration's range, widened by its width either side)."""
+        clipped to ``bounds`` (the range the calibration was fitted on: its powers of the
+        features are not extrapolated beyond it)."""
         shape = (-1, *([1] * (features.ndim - 1)))
         x = np.log(features.astype(np.float64) + np.reshape(self.floors, shape))
         if self.bounds:
             lo, hi = np.asarray(self.bounds, dtype=np.float64).T
-            width = hi - lo
-            x = np.clip(x, np.reshape(lo - width, shape), np.reshape(hi + width, shape))
+            x = np.clip(x, np.reshape(lo, shape), np.reshape(hi, shape))
         return x
 
     def rms(self, features: np.ndarray) -> np.ndarray:
