@@ -1,9 +1,10 @@
 """The uncertainty map (``pairsr.uncertainty``) against the real error, on simulated pairs.
 
-Pairs: the built-in specimen (several seeds) and real micrographs from ``../shared/data/real``,
-each simulated as a physical pair (LR field and an independent HR scan of part of it) and
-registered. The protocol's 3×4 sub-images of the HR overlap: the model (and its uncertainty
-calibration, fitted inside :func:`pairsr.api.fit`) sees the left 9 only. Per pair and method:
+Pairs: the built-in specimen (several seeds) and real micrographs from ``../shared/data/real``
+(scaled to full signal, :func:`specimen`), each simulated as a physical pair (LR field and an
+independent HR scan of part of it) and registered. The protocol's 3×4 sub-images of the HR
+overlap: the model (and its uncertainty calibration, fitted inside :func:`pairsr.api.fit`) sees
+the left 9 only. Per pair and method:
 
 * ``rho``: Spearman ρ between the 16×16 SR px block RMS of the predicted map and of the
   measured error against the simulator's noise-free ground truth, over the whole field
@@ -55,6 +56,14 @@ BLOCK = 16
 NET = {"preset": "vdsr-tiny", "epochs": 4, "steps": 10, "patience": 2, "progress": False}
 
 
+def specimen(path: Path, crop: str | None) -> np.ndarray:
+    """A real micrograph as the simulator's specimen, its brightest pixel full signal (the
+    simulated doses are counts at signal 1; a 16-bit file's counts may fill a small part of its
+    range, the low-dose TEM's to 1.7 %, which would simulate a blank field of read noise)."""
+    image = to_float32(read_image(path, crop=crop).values)
+    return image / max(float(image.max()), 1e-6)
+
+
 def build(n_builtin: int, lr_shape: tuple[int, int], limit: int) -> list[EvalPair]:
     specs = [(f"builtin-{s}", None, None, None, s) for s in range(n_builtin)]
     if REAL.is_dir():
@@ -67,7 +76,7 @@ def build(n_builtin: int, lr_shape: tuple[int, int], limit: int) -> list[EvalPai
         if path is None:
             options = {"seed": seed, "lr_shape": lr_shape, "hr_fraction": 0.3}
         else:
-            spec = to_float32(read_image(path, crop=crop).values)
+            spec = specimen(path, crop)
             shape = tuple(min(a, int(b / scale) - 16) for a, b in zip(lr_shape, spec.shape,
                                                                        strict=True))
             options = {"specimen": spec, "seed": seed, "scale": scale, "lr_shape": shape,

