@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from reproduce_paper import REAL as PAPER_SPECIMENS
+from reproduce_paper import SHARED as REAL
 from scipy import ndimage
 from scipy.stats import spearmanr
 
@@ -39,14 +41,10 @@ from pairsr.register import Registration, RegistrationError, warp_hr_to_sr
 from pairsr.simulate import simulate_pair
 from pairsr.uncertainty import UncertaintyMap
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-#: Real specimens: (name, file, crop, simulator scale = specimen px per LR px).
+#: Real specimens: the paper protocol's (name, file, crop, simulator scale = specimen px per LR
+#: px) and two more.
 SPECIMENS = [
-    ("jeol-spheres", "konstanz_colloids_sem/jeol_A-2h-01_x50k_2nm.tif", ":960,", 2.0),
-    ("zeiss-spheres", "konstanz_colloids_sem/zeiss_GM59_20_spheres_4.466nm.tif", ":690,", 1.5),
-    ("nanowires-125", "deepsem_nanowires/NWs-8kMag_125nm_03_cropped.png", None, 1.5),
-    ("nanowires-140", "deepsem_nanowires/NWs-8kMag_140nm_17_cropped.png", None, 1.5),
-    ("haadf-stem", "r_em_haadf_stem/sgl_exp_hrstem_2048.tif", None, 3.0),
+    *PAPER_SPECIMENS,
     ("tsem", "pssr_napari/hr_2nm_tsem_small.tif", None, 1.5),
     ("lowdose-tem", "katsuno_lowdose_tem/train_0001.tif", None, 1.5),
 ]
