@@ -91,6 +91,29 @@ def test_overlap_average_is_the_same_on_any_number_of_threads_and_steps():
     np.testing.assert_allclose(many, one, rtol=1e-6)
 
 
+def test_kept_windows_go_in_steps_of_about_step_chosen_and_the_result_is_the_same():
+    """With ``keep``, a step holds the chosen windows of as many rows as bring about ``step`` of
+    them (flat rows cost nothing), whatever the threads; the result does not depend on it."""
+    up = np.random.default_rng(5).random((60, 40)).astype(np.float32)
+    up[20:50] = 0.5  # flat rows: only the lattice's windows are chosen there
+    seen = []
+
+    def keep(band):
+        mean = ordered_window_sums(band[0], 5) / 25
+        return ordered_window_sums(band[0] ** 2, 5) / 25 - mean**2 > 1e-3
+
+    def estimate(p):
+        seen.append(len(p))
+        return np.sqrt(p[:, 0]) * p[:, 0].mean(axis=1, keepdims=True)
+
+    one = overlap_average(up, 5, 1, estimate, step=10**6, keep=keep)
+    total = seen.pop()
+    many = overlap_average(up, 5, 1, estimate, step=100, keep=keep, workers=2)
+    assert sum(seen) == total and max(seen) <= 100 + 40  # at most one row over
+    assert len(seen) < -(-60 * 40 // 100)  # fewer steps than full-grid steps of 100 windows
+    np.testing.assert_allclose(many, one, rtol=1e-6)
+
+
 def test_overlap_average_rejects_bad_input():
     with pytest.raises(ValueError, match="finite 2-D"):
         overlap_average(np.full((9, 9), np.nan), 3, 1, lambda p: p[:, 0])

@@ -452,7 +452,8 @@ def _filter(
         scores += c_bias
         groups = _group(scores, categories)
         order = np.concatenate([idx for _, idx in groups])
-        ranked = np.take(q, order, axis=0, out=scratch("ranked", q.shape))
+        # mode="clip" (indices are valid): with "raise" numpy buffers ``out``.
+        ranked = np.take(q, order, axis=0, out=scratch("ranked", q.shape), mode="clip")
         done = scratch("done", q.shape)
         start = 0
         for combo, idx in groups:

@@ -26,7 +26,7 @@ from pairsr.threads import one_thread_per_worker
 Estimate = Callable[[np.ndarray], np.ndarray]
 #: ``channels(padded)``: the ``(C, H, W)`` maps a window is read from (default ``padded[None]``).
 Channels = Callable[[np.ndarray], np.ndarray]
-#: ``keep(band)``: which windows of a band of the padded maps, ``(C, R + n - 1, W + n - 1)``, to
+#: ``keep(maps)``: which windows of the padded maps, ``(C, R + n - 1, W + n - 1)``, to
 #: estimate off the lattice: bool ``(R, W)``, the windows' top-left corners.
 Keep = Callable[[np.ndarray], np.ndarray]
 
@@ -199,6 +199,18 @@ def _transpose(src: np.ndarray, dst: np.ndarray, block: int = 256) -> None:
         np.copyto(dst[:, start : start + block], src[start : start + block].T)
 
 
+def _bands(chosen: np.ndarray, step: int, most: int) -> list[int]:
+    """Bounds ``[0, r1, ..., len(chosen)]`` of bands of consecutive grid rows that each hold
+    about ``step`` of the ``chosen`` (per row) windows, with at most ``most`` rows, at least one."""
+    bounds, held = [0], 0
+    for row, count in enumerate(chosen.tolist()):
+        if row > bounds[-1] and (held + count > step or row - bounds[-1] >= most):
+            bounds.append(row)
+            held = 0
+        held += count
+    return [*bounds, len(chosen)]
+
+
 def _add_patches(sums: np.ndarray, est: np.ndarray, row: int, stride: int) -> None:
     """Add the ``(n, n, R, C)`` patch estimates ``est`` of ``R`` grid rows from grid row ``row``
     to ``sums``, each at its place: pixel ``(i, j)`` of the patch at grid ``(r, c)`` goes to
@@ -228,7 +240,9 @@ def overlap_average(
     ``image`` (H, W) is padded half-sample symmetrically by ``(n-1)//2`` before (and as needed
     after); the ``n × n`` windows centred on every ``stride``-th pixel from ``(0, 0)`` (one more
     per axis where the last pixels would be uncovered) are read from ``channels(padded)`` and go
-    to ``estimate`` a step at a time: the windows of ``max(1, step // patches per row)`` rows.
+    to ``estimate`` a step at a time: the windows of ``max(1, step // patches per row)`` rows
+    (with ``keep``: of as many rows as hold about ``step`` chosen windows, and at most
+    ``step·n²`` float32 of the band's output).
     ``workers`` threads run the steps (``estimate`` must be thread-safe; numpy releases the GIL
     in its array work). Returns the float32 (H, W) image whose pixels are the means of the
     estimates covering them.
@@ -252,32 +266,35 @@ def overlap_average(
     padded = np.pad(image, ((before, pad_r), (before, pad_c)), mode="symmetric")
     stack = padded[None] if channels is None else channels(padded)
     windows = sliding_window_view(stack, (n, n), axis=(1, 2))[:, ::stride, ::stride]
-    chunk = max(1, step // cols)
     scratch = Scratch()
+    if keep is None:
+        chosen = None
+        bounds = [*range(0, rows, max(1, step // cols)), rows]
+    else:
+        grid = on_lattice(np.arange(rows), rows, lattice)[:, None]
+        chosen = (grid & on_lattice(np.arange(cols), cols, lattice)) | keep(stack)
+        bounds = _bands(np.count_nonzero(chosen, axis=1), step, max(1, step * n * n // cols))
 
-    def band(r0: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The summed estimates of the patches of grid rows ``r0 .. r0+chunk`` (a band of
-        ``padded`` from row ``r0·stride`` on) and, with ``keep``, how many cover each pixel."""
-        count = min(chunk, rows - r0)
+    def band(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The summed estimates of the patches of grid rows ``r0 .. r1`` (a band of ``padded``
+        from row ``r0·stride`` on) and, with ``keep``, how many cover each pixel."""
+        count = r1 - r0
         counts = None
-        if keep is None:
+        if chosen is None:
             est = scratch("transposed", (n * n, count * cols))
             part = np.moveaxis(windows[:, r0 : r0 + count], 0, 2)
             q = scratch("windows", part.shape)
             np.copyto(q, part)
             _transpose(estimate(q.reshape(-1, len(stack), n * n)), est)
         else:
-            grid = on_lattice(np.arange(r0, r0 + count), rows, lattice)[:, None]
-            grid = grid & on_lattice(np.arange(cols), cols, lattice)
-            chosen = grid | keep(stack[:, r0 : r0 + count + n - 1])
-            at_r, at_c = np.nonzero(chosen)
+            at_r, at_c = np.nonzero(chosen[r0:r1])
             if len(at_r):
                 picked = np.moveaxis(windows[:, r0 + at_r, at_c], 0, 1)
                 done = estimate(picked.reshape(len(at_r), len(stack), n * n))
-            counts = _box_sum(chosen.astype(np.float32), n)
+            counts = _box_sum(chosen[r0:r1].astype(np.float32), n)
         span = (count - 1) * stride + 1, (cols - 1) * stride + 1
         sums = np.zeros((span[0] + n - 1, padded.shape[1]), dtype=np.float32)
-        if keep is None:
+        if chosen is None:
             _add_patches(sums, est.reshape(n, n, -1, cols), 0, stride)
             return sums, counts
         # The chosen estimates, a few rows of patches at a time (kept in cache), as a full grid.
@@ -297,8 +314,9 @@ def overlap_average(
 
     sums = np.zeros_like(padded)
     covered = None if keep is None else np.zeros_like(padded)
-    starts = range(0, rows, chunk)
-    for r0, (part, counts) in zip(starts, ordered_map(band, starts, workers), strict=True):
+    starts = bounds[:-1]
+    parts = ordered_map(lambda r: band(*r), list(zip(starts, bounds[1:])), workers)
+    for r0, (part, counts) in zip(starts, parts, strict=True):
         sums[r0 * stride : r0 * stride + len(part)] += part
         if counts is not None:
             covered[r0 : r0 + len(counts), : counts.shape[1]] += counts
