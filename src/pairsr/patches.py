@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from pairsr.region import window_sums
 from pairsr.threads import one_thread_per_worker
@@ -26,7 +26,7 @@ from pairsr.threads import one_thread_per_worker
 Estimate = Callable[[np.ndarray], np.ndarray]
 #: ``channels(padded)``: the ``(C, H, W)`` maps a window is read from (default ``padded[None]``).
 Channels = Callable[[np.ndarray], np.ndarray]
-#: ``keep(maps)``: which windows of the padded maps, ``(C, R + n - 1, W + n - 1)``, to
+#: ``keep(band)``: which windows of a band of the padded maps, ``(C, R + n - 1, W + n - 1)``, to
 #: estimate off the lattice: bool ``(R, W)``, the windows' top-left corners.
 Keep = Callable[[np.ndarray], np.ndarray]
 
@@ -190,6 +190,8 @@ def _box_sum(mask: np.ndarray, n: int) -> np.ndarray:
 #: The overlap-add of chosen estimates (``keep``) works on about this many patches at a time, so
 #: that its full-grid copy (``n²`` float32 each, 4 MiB for ``n = 9``) stays near a core's cache.
 _OVERLAP_PATCHES = 12288
+#: Patches per strided copy into the overlap-add's planes (a 324 KiB source for n = 9, in cache).
+_TRANSPOSE_BLOCK = 1024
 
 
 def _transpose(src: np.ndarray, dst: np.ndarray, block: int = 256) -> None:
@@ -211,16 +213,42 @@ def _bands(chosen: np.ndarray, step: int, most: int) -> list[int]:
     return [*bounds, len(chosen)]
 
 
-def _add_patches(sums: np.ndarray, est: np.ndarray, row: int, stride: int) -> None:
-    """Add the ``(n, n, R, C)`` patch estimates ``est`` of ``R`` grid rows from grid row ``row``
-    to ``sums``, each at its place: pixel ``(i, j)`` of the patch at grid ``(r, c)`` goes to
-    ``sums[(row + r)·stride + i, c·stride + j]``."""
-    n, _, count, cols = est.shape
-    span = (count - 1) * stride + 1, (cols - 1) * stride + 1
+def _add_estimates(sums: np.ndarray, est: np.ndarray, row: int, cols: int, stride: int,
+                   scratch: Scratch) -> None:
+    """Add the ``(R·cols, n²)`` patch estimates ``est`` of ``R`` grid rows from grid row ``row``
+    (row-major) to ``sums``, each at its place: pixel ``(i, j)`` of the patch at grid ``(r, c)``
+    goes to ``sums[(row + r)·stride + i, c·stride + j]``."""
+    n = math.isqrt(est.shape[1])
+    count = len(est) // cols
     top = row * stride
+    if stride > 1:
+        planes = scratch("transposed", (n * n, len(est)))
+        _transpose(est, planes)
+        planes = planes.reshape(n, n, count, cols)
+        span = (count - 1) * stride + 1, (cols - 1) * stride + 1
+        for i in range(n):
+            for j in range(n):
+                sums[top + i : top + i + span[0] : stride, j : j + span[1] : stride] += planes[i, j]
+        return
+    # Stride 1: the planes, each row zero-padded by n - 1 on both sides, so that a view with a
+    # diagonal stride reads plane (i, j) shifted by j: one sum over j per i adds the n
+    # column-shifted planes of row i of every patch (n calls, not n²).
+    width = cols + 2 * (n - 1)
+    planes = scratch("transposed", (n, n, count, width))
+    planes[..., : n - 1] = 0
+    planes[..., n - 1 + cols :] = 0
+    flat = planes.reshape(n * n, count, width)
+    for r in range(count):
+        for c in range(0, cols, _TRANSPOSE_BLOCK):
+            part = est[r * cols + c : r * cols + min(cols, c + _TRANSPOSE_BLOCK)]
+            np.copyto(flat[:, r, n - 1 + c : n - 1 + c + len(part)], part.T)
+    shifted = scratch("shifted", (count, cols + n - 1))
+    _, s_j, s_r, s_c = planes.strides
     for i in range(n):
-        for j in range(n):
-            sums[top + i : top + i + span[0] : stride, j : j + span[1] : stride] += est[i, j]
+        view = as_strided(planes[i, :, :, n - 1 :], shape=(n, count, cols + n - 1),
+                          strides=(s_j - s_c, s_r, s_c), writeable=False)  # fmt: skip
+        np.sum(view, axis=0, out=shifted)
+        sums[top + i : top + i + count, : cols + n - 1] += shifted
 
 
 def overlap_average(
@@ -272,7 +300,10 @@ def overlap_average(
         bounds = [*range(0, rows, max(1, step // cols)), rows]
     else:
         grid = on_lattice(np.arange(rows), rows, lattice)[:, None]
-        chosen = (grid & on_lattice(np.arange(cols), cols, lattice)) | keep(stack)
+        part = max(1, -(-rows // workers))  # keep's windows are position-independent: in parts
+        kept = ordered_map(lambda r: keep(stack[:, r : r + part + n - 1]), range(0, rows, part),
+                           workers)  # fmt: skip
+        chosen = (grid & on_lattice(np.arange(cols), cols, lattice)) | np.concatenate(list(kept))
         bounds = _bands(np.count_nonzero(chosen, axis=1), step, max(1, step * n * n // cols))
 
     def band(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -281,11 +312,10 @@ def overlap_average(
         count = r1 - r0
         counts = None
         if chosen is None:
-            est = scratch("transposed", (n * n, count * cols))
             part = np.moveaxis(windows[:, r0 : r0 + count], 0, 2)
             q = scratch("windows", part.shape)
             np.copyto(q, part)
-            _transpose(estimate(q.reshape(-1, len(stack), n * n)), est)
+            est = estimate(q.reshape(-1, len(stack), n * n))
         else:
             at_r, at_c = np.nonzero(chosen[r0:r1])
             if len(at_r):
@@ -295,7 +325,7 @@ def overlap_average(
         span = (count - 1) * stride + 1, (cols - 1) * stride + 1
         sums = np.zeros((span[0] + n - 1, padded.shape[1]), dtype=np.float32)
         if chosen is None:
-            _add_patches(sums, est.reshape(n, n, -1, cols), 0, stride)
+            _add_estimates(sums, est, 0, cols, stride, scratch)
             return sums, counts
         # The chosen estimates, a few rows of patches at a time (kept in cache), as a full grid.
         sub = max(1, _OVERLAP_PATCHES // cols)
@@ -307,9 +337,7 @@ def overlap_average(
             full = scratch("estimates", ((s1 - s0) * cols, n * n))
             full.fill(0)
             full[(at_r[lo:hi] - s0) * cols + at_c[lo:hi]] = done[lo:hi]
-            est = scratch("transposed", (n * n, (s1 - s0) * cols))
-            _transpose(full, est)
-            _add_patches(sums, est.reshape(n, n, s1 - s0, cols), s0, stride)
+            _add_estimates(sums, full, s0, cols, stride, scratch)
         return sums, counts
 
     sums = np.zeros_like(padded)
