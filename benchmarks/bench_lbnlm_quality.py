@@ -39,7 +39,7 @@ def held_out(model: SRMethod, ep: EvalPair) -> tuple[list[float], float]:
              for i, (y0, y1, x0, x1) in enumerate(ep.boxes) if not is_train(i)]
     column = Region.bounding(boxes)
     start = time.perf_counter()
-    sr = predict_region(model.predict, ep.pair.lr, column, model.halo, ZOOM)
+    sr = predict_region(model.predict, ep.pair.lr, column, model.halo, ZOOM, model.align)
     seconds = time.perf_counter() - start
     bic = predict_region(Bicubic(zoom=ZOOM).predict, ep.pair.lr, column, model.halo, ZOOM)
     scores = []

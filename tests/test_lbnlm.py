@@ -11,8 +11,18 @@ from conftest import psnr
 from skimage import draw, filters, transform
 
 from pairsr.grid import BICUBIC_HALO, bicubic
-from pairsr.lbnlm import _numpy_attention, _prepared, halo, lbnlm_filter, lbnlm_original
+from pairsr.lbnlm import (
+    LBNLM,
+    _numpy_attention,
+    _prepared,
+    flat_lattice,
+    halo,
+    lbnlm_filter,
+    lbnlm_original,
+    window_align,
+)
 from pairsr.library import Library, build_library
+from pairsr.region import Region, predict_region
 
 SHARED = Path(__file__).parents[2] / "shared"
 JEOL = SHARED / "data/real/konstanz_colloids_sem/jeol_A-2h-01_x50k_2nm.tif"
@@ -278,6 +288,31 @@ def test_halo_makes_tiles_exact(tiny):
     np.testing.assert_allclose(tile(up, reach, scale=1), full[core], atol=1e-6)
     assert not np.allclose(tile(up, reach - 1, scale=1), full[core], atol=1e-3)
     np.testing.assert_allclose(tile(lr, halo(lib.n), scale=2), full[core], atol=1e-5)
+
+
+def test_windows_on_the_method_alignment_agree_with_the_whole_image():
+    """With 9×9 patches at ×2 the flat background's lattice is 3 SR px, so windows must start
+    on multiples of 3 LR px (``align``): then any window agrees with the whole image, and
+    windows that start elsewhere do not (the negative control)."""
+    assert (flat_lattice(9, 2), window_align(9, 2)) == (3, 3)
+    assert [(flat_lattice(9, z), window_align(9, z)) for z in (3, 4)] == [(3, 1), (4, 1)]
+    assert (flat_lattice(5, 2), window_align(5, 2)) == (2, 1)  # as windows on any LR px allow
+    rng = np.random.default_rng(2)
+    hr = _texture((160, 160), rng)
+    hr[:, 80:] = 0.5  # flat background: where the lattice matters
+    up, hr = _simulated_pair(hr, rng)
+    lr = transform.downscale_local_mean(up, (2, 2)).astype(np.float32)
+    model = LBNLM.fit([(lr, hr)], zoom=2, n=9, k=6, K=3, L=600, sigma=0.02)
+    assert model.align == 3
+    full = model.predict(lr)
+    apart = 0.0
+    for start in (1, 2, 4):
+        region = Region(start + 20, start + 24, 20, 26)  # its window: off the image border
+        tile = predict_region(model.predict, lr, region, model.halo, 2, model.align)
+        np.testing.assert_allclose(tile, region.sr(2).crop(full), atol=1e-5)
+        off = predict_region(model.predict, lr, region, model.halo, 2)
+        apart = max(apart, float(np.abs(off - region.sr(2).crop(full)).max()))
+    assert apart > 1e-4
 
 
 def _contrast_pair(hr, rng):

@@ -99,7 +99,7 @@ def training_part(ep: EvalPair) -> TrainingPair:
 
 def _sr_of(model, lr: np.ndarray, box: Box, zoom: int) -> np.ndarray:
     """SR of the LR inside ``box`` computed with the model's full context around it."""
-    return predict_region(model.predict, lr, _region(box), model.halo, zoom)
+    return predict_region(model.predict, lr, _region(box), model.halo, zoom, model.align)
 
 
 def evaluate_model(model, ep: EvalPair, *, whole_field: bool = True,

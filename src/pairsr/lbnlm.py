@@ -40,8 +40,10 @@ share them). (2) Flat background: every patch on the lattice of every ``lattice`
 column is estimated, the others only where their standard deviation (from window sums of the
 image, :func:`pairsr.patches.ordered_window_sums`) reaches :data:`FLAT` ``·σ`` (flat at the scale
 of the weights, where neighbouring estimates agree); pixels average the estimates that cover them
-(:func:`pairsr.patches.overlap_average` with ``keep``). Both depend only on the library and
-on the patch itself, so tiles that start on the lattice agree with the whole image.
+(:func:`pairsr.patches.overlap_average` with ``keep``). The lattice (:func:`flat_lattice`) is
+as sparse as leaves every flat pixel at least 3 × 3 estimates. Both depend only on the library
+and on the patch itself, so tiles that start on the lattice agree with the whole image: the
+method's windows start on multiples of :func:`window_align` LR px (``SRMethod.align``).
 
 The torch path (``device``) runs the whole filter there: the padded image goes to the device
 once, and patches (``unfold``), category choice, attention (a softmax, which shifts the logits
@@ -128,6 +130,19 @@ def halo(n: int, zoom: int = 2) -> int:
     if n < 1 or zoom < 1:
         raise ValueError(f"halo needs n >= 1 and zoom >= 1, got n={n}, zoom={zoom}")
     return math.ceil((n - 1) / zoom) + BICUBIC_HALO
+
+
+def flat_lattice(n: int, zoom: int) -> int:
+    """The reduced LB-NLM's lattice (SR px, :func:`lbnlm_filter`): ``n // 3``, so that every
+    flat pixel averages the estimates of at least 3 × 3 patches, or the largest divisor of
+    ``zoom`` that is at most ``n`` if larger (what windows starting on any LR pixel allow)."""
+    return max(n // 3, max(d for d in range(1, min(n, zoom) + 1) if zoom % d == 0))
+
+
+def window_align(n: int, zoom: int) -> int:
+    """LR pixels that the windows of a tiled LB-NLM start on multiples of
+    (:attr:`pairsr.methods.SRMethod.align`), so that they start on its :func:`flat_lattice`."""
+    return math.lcm(flat_lattice(n, zoom), zoom) // zoom
 
 
 def _basis(x: np.ndarray, rank: Callable[[np.ndarray], int] | None) -> tuple:
@@ -274,14 +289,14 @@ def _numpy_attention(prepare: Callable[[tuple[int, ...]], tuple]) -> Attend:
         x = q if basis is None else np.matmul(q, basis, out=x)
         np.subtract(x, shift, out=q_aug[:, :r])
         q_aug[:, r] = 1
-        np.einsum("ij,ij->i", q_aug[:, :r], q_aug[:, :r], out=q_aug[:, r + 1])
+        np.vecdot(q_aug[:, :r], q_aug[:, :r], out=q_aug[:, r + 1])  # ufuncs: little overhead
         # The logits, then (in place) their exponentials (none subnormal).
         np.matmul(q_aug, k_aug, out=weights)
         np.maximum(weights, _LOWEST, out=weights)
         np.exp(weights, out=weights)
         # Weighted sums and, in the last column, the sums of weights.
         np.matmul(weights, v_aug, out=sums)
-        if sums[:, dv].min() < _FAR:  # no library patch near: shift the logits (best weighs 1)
+        if np.minimum.reduce(sums[:, dv]) < _FAR:  # no library patch near: shift the logits
             far = np.flatnonzero(sums[:, dv] < _FAR)
             logits = q_aug[far] @ k_aug
             logits -= logits.max(axis=1, keepdims=True)
@@ -461,9 +476,11 @@ def _filter(
                 b = min(a + piece, start + len(idx))
                 attend(ranked[a:b], combo, done[a:b])
             start += len(idx)
-        est = scratch("estimates", q.shape)
-        est[order] = done
-        return est
+        # Back to the queries' order: a take by the inverse permutation (a fancy assignment,
+        # est[order] = done, is several times slower).
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return np.take(done, inverse, axis=0, out=scratch("estimates", q.shape), mode="clip")
 
     def structured(band: np.ndarray) -> np.ndarray:
         """Patches whose variance reaches ``flat²``: not flat background."""
@@ -486,7 +503,7 @@ def lbnlm_filter(
     device: str | None = None,
     workers: int | None = None,
     exact: bool = False,
-    lattice: int = 2,
+    lattice: int | None = None,
 ) -> np.ndarray:
     """Super-resolve an upsampled image with the paired LB-NLM filter (Algorithm 1, steps 5-9).
 
@@ -523,7 +540,7 @@ def lbnlm_filter(
     lattice : int
         Reduced path with ``stride`` 1: patches on every ``lattice``-th row and column are
         always estimated, the others off flat background only. Tiles must start on multiples
-        of it (pass the zoom, 2 to ``n``).
+        of it (1 to ``n``; default :func:`flat_lattice` at ×2, ``LBNLM`` passes its zoom's).
 
     Returns
     -------
@@ -534,7 +551,7 @@ def lbnlm_filter(
     out = _filter(
         up, library.up, values, library.labels, library.centroids, library.n, sigma=sigma,
         categories=categories, stride=stride, block=block, device=device, workers=workers,
-        exact=exact, lattice=lattice,
+        exact=exact, lattice=flat_lattice(library.n, 2) if lattice is None else lattice,
     )  # fmt: skip
     return out + np.asarray(up, dtype=np.float32) if residual else out
 
@@ -575,14 +592,16 @@ class LBNLM(SRMethod):
     def halo(self) -> int:
         return halo(self.library.n, self.zoom)
 
+    @property
+    def align(self) -> int:
+        return window_align(self.library.n, self.zoom)
+
     def _filter(self, up: np.ndarray) -> np.ndarray:
-        p, n = self.params, self.library.n
-        # Tiles start on multiples of ``zoom`` SR px: the always-estimated lattice must divide it
-        # (and be at most n, so that its patches cover every pixel).
-        lattice = max(d for d in range(1, min(n, self.zoom) + 1) if self.zoom % d == 0)
+        p = self.params
         return lbnlm_filter(up, self.library, sigma=p["sigma"], categories=p["categories"],
                             stride=p["stride"], residual=p["residual"], device=p.get("device"),
-                            workers=self.threads, exact=p.get("exact", False), lattice=lattice)
+                            workers=self.threads, exact=p.get("exact", False),
+                            lattice=flat_lattice(self.library.n, self.zoom))
 
     def predict(self, lr: np.ndarray) -> np.ndarray:
         return self._filter(bicubic(lr, self.zoom))
@@ -620,7 +639,8 @@ class LBNLM(SRMethod):
         params = {"n": n, "k": k, "K": K, "L": L, "categories": categories, "stride": stride,
                   "residual": residual, "seed": seed, "device": device, "exact": exact}
         if sigma == "auto":
-            estimate = functools.partial(lbnlm_filter, residual=residual, device=device)
+            estimate = functools.partial(lbnlm_filter, residual=residual, device=device,
+                                         lattice=flat_lattice(n, zoom))
             choice = select_sigma(sample, train, estimate, categories=categories, seed=seed)
             sigma = choice.sigma
             params["sigma_search"] = choice.record()

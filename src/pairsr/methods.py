@@ -62,6 +62,13 @@ class SRMethod(abc.ABC):
     def halo(self) -> int:
         """LR pixels of context a tile needs on each side."""
 
+    @property
+    def align(self) -> int:
+        """LR pixels that a tile's window must start on multiples of (counted from the image's
+        first pixel) for its prediction to agree with the whole image's: 1 unless the method's
+        output depends on where a window starts (the reduced LB-NLM's lattice)."""
+        return 1
+
     @abc.abstractmethod
     def predict(self, lr: np.ndarray) -> np.ndarray:
         """SR of a float32 LR array (h, w) → float32 (zoom*h, zoom*w)."""

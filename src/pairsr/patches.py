@@ -242,13 +242,13 @@ def _add_estimates(sums: np.ndarray, est: np.ndarray, row: int, cols: int, strid
         for c in range(0, cols, _TRANSPOSE_BLOCK):
             part = est[r * cols + c : r * cols + min(cols, c + _TRANSPOSE_BLOCK)]
             np.copyto(flat[:, r, n - 1 + c : n - 1 + c + len(part)], part.T)
-    shifted = scratch("shifted", (count, cols + n - 1))
-    _, s_j, s_r, s_c = planes.strides
+    shifted = scratch("shifted", (n, count, cols + n - 1))
+    s_i, s_j, s_r, s_c = planes.strides
+    view = as_strided(planes[:, :, :, n - 1 :], shape=(n, n, count, cols + n - 1),
+                      strides=(s_i, s_j - s_c, s_r, s_c), writeable=False)  # fmt: skip
+    np.add.reduce(view, axis=1, out=shifted)
     for i in range(n):
-        view = as_strided(planes[i, :, :, n - 1 :], shape=(n, count, cols + n - 1),
-                          strides=(s_j - s_c, s_r, s_c), writeable=False)  # fmt: skip
-        np.sum(view, axis=0, out=shifted)
-        sums[top + i : top + i + count, : cols + n - 1] += shifted
+        sums[top + i : top + i + count, : cols + n - 1] += shifted[i]
 
 
 def overlap_average(

@@ -118,6 +118,10 @@ class Region:
             return grown
         return grown.intersect(within if isinstance(within, Region) else Region.of(within))
 
+    def aligned(self, align: int) -> Region:
+        """The region grown up and left to start on multiples of ``align`` pixels."""
+        return Region.from_bounds([v - v % align for v in self.start], self.stop)
+
     def shift(self, offset: Sequence[int]) -> Region:
         """The region moved by ``offset`` ``(rows, cols)``."""
         return Region(self.row + offset[0], self.col + offset[1], self.rows, self.cols)
@@ -153,14 +157,15 @@ def sr_translation(translation: Sequence[float], pixel_size: float,
 
 
 def predict_region(predict: Callable[[np.ndarray], np.ndarray], lr: np.ndarray, region: Region,
-                   halo: int, zoom: int) -> np.ndarray:
+                   halo: int, zoom: int, align: int = 1) -> np.ndarray:
     """The ×``zoom`` SR of ``region`` of ``lr``, predicted from the region and up to ``halo``
     pixels of context on each side (clipped to ``lr``, whose border ``predict`` then sees as the
-    whole-image prediction does); float32 ``(zoom·rows, zoom·cols)``.
+    whole-image prediction does), the window starting on multiples of ``align`` pixels of ``lr``
+    (:attr:`pairsr.methods.SRMethod.align`); float32 ``(zoom·rows, zoom·cols)``.
 
     ``predict`` maps an LR array ``(h, w)`` to its SR ``(zoom·h, zoom·w)``.
     """
-    window = region.pad(halo, lr.shape)
+    window = region.pad(halo, lr.shape).aligned(align)
     out = predict(window.crop(lr))
     expected = window.sr(zoom).shape
     if out.shape != expected:

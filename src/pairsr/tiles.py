@@ -196,6 +196,7 @@ class Job:
     origin: tuple[int, int] = (0, 0)  # LR (row, col) of the field in the array read (a crop)
     threads: int | None = None  # threads of a task's predict (None: the process's CPUs)
     uncertainty: float = 0.0  # > 0: also write the uncertainty map, times this (output units)
+    align: int = 1  # LR px the windows start on multiples of (the method's ``align``)
 
 
 def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
@@ -211,8 +212,8 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
     method.threads = job.threads
     ys = spans(job.lattice, *task.rows, job.shape[0], job.zoom)
     xs = spans(job.lattice, *task.cols, job.shape[1], job.zoom)
-    read = Region.bounding([_region(ys[0], xs[0]), _region(ys[-1], xs[-1])]).pad(job.halo,
-                                                                                 job.shape)
+    read = Region.bounding([_region(ys[0], xs[0]), _region(ys[-1], xs[-1])]).pad(
+        job.halo, job.shape).aligned(job.align)
     raw = np.asarray(read.shift(job.origin).crop(open_level0(job.lr) if lr is None else lr))
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         (y0, x0), (y1, x1) = read.start, read.stop
@@ -223,12 +224,12 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
     block = to_float32(raw)
     t1 = time.perf_counter()
 
-    sr = _blend(method, block, read, ys, xs, job.halo)
+    sr = _blend(method, block, read, ys, xs, job.halo, job.align)
     t2 = time.perf_counter()
     if job.uncertainty:
         from pairsr.uncertainty import UncertaintyMap
 
-        spread = _blend(UncertaintyMap(method), block, read, ys, xs, job.halo)
+        spread = _blend(UncertaintyMap(method), block, read, ys, xs, job.halo, job.align)
         zarr.open_array(Path(job.out) / UNCERTAINTY / "0", mode="r+")[
             job.zoom * task.rows[0] : job.zoom * task.rows[1],
             job.zoom * task.cols[0] : job.zoom * task.cols[1]] = spread * job.uncertainty
@@ -248,17 +249,17 @@ def run_task(job: Job, task: Task, lr=None, out: zarr.Array | None = None, *,
 
 
 def _blend(method, block: np.ndarray, read: Region, ys: list[Span], xs: list[Span],
-           halo: int) -> np.ndarray:
+           halo: int, align: int) -> np.ndarray:
     """The blended predictions of the windows ``ys × xs`` over a task; float32 (SR px).
 
     ``block``: float32 LR px of the region ``read``, which holds every window with its
-    ``halo`` (clipped to the image).
+    ``halo`` (clipped to the image) and starts on a multiple of ``align``, as the windows do.
     """
 
     def predict(sy: Span, sx: Span) -> np.ndarray:
         try:
             pred = predict_region(method.predict, block, _region(sy, sx).relative_to(read), halo,
-                                  method.zoom)
+                                  method.zoom, align)
         except ValueError as err:
             raise ValueError(f"{method.name}: {err}") from None
         return pred[sy.crop, sx.crop]
@@ -434,7 +435,8 @@ def apply_tiled(
     lattice = Lattice(tile) if blend == "none" else Lattice(window, overlap, window // 2, blend)
     settings = {
         "model_hash": model_hash(model), "method": method.name, "params": method.params,
-        "zoom": zoom, "halo": method.halo, "tile": tile, "chunk": zoom * chunk, "blend": blend,
+        "zoom": zoom, "halo": method.halo, "align": method.align, "tile": tile,
+        "chunk": zoom * chunk, "blend": blend,
         "lattice": asdict(lattice), "input_shape": [rows, cols], "input_dtype": image.dtype.name,
         "input_chunks": list(image.data.chunksize) if lazy else None,
         "input_origin": list(image.attrs["origin_px"]),
@@ -464,7 +466,8 @@ def apply_tiled(
     scale = (float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0) if uncertainty else 0.0
 
     job = Job(model, str(lr_path), str(out), run_hash, (rows, cols), zoom, halo, lattice,
-              settings["dtype"], origin, TASK_THREADS if client is not None else None, scale)
+              settings["dtype"], origin, TASK_THREADS if client is not None else None, scale,
+              method.align)
     tasks = [Task(f"{i}_{j}", (r, min(r + tile, rows)), (c, min(c + tile, cols)))
              for i, r in enumerate(range(0, rows, tile))
              for j, c in enumerate(range(0, cols, tile))]
