@@ -485,3 +485,13 @@ def test_dockerfile_pins_the_tested_torch_and_copies_what_pip_needs():
     for line in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for source in line.split():  # … except what is copied, which exists
             assert (ROOT / source).exists() and f"!{source}" in ignore
+
+
+def test_every_worker_launcher_sets_the_policy_allocator_threshold():
+    """Worker processes started outside pairsr.cluster (compose, the local scripts, SLURM jobs)
+    get the policy's mmap threshold before they start, as the local clusters do."""
+    from pairsr.threads import MMAP_THRESHOLD, policy_environ
+
+    assert policy_environ()["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD)
+    for launcher in ("docker/Dockerfile", "local/start.sh", "slurm/dask-worker.sbatch"):
+        assert f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}" in (DEPLOY / launcher).read_text()

@@ -127,6 +127,10 @@ def test_policy_inside_workers_running_lbnlm_and_a_network_at_once(probes, tmp_p
         assert all(w["nthreads"] == 2 for w in client.scheduler_info()["workers"].values())
         environ = client.run(lambda: {k: os.environ.get(k) for k in policy_environ()})
         assert all(e == policy_environ() for e in environ.values())
+        if Path("/proc/self/environ").exists():  # what the process started with (its allocator's)
+            started = client.run(lambda: Path("/proc/self/environ").read_bytes().split(b"\0"))
+            policy = {f"{k}={v}".encode() for k, v in policy_environ().items()}
+            assert all(policy <= set(e) for e in started.values())
 
         def run(name: str) -> Path:
             return apply_tiled(models[f"probe-{name}"], lr, tmp_path / f"{name}.zarr", tile=16,

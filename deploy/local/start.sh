@@ -78,7 +78,9 @@ worker() {
     local name=$1 devices=$2
     shift 2
     workers+=("$name")
-    launch "$name" env CUDA_VISIBLE_DEVICES="$devices" "$DASK_BIN" worker \
+    # MALLOC_MMAP_THRESHOLD_: pairsr's execution policy (pairsr.threads.MMAP_THRESHOLD).
+    launch "$name" env CUDA_VISIBLE_DEVICES="$devices" MALLOC_MMAP_THRESHOLD_=33554432 \
+        "$DASK_BIN" worker \
         --scheduler-file "$run_dir/scheduler.json" --name "$name" --host "$host" \
         --nthreads "$threads" --memory-limit "$memory" --local-directory "$run_dir/$name" "$@"
 }

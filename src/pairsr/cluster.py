@@ -80,16 +80,20 @@ def _local_cluster(workers: int, threads: int, memory_limit: str, gpu_workers: i
 
     def worker(i: int) -> dict:
         options = {"nthreads": threads, "memory_limit": memory, "host": "127.0.0.1",
-                   "silence_logs": logging.WARNING, "env": policy_environ()}
+                   "silence_logs": logging.WARNING}
         if i < gpu_workers:
-            options.update(resources=dict(GPU),
-                           env={**policy_environ(), "CUDA_VISIBLE_DEVICES": str(i)})
+            options.update(resources=dict(GPU), env={"CUDA_VISIBLE_DEVICES": str(i)})
         return {"cls": Nanny, "options": options}
 
     scheduler = {"cls": Scheduler,
                  "options": {"host": "127.0.0.1", "dashboard": True, "dashboard_address": ":8787"}}
-    return SpecCluster(workers={i: worker(i) for i in range(workers)}, scheduler=scheduler,
-                       silence_logs=logging.WARNING, name="pairsr")
+    # The policy's variables before each worker process starts (its allocator reads them then;
+    # a Nanny's ``env`` is set only after), next to Dask's own.
+    spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", default={}),
+             **policy_environ()}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
+        return SpecCluster(workers={i: worker(i) for i in range(workers)}, scheduler=scheduler,
+                           silence_logs=logging.WARNING, name="pairsr")
 
 
 def _jobqueue_settings(path: Path) -> dict:
