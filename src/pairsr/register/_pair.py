@@ -110,8 +110,8 @@ def register_pair(
     scan_knots, smoothing
         Local field: most knot intervals over each scan's height (fewer where fewer patch rows
         fit, or fewer patches are accepted), and relative curvature penalty of its
-        per-scan-line P-splines (None: of :data:`SMOOTHINGS`, the one whose field explains
-        the LR best).
+        per-scan-line P-splines (None: of :data:`SMOOTHINGS`, the one whose field improves
+        the fine fit most significantly).
     threads
         Threads of this process that the rotation search, the FFTs of the patch search and the
         reading of a dask ``hr`` use (default: the CPUs this process may use). Nothing runs on
@@ -186,14 +186,13 @@ def register_pair(
             hr1 = _reduce(hr_signed, f1, threads)
             sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
             block = PRECISION_BLOCK * np.hypot(1.0, sigma)
-            # The LR image chooses the field's stiffness: of those that improve the fit
-            # significantly, the one that explains it best (else the most significant).
+            # The LR image chooses the field's stiffness: the one whose improvement of the
+            # fit is the most significant (a rougher field that follows the patches' noise
+            # explains the LR's noise a little too, and the noise of the difference grows).
             gains = [_field_gain(window, hr1, f1, sigma,
                                  Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
                                               local_field=fit.field), block) for fit in fits]
-            passing = [k for k, gain in enumerate(gains) if gain[2] >= MIN_FIELD_SIGNIFICANCE]
-            best = (min(passing, key=lambda k: gains[k][1]) if passing
-                    else int(np.argmax([gain[2] for gain in gains])))
+            best = int(np.argmax([gain[2] for gain in gains]))
             fit, (without, with_, significance) = fits[best], gains[best]
             if significance >= MIN_FIELD_SIGNIFICANCE:
                 reg.patches_accepted = fit.accepted
