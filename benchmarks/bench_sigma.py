@@ -26,13 +26,13 @@ import numpy as np
 
 from pairsr.api import TrainingPair, prepare_pair
 from pairsr.evaluate import EvalPair, _sr_of, is_train, overlap_box, subimages, training_part
-from pairsr.io import read_image, to_float32
+from pairsr.io import to_float32
 from pairsr.lbnlm import LBNLM
 from pairsr.methods import Bicubic
 from pairsr.metrics import SCORE_BORDER, psnr
 from pairsr.register import Registration, RegistrationError, warp_hr_to_sr
 from pairsr.sigma import DEFAULT_RATIO
-from pairsr.simulate import simulate_pair
+from pairsr.simulate import load_specimen, simulate_pair
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 #: Real specimens: file, crop (info bar), simulator scale (specimen px per LR px).
@@ -74,7 +74,7 @@ def make_pair(spec: str, lr_shape, fraction, rotation, contrast, noise, seed) ->
                             max_rotation_deg=rotation)  # fmt: skip
     else:
         path, crop, scale = SPECIMENS[spec]
-        specimen = to_float32(read_image(REAL / path, crop=crop).values)
+        specimen = load_specimen(REAL / path, crop=crop).values
         sim = simulate_pair(specimen, seed=seed, scale=scale, lr_shape=lr_shape,
                             hr_fraction=fraction, max_rotation_deg=rotation)  # fmt: skip
     rng = np.random.default_rng(seed)

@@ -1,10 +1,10 @@
 """The uncertainty map (``pairsr.uncertainty``) against the real error, on simulated pairs.
 
 Pairs: the built-in specimen (several seeds) and real micrographs from ``../shared/data/real``
-(scaled to full signal, :func:`specimen`), each simulated as a physical pair (LR field and an
-independent HR scan of part of it) and registered. The protocol's 3×4 sub-images of the HR
-overlap: the model (and its uncertainty calibration, fitted inside :func:`pairsr.api.fit`) sees
-the left 9 only. Per pair and method:
+(scaled to full signal by :func:`pairsr.simulate.load_specimen`), each simulated as a physical
+pair (LR field and an independent HR scan of part of it) and registered. The protocol's 3×4
+sub-images of the HR overlap: the model (and its uncertainty calibration, fitted inside
+:func:`pairsr.api.fit`) sees the left 9 only. Per pair and method:
 
 * ``rho``: Spearman ρ between the 16×16 SR px block RMS of the predicted map and of the
   measured error against the simulator's noise-free ground truth, over the whole field
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 from reproduce_paper import REAL as PAPER_SPECIMENS
@@ -36,9 +35,9 @@ from scipy.stats import spearmanr
 from pairsr.api import TrainingPair, fit, prepare_pair
 from pairsr.evaluate import EvalPair, is_train, overlap_box, subimages, training_part
 from pairsr.grid import bicubic
-from pairsr.io import read_image, to_float32
+from pairsr.io import to_float32
 from pairsr.register import Registration, RegistrationError, warp_hr_to_sr
-from pairsr.simulate import simulate_pair
+from pairsr.simulate import load_specimen, simulate_pair
 from pairsr.uncertainty import UncertaintyMap
 
 #: Real specimens: the paper protocol's (name, file, crop, simulator scale = specimen px per LR
@@ -54,14 +53,6 @@ BLOCK = 16
 NET = {"preset": "vdsr-tiny", "epochs": 4, "steps": 10, "patience": 2, "progress": False}
 
 
-def specimen(path: Path, crop: str | None) -> np.ndarray:
-    """A real micrograph as the simulator's specimen, its brightest pixel full signal (the
-    simulated doses are counts at signal 1; a 16-bit file's counts may fill a small part of its
-    range, the low-dose TEM's to 1.7 %, which would simulate a blank field of read noise)."""
-    image = to_float32(read_image(path, crop=crop).values)
-    return image / max(float(image.max()), 1e-6)
-
-
 def build(n_builtin: int, lr_shape: tuple[int, int], limit: int) -> list[EvalPair]:
     specs = [(f"builtin-{s}", None, None, None, s) for s in range(n_builtin)]
     if REAL.is_dir():
@@ -74,7 +65,7 @@ def build(n_builtin: int, lr_shape: tuple[int, int], limit: int) -> list[EvalPai
         if path is None:
             options = {"seed": seed, "lr_shape": lr_shape, "hr_fraction": 0.3}
         else:
-            spec = specimen(path, crop)
+            spec = load_specimen(path, crop=crop).values
             shape = tuple(min(a, int(b / scale) - 16) for a, b in zip(lr_shape, spec.shape,
                                                                        strict=True))
             options = {"specimen": spec, "seed": seed, "scale": scale, "lr_shape": shape,

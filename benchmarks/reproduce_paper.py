@@ -31,8 +31,7 @@ from pairsr.evaluate import (
     write_panel,
     write_report,
 )
-from pairsr.io import read_image, to_float32
-from pairsr.simulate import simulate_pair
+from pairsr.simulate import load_specimen, simulate_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "real"
@@ -78,7 +77,7 @@ def build_pairs(n_builtin: int, lr_shape: tuple[int, int], real: bool) -> list[E
         if path is None:
             sim = simulate_pair(seed=seed, lr_shape=lr_shape)
         else:
-            spec = to_float32(read_image(path, crop=crop).values)
+            spec = load_specimen(path, crop=crop).values
             sim = simulate_pair(spec, seed=seed, scale=scale)
         pair = prepare_pair(sim.lr, sim.hr)
         pairs.append(EvalPair(name, pair, gt=sim.gt))

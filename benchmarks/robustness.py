@@ -100,6 +100,7 @@ from pairsr.simulate import (
     SimulatedPair,
     draw_acquisition,
     lattice,
+    load_specimen,
     simulate_pair,
     true_lr_coords,
 )
@@ -156,7 +157,7 @@ class Case:
 def _real(name: str, rng: np.random.Generator) -> np.ndarray:
     files, crop = REAL_SPECIMENS[name]
     path = REAL / files[int(rng.integers(len(files)))]
-    return to_float32(read_image(path, crop=crop).values)
+    return load_specimen(path, crop=crop).values
 
 
 def _simulate(specimen, seed: int, kw: dict) -> SimulatedPair:

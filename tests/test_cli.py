@@ -273,6 +273,31 @@ def test_bokeh_is_a_core_dependency_and_the_dashboard_serves_its_page():
     assert "Dask Diagnostic UI" in page and "needs bokeh" not in page.lower()
 
 
+def test_simulate_scales_a_dim_real_specimen_to_full_signal(tmp_path):
+    """A 16-bit micrograph whose counts fill 1.7 % of the range (as the low-dose TEM frames
+    do): read by its dtype, it would be simulated as a blank field of read noise (signal
+    ≤ 0.017 at doses of counts per unit signal). `pairsr simulate --specimen` now scales its
+    brightest pixel to full signal (pairsr.simulate.load_specimen), as every benchmark does."""
+    from pairsr.simulate import load_specimen
+
+    rng = np.random.default_rng(0)
+    texture = np.clip(0.5 + 0.2 * rng.standard_normal((300, 300)), 0, 1)
+    counts = np.round(1100 * texture).astype(np.uint16)  # at most 1100 of 65535
+    tifffile.imwrite(tmp_path / "dim.tif", counts)
+    spec = load_specimen(tmp_path / "dim.tif")
+    assert spec.dtype == np.float32 and float(spec.max()) == 1.0
+    assert np.allclose(spec.values, counts / counts.max(), atol=1e-6)  # proportional
+    result = pairsr("simulate", tmp_path / "pair", "--specimen", tmp_path / "dim.tif",
+                    "--seed", "1")
+    assert result.exit_code == 0, result.output
+    truth = json.loads((tmp_path / "pair" / "truth.json").read_text())
+    hr_scan = truth["hr_scan"]
+    gt = read_image(tmp_path / "pair" / "gt.tif").values.astype(float)
+    signal = ((gt / np.iinfo(gt.dtype).max if gt.dtype.kind == "u" else gt) - hr_scan["offset"])
+    signal = np.clip(signal / hr_scan["gain"], 0, None) ** (1 / hr_scan["gamma"])
+    assert 0.3 < np.median(signal) < 0.7  # the specimen's mid-grey, not 1.7 % of it
+
+
 def test_simulate_options_reach_the_simulator(tmp_path):
     """Acquisition options: a built-in lattice at ×3, a set rotation, doses, an inverted HR; and
     --wide draws a whole acquisition (same seed, same pair)."""

@@ -279,8 +279,13 @@ def simulate(
     """Simulate a physical LR/HR pair (two independent scans of one specimen)."""
     import numpy as np
 
-    from pairsr.io import read_image
-    from pairsr.simulate import BUILTIN, NOISE_BLOCK, draw_acquisition, write_simulation
+    from pairsr.simulate import (
+        BUILTIN,
+        NOISE_BLOCK,
+        draw_acquisition,
+        load_specimen,
+        write_simulation,
+    )
 
     given = {"zoom": zoom, "hr_fraction": hr_fraction, "max_rotation_deg": max_rotation,
              "lr_shape": _shape(lr_shape), "hr_shape": _shape(hr_shape), "rotation_deg": rotation,
@@ -296,7 +301,7 @@ def simulate(
         if specimen is not None and specimen not in BUILTIN:
             path = Path(specimen)
             _check_inputs(path)
-            spec = read_image(path, crop=crop, auto_crop=auto_crop)
+            spec = load_specimen(path, crop=crop, auto_crop=auto_crop)
         options = {}
         if wide:
             options = draw_acquisition(np.random.default_rng(seed),

@@ -31,6 +31,8 @@ LR field of :data:`MIN_LR_SIDE` px), or a built-in one by name
 columns or a nanowire-like array of discs, with aperiodic content: a precipitate, vacancies, a
 thickness gradient) and ``"lattice-perfect"`` (the same lattice without any aperiodic content:
 its position is ambiguous by one period, a negative control for registration).
+:func:`load_specimen` reads a real micrograph as a specimen, its brightest pixel full signal
+(the doses are counts at signal 1).
 
 :func:`draw_acquisition` draws the keywords of :func:`simulate_pair` from the wide acquisition
 ranges of :data:`WIDE_RANGES` that users meet.
@@ -574,6 +576,30 @@ def _random_scan(rng: np.random.Generator, pitch: float, rotation_deg: float, n_
         "drift": _drift(n_lines, rng, rng.uniform(0.3, 1.2), rng.uniform(0.03, 0.12)).tolist(),
         "inverted": False,
     }
+
+
+def load_specimen(path: str | Path, *, crop: str | tuple[slice, slice] | None = None,
+                  auto_crop: bool = True):
+    """A real micrograph as a specimen: :func:`pairsr.io.read_image` (``crop``, ``auto_crop``
+    as there), float32, scaled so that its brightest pixel is full signal (1).
+
+    The simulated doses are counts per pixel at signal 1, so a specimen's brightest structure
+    must be near it: a 16-bit file's counts may fill a small part of its range (a low-dose TEM
+    frame about 1.7 %), which would simulate a blank field of read noise. Returns a
+    ``("y", "x")`` DataArray; a zarr store stays lazy (only its maximum is computed).
+    """
+    from pairsr.io import read_image, to_float32
+
+    image = read_image(path, crop=crop, auto_crop=auto_crop)
+    data = image.data
+    if hasattr(data, "map_blocks"):  # dask
+        data = data.map_blocks(to_float32, dtype=np.float32)
+    else:
+        data = to_float32(data)
+    peak = float(data.max())
+    if not peak > 0:
+        raise ValueError(f"{path}: the specimen has no signal (its brightest pixel is {peak:g})")
+    return image.copy(data=data / np.float32(peak))
 
 
 def default_scale(specimen_shape: tuple[int, int] | None, zoom: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import linalg
@@ -156,17 +157,27 @@ def _unexplained_shift(patches: _Patches, mask: np.ndarray, misfit: np.ndarray) 
     return float(np.sqrt(max(np.median(np.sum(misfit**2, 1)) - np.median(noise), 0.0)))
 
 
+class _FieldFit(NamedTuple):
+    """One candidate local field of :func:`_local_field`."""
+
+    field: LocalField
+    smoothing: float  # relative curvature penalty it was fitted with
+    accepted: int  # patches kept as inliers
+    left: float  # RMS misalignment (HR px) the inliers show under it beyond their noise
+
+
 def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
-                 opts: _PatchSearch, scan_knots: int, smoothing: float,
-                 threads: int = 1) -> tuple[LocalField | None, int, int, float, float]:
-    """Local field from the patch search, or None if too few patches pass. The splines have at
+                 opts: _PatchSearch, scan_knots: int, smoothings: tuple[float, ...],
+                 threads: int = 1) -> tuple[list[_FieldFit], int, float]:
+    """Candidate local fields from the patch search, one per relative curvature penalty of
+    ``smoothings`` (stiffened where the mapping would fold), or none if too few patches pass:
+    the caller tells them apart on the LR image (:func:`_field_gain`). The splines have at
     most ``scan_knots`` knot intervals, fewer than there are rows of patches, and few enough
     for :data:`PATCHES_PER_COEF` accepted patches per coefficient. ``lr`` is the window of the
     LR around the HR's footprint (its search regions and the bicubic halo; the LR-row spline's
     knots still span the whole LR's height). The patch search runs on ``threads`` threads.
-    Also returns the numbers of patches tried and accepted, and the RMS local misalignment
-    (HR px, :func:`_unexplained_shift`) of the accepted patches under the global mapping and
-    under the field (NaN without a field).
+    Also returns the number of patches tried, and the RMS local misalignment (HR px,
+    :func:`_unexplained_shift`) of the accepted patches under the global mapping.
     """
     origin = np.asarray(lr.origin, dtype=float)
     # The search sees the window as the LR: the same pixels, the affine shifted by its origin.
@@ -188,19 +199,23 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
             f"field ({model.n_coef}); the registration is global only",
             stacklevel=3,
         )
-        return None, tried, 0, unmodelled, float("nan")
+        return [], tried, unmodelled
     cols = slice(0, hr.shape[1])
-    for _ in range(4):  # stiffen the fit until the mapping has no folds (it almost never folds)
-        coef, kept = model.fit(patches, smoothing)
-        field = model.field(coef)
-        if min(float(field.jacobian_det(_pixel_grid(rows, cols)).min())
-               for rows in _row_blocks(tuple(hr.shape))) > 0:
-            misfit = patches.shift[kept] - model.design(patches.position[kept].T) @ coef
-            return (field, tried, int(kept.sum()), unmodelled,
-                    _unexplained_shift(patches, kept, misfit))
-        smoothing *= 10
-    warnings.warn("local registration skipped: the fitted field folds", stacklevel=3)
-    return None, tried, 0, unmodelled, float("nan")
+    fits = []
+    for smoothing in smoothings:
+        for _ in range(4):  # stiffen the fit until the mapping has no folds (it rarely folds)
+            coef, kept = model.fit(patches, smoothing)
+            field = model.field(coef)
+            if min(float(field.jacobian_det(_pixel_grid(rows, cols)).min())
+                   for rows in _row_blocks(tuple(hr.shape))) > 0:
+                misfit = patches.shift[kept] - model.design(patches.position[kept].T) @ coef
+                fits.append(_FieldFit(field, smoothing, int(kept.sum()),
+                                      _unexplained_shift(patches, kept, misfit)))
+                break
+            smoothing *= 10
+    if not fits:
+        warnings.warn("local registration skipped: the fitted field folds", stacklevel=3)
+    return fits, tried, unmodelled
 
 
 def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, field: LocalField,

@@ -29,6 +29,10 @@ DRIFT_ALLOWANCE = 1.0
 #: field fitted to a few patches can follow their noise, and its affine part then moves the
 #: registration off where the image fit put it.
 MIN_FIELD_SIGNIFICANCE = 2.0
+#: Relative curvature penalties (to the patches' total weight) of the local field's P-splines
+#: among which the LR image chooses (:func:`register_pair`): how much of the patches' shifts
+#: is drift, not their noise, depends on the pair (the dose, the texture, the drift).
+SMOOTHINGS = (1.0, 0.1, 0.01, 0.001)
 #: HR pixels a side of the blocks an in-memory HR's patch search runs in (as dask tasks, on
 #: the current scheduler): its memory follows the block, not the HR (results do not depend on
 #: the blocks, :func:`pairsr.register._local._patch_results`).
@@ -71,7 +75,7 @@ def register_pair(
     patch_step: int | None = None,
     search_radius: int | None = None,
     scan_knots: int = 12,
-    smoothing: float = 1.0,
+    smoothing: float | None = None,
     threads: int | None = None,
 ) -> Registration:
     """Register an HR scan of a sub-area to the LR scan of the whole field.
@@ -105,7 +109,9 @@ def register_pair(
         and 3 LR px).
     scan_knots, smoothing
         Local field: most knot intervals over each scan's height (fewer where fewer patch rows
-        fit, or fewer patches are accepted), and relative penalty of its per-scan-line P-splines.
+        fit, or fewer patches are accepted), and relative curvature penalty of its
+        per-scan-line P-splines (None: of :data:`SMOOTHINGS`, the one whose field improves
+        the fine fit most significantly).
     threads
         Threads of this process that the rotation search, the FFTs of the patch search and the
         reading of a dask ``hr`` use (default: the CPUs this process may use). Nothing runs on
@@ -169,29 +175,36 @@ def register_pair(
         opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
                              search_radius)
         window = _local_window(lr, reg, opts)
-        field, reg.patches_tried, reg.patches_accepted, unmodelled, left = _local_field(
+        fits, reg.patches_tried, unmodelled = _local_field(
             window, hr_blocks, reg.matrix, reg.offset,
-            _noise_sigma(_central(hr, threads=threads)), opts, scan_knots, smoothing, threads,
+            _noise_sigma(_central(hr, threads=threads)), opts, scan_knots,
+            SMOOTHINGS if smoothing is None else (smoothing,), threads,
         )
-        if field is not None:
-            with_field = Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
-                                      local_field=field)
+        reg.patches_accepted = 0
+        if fits:
             f1 = max(1, round(reg.zoom))
             hr1 = _reduce(hr_signed, f1, threads)
             sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
-            without, with_, significance = _field_gain(
-                window, hr1, f1, sigma, with_field, PRECISION_BLOCK * np.hypot(1.0, sigma))
+            block = PRECISION_BLOCK * np.hypot(1.0, sigma)
+            # The LR image chooses the field's stiffness: the one whose improvement of the
+            # fit is the most significant (a rougher field that follows the patches' noise
+            # explains the LR's noise a little too, and the noise of the difference grows).
+            gains = [_field_gain(window, hr1, f1, sigma,
+                                 Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
+                                              local_field=fit.field), block) for fit in fits]
+            best = int(np.argmax([gain[2] for gain in gains]))
+            fit, (without, with_, significance) = fits[best], gains[best]
             if significance >= MIN_FIELD_SIGNIFICANCE:
+                reg.patches_accepted = fit.accepted
                 reg.matrix, reg.offset, reg.local_field = _absorb_affine(
-                    reg.matrix, reg.offset, field, hr.shape, lr.shape)
+                    reg.matrix, reg.offset, fit.field, hr.shape, lr.shape)
                 # What the field leaves is local (line jitter, patch noise): it averages out
                 # over the patches in the affine's 6 parameters.
-                unmodelled = left * np.sqrt(6 / max(reg.patches_accepted, 6))
+                unmodelled = fit.left * np.sqrt(6 / max(fit.accepted, 6))
             else:
                 # The image does not confirm the misalignment that the patches show: their
                 # noise, as what a field leaves, averages out over them.
-                unmodelled *= np.sqrt(6 / max(reg.patches_accepted, 6))
-                reg.patches_accepted = 0
+                unmodelled *= np.sqrt(6 / max(fit.accepted, 6))
                 warnings.warn(
                     f"local registration skipped: the local field from {reg.patches_tried} "
                     f"patches does not improve the fit beyond the noise (fraction of the LR's "
