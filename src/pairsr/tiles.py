@@ -11,9 +11,11 @@ Vocabulary, per axis, in LR pixels (the output grid is ``zoom`` × the LR grid, 
 * A **task** owns a block of output chunks (``tile`` LR px a side) and is their only writer.
 * A **window** is one ``method.predict`` call. Windows form one global lattice: their *cores*
   tile the plane; the *blend* region adds ``overlap`` on each side and the *read* region another
-  ``method.halo``. Both are clipped to the image: a window at the border sees the image border
-  itself, exactly as the whole-image prediction does, whatever the method's boundary handling
-  (bicubic mirrors, LB-NLM averages fewer patches there).
+  ``method.halo``, grown up and left to start on a multiple of ``method.align`` (for a method
+  whose output depends on where a window starts: the reduced LB-NLM's lattice). Both are clipped
+  to the image: a window at the border sees the image border itself, exactly as the whole-image
+  prediction does, whatever the method's boundary handling (bicubic mirrors, LB-NLM averages
+  fewer patches there).
 * A task predicts every window whose blend region meets its pixels, keeps each window's output
   over its blend region, weights it with a ramp across the overlaps (normalised to sum to 1 at
   every pixel) and writes the sum.
