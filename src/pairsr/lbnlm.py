@@ -57,7 +57,8 @@ make few calls, which in turn hold the GIL little, so that threads run side by s
 device ``block`` (1 GiB by default) holds both for one step. Up to
 ``2·workers + 1`` bands of summed estimates (a chunk's rows plus ``n − 1``) wait for the
 overlap-add, and the image costs the input, a padded copy, the sums and the output (16 bytes
-per pixel, 20 on the reduced path, which counts the estimates covering each pixel). Measured
+per pixel, 21 on the reduced path, which counts the estimates covering each pixel and keeps
+which windows it estimates). Measured
 with tracemalloc: benchmarks/bench_lbnlm.py prints the peak. The work
 arrays are kept per thread for the call (:class:`pairsr.patches.Scratch`), not reallocated.
 """
@@ -85,6 +86,7 @@ from pairsr.patches import (
     on_lattice,
     ordered_window_sums,
     overlap_average,
+    zoom_lattice,
 )
 from pairsr.sigma import select_sigma
 
@@ -135,8 +137,8 @@ def halo(n: int, zoom: int = 2) -> int:
 def flat_lattice(n: int, zoom: int) -> int:
     """The reduced LB-NLM's lattice (SR px, :func:`lbnlm_filter`): ``n // 3``, so that every
     flat pixel averages the estimates of at least 3 × 3 patches, or the largest divisor of
-    ``zoom`` that is at most ``n`` if larger (what windows starting on any LR pixel allow)."""
-    return max(n // 3, max(d for d in range(1, min(n, zoom) + 1) if zoom % d == 0))
+    ``zoom`` that is at most ``n`` if larger (:func:`pairsr.patches.zoom_lattice`)."""
+    return max(n // 3, zoom_lattice(n, zoom))
 
 
 def window_align(n: int, zoom: int) -> int:

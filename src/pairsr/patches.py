@@ -163,6 +163,12 @@ def on_lattice(index: np.ndarray, count: int, lattice: int) -> np.ndarray:
     return (index % lattice == 0) | (index == count - 1)
 
 
+def zoom_lattice(n: int, zoom: int) -> int:
+    """The largest lattice (SR px) of at most ``n`` that divides ``zoom``: the windows of a tiled
+    ×``zoom`` method start on it whatever LR pixel they start on."""
+    return max(d for d in range(1, min(n, zoom) + 1) if zoom % d == 0)
+
+
 def ordered_window_sums(image: np.ndarray, n: int) -> np.ndarray:
     """Sums of ``image`` (H, W) over every ``n × n`` window: ``(H - n + 1, W - n + 1)``, by
     top-left corner. Every window's sum is the same sequence of additions wherever it lies

@@ -40,8 +40,8 @@ MMAP_THRESHOLD = 32 * 2**20
 def policy_environ(threads: int = TASK_THREADS) -> dict[str, str]:
     """Environment variables of a new worker process: ``threads`` BLAS/OpenMP/torch threads, and
     glibc's mmap threshold at :data:`MMAP_THRESHOLD`. Without it, two tasks of one process
-    fault pages in and unmap them concurrently, which the process's one page table serialises:
-    two LB-NLM tasks on the threads of one process took 1.68× one task's time, 1.24× with it."""
+    fault pages in and unmap them concurrently, which the process's one page table serialises
+    (``benchmarks/bench_policy.py`` compares the two layouts)."""
     return {**dict.fromkeys(THREAD_VARIABLES, str(threads)),
             "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 

@@ -45,7 +45,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from pairsr.grid import bicubic
 from pairsr.library import Library, sample_patches
-from pairsr.patches import axis_grid, cpus, ordered_map
+from pairsr.patches import axis_grid, cpus, ordered_map, zoom_lattice
 
 #: Names of the per-pixel features the calibration regresses on, in the order of
 #: :func:`patch_features`' output.
@@ -156,7 +156,7 @@ def attend(q: np.ndarray, ref: Reference) -> tuple[np.ndarray, ...]:
 def feature_stride(n: int, zoom: int) -> int:
     """The lattice of the feature patches: the largest divisor of ``zoom`` that is at most ``n``
     (tiles start on multiples of ``zoom`` SR px, so their lattices line up)."""
-    return max(s for s in range(1, min(n, zoom) + 1) if zoom % s == 0)
+    return zoom_lattice(n, zoom)
 
 
 def patch_features(up: np.ndarray, ref: Reference, *, stride: int = 1,

@@ -161,7 +161,6 @@ class _FieldFit(NamedTuple):
     """One candidate local field of :func:`_local_field`."""
 
     field: LocalField
-    smoothing: float  # relative curvature penalty it was fitted with
     accepted: int  # patches kept as inliers
     left: float  # RMS misalignment (HR px) the inliers show under it beyond their noise
 
@@ -209,7 +208,7 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
             if min(float(field.jacobian_det(_pixel_grid(rows, cols)).min())
                    for rows in _row_blocks(tuple(hr.shape))) > 0:
                 misfit = patches.shift[kept] - model.design(patches.position[kept].T) @ coef
-                fits.append(_FieldFit(field, smoothing, int(kept.sum()),
+                fits.append(_FieldFit(field, int(kept.sum()),
                                       _unexplained_shift(patches, kept, misfit)))
                 break
             smoothing *= 10
