@@ -33,13 +33,18 @@ Pipeline of :func:`register_pair`:
    border), and a smooth field fitted to the accepted shifts, each weighted by its inverse
    covariance, with robust (Tukey) outlier rejection. The field is the sum of a per-line shift
    of each scan, a P-spline in the HR row plus one in the LR row, since scan drift moves whole
-   scan lines. The global affine is then refitted as the least-squares affine of the whole
-   HR→LR correspondence, so ``disp`` holds only the non-affine rest; it is kept only if it
-   improves the fine fit beyond the noise (a paired test on every LR pixel under the HR, as
-   for the candidates). Patch sizes, search radius and knots scale with the zoom, the HR's
-   size and the patches accepted. The patch search runs block by block (a dask HR's chunks, or
-   blocks of an in-memory HR, with a halo); the global step reads the HR reduced. Both run on
-   ``threads`` threads of the calling process, never on a Dask scheduler
+   scan lines. The patches' field is a start only where it improves the fine fit beyond the
+   noise (a paired test on every LR pixel under the HR, as for the candidates). The field is
+   then fitted to the LR image itself: Gauss-Newton with the fine fit's intensity model on
+   every LR pixel under the HR (or a regular sub-grid of them), with a curvature penalty, from
+   no field and from the patches' field, the lower objective winning. A few noisy patch shifts
+   constrain the field less than every pixel does, and without a field the global affine
+   follows where the HR has texture, not the whole HR. The global affine is then refitted as
+   the least-squares affine of the whole HR→LR correspondence, so ``disp`` holds only the
+   non-affine rest. Patch sizes, search radius and knots scale with the zoom, the HR's size
+   and the patches accepted. The patch search runs block by block (a dask HR's chunks, or
+   blocks of an in-memory HR, with a halo); the global step and the image fit read the HR
+   reduced. Both run on ``threads`` threads of the calling process, never on a Dask scheduler
    (``register_pair(threads=...)``).
 
 A dask LR (a zarr survey) is read reduced, block by block, for the coarse search, and at full
@@ -47,7 +52,8 @@ resolution only around the candidates' and the match's footprints (fine fit, noi
 
 Failure modes raise :class:`RegistrationError` (a ``ValueError``) with the reason and what to
 do, in command-line terms, or warn (HR partly outside the LR; inverted contrast; local field
-skipped; a predicted precision worse than ``MAX_CORNER_SD`` LR px: "imprecise registration").
+skipped: the image fit folds and the patches' field is not confirmed; a predicted precision
+worse than ``MAX_CORNER_SD`` LR px: "imprecise registration").
 """
 
 from pairsr.register._mapping import (

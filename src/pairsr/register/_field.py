@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -11,8 +10,15 @@ from scipy import linalg
 from scipy import ndimage as ndi
 from scipy.interpolate import BSpline
 
-from pairsr.grid import interpolate
-from pairsr.register._images import _grid_samples, _paired_significance, _quadratic, _Window
+from pairsr.grid import BOUNDARY, interpolate
+from pairsr.register._global import _spline_gradient
+from pairsr.register._images import (
+    _block_ids,
+    _grid_samples,
+    _paired_significance,
+    _quadratic,
+    _Window,
+)
 from pairsr.register._local import _patch_results, _Patches, _PatchSearch
 from pairsr.register._mapping import (
     LocalField,
@@ -167,7 +173,7 @@ class _FieldFit(NamedTuple):
 
 def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noise: float,
                  opts: _PatchSearch, scan_knots: int, smoothings: tuple[float, ...],
-                 threads: int = 1) -> tuple[list[_FieldFit], int, float]:
+                 threads: int = 1) -> tuple[list[_FieldFit], int, float, str]:
     """Candidate local fields from the patch search, one per relative curvature penalty of
     ``smoothings`` (stiffened where the mapping would fold), or none if too few patches pass:
     the caller tells them apart on the LR image (:func:`_field_gain`). The splines have at
@@ -175,8 +181,9 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
     for :data:`PATCHES_PER_COEF` accepted patches per coefficient. ``lr`` is the window of the
     LR around the HR's footprint (its search regions and the bicubic halo; the LR-row spline's
     knots still span the whole LR's height). The patch search runs on ``threads`` threads.
-    Also returns the number of patches tried, and the RMS local misalignment (HR px,
-    :func:`_unexplained_shift`) of the accepted patches under the global mapping.
+    Also returns the number of patches tried, the RMS local misalignment (HR px,
+    :func:`_unexplained_shift`) of the accepted patches under the global mapping, and why there
+    is no field ("" if there are fields).
     """
     origin = np.asarray(lr.origin, dtype=float)
     # The search sees the window as the LR: the same pixels, the affine shifted by its origin.
@@ -185,20 +192,14 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
     tried, passed = int(patches.tried.sum()), int(patches.accepted.sum())
     ok = patches.accepted
     unmodelled = _unexplained_shift(patches, ok, patches.shift[ok])
-    edge = opts.size // 2 + opts.radius
-    patch_rows = len(range(edge, hr.shape[0] - edge, opts.step))
-    for knots in range(int(np.clip(patch_rows - 1, 1, scan_knots)), 0, -1):
+    for knots in range(int(np.clip(opts.rows(hr.shape[0]) - 1, 1, scan_knots)), 0, -1):
         model = _ScanLineField(matrix, offset, tuple(hr.shape), lr.shape[0], knots)
         if passed >= PATCHES_PER_COEF * model.n_coef:
             break
     else:
-        warnings.warn(
-            f"local registration skipped: only {passed} of {tried} textured patches matched "
-            f"reliably, fewer than {PATCHES_PER_COEF} per coefficient of the stiffest local "
-            f"field ({model.n_coef}); the registration is global only",
-            stacklevel=3,
-        )
-        return [], tried, unmodelled
+        return [], tried, unmodelled, (
+            f"only {passed} of {tried} textured patches matched reliably, fewer than "
+            f"{PATCHES_PER_COEF} per coefficient of the stiffest local field ({model.n_coef})")
     cols = slice(0, hr.shape[1])
     fits = []
     for smoothing in smoothings:
@@ -212,9 +213,168 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
                                       _unexplained_shift(patches, kept, misfit)))
                 break
             smoothing *= 10
-    if not fits:
-        warnings.warn("local registration skipped: the fitted field folds", stacklevel=3)
-    return fits, tried, unmodelled
+    return fits, tried, unmodelled, "" if fits else "the field fitted to the patches folds"
+
+
+#: Relative curvature penalty (to the fit's own normal matrix) of the field that the LR image
+#: fits (:func:`_image_field`): the stiffer fields of the patches' SMOOTHINGS, since every LR
+#: pixel under the HR (not a few noisy patch shifts) now constrains it.
+IMAGE_SMOOTHING = 1.0
+#: Most LR pixels (a regular sub-grid of the HR's footprint) that the image fit compares.
+IMAGE_POINTS = 200_000
+
+
+def _fit_design(model: _ScanLineField, field: LocalField, x: np.ndarray,
+                slope_grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Jacobian (N, 2 (K + 3)) of the prediction at LR pixels whose HR coordinates are ``x``
+    (2, N) under ``field``, with respect to its parameters (per component: the K spline
+    coefficients, ``linear``'s row and ``shift``), and the basis (N, K + 3) they multiply.
+    ``slope_grad`` (2, N): the prediction's gradient in HR px. For a fixed LR pixel, moving the
+    field by ``δ`` moves its HR point by ``−(I + ∂disp/∂x)⁻¹ δ`` (the implicit inverse)."""
+    jac = np.eye(2)[:, :, None] + field.linear[:, :, None]
+    for term in field.terms:
+        jac = jac + term(x, derivative=True)[:, None] * term.direction[None, :, None]
+    move = -np.einsum("nij,in->nj", np.linalg.inv(np.moveaxis(jac, -1, 0)), slope_grad)
+    basis = np.hstack([model.design(x), x.T, np.ones((x.shape[1], 1))])
+    return np.hstack([move[:, :1] * basis, move[:, 1:] * basis]), basis
+
+
+def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np.ndarray,
+                 offset: np.ndarray, model: _ScanLineField, smoothing: float,
+                 block: float, start: LocalField | None = None,
+                 max_iter: int = 20) -> _ImageField | None:
+    """The scan-line field fitted to the LR image itself: Gauss-Newton on
+    Σ (L(y) − p(H(x(y))))² + λ·curvature over the LR pixels ``y`` that the global affine
+    places inside the HR (at most :data:`IMAGE_POINTS`, on a regular sub-grid of the window
+    ``lr``), where ``x(y)`` inverts ``matrix (x + disp(x)) + offset``, ``H`` is the HR reduced by
+    ``f1`` (``hr1``) and blurred by ``sigma`` (its px), and ``p`` the quadratic intensity map,
+    fitted jointly. ``disp`` is ``model``'s field plus an affine part (the global fit weights
+    the HR by its texture; this fit keeps what the field's shape explains everywhere); ``λ`` is
+    ``smoothing`` times the spline coefficients' share of the normal matrix over the
+    penalty's. Fitted from no field and from ``start`` (its least-squares projection on the
+    model), the lower objective wins. A step that raises the objective is halved, down to 1/64.
+    Stiffened (×10, up to 4 times) where the map would fold; None if it still folds. The field
+    is relative to ``matrix``, ``offset``. Its precision at the HR's corners is the parameters'
+    covariance, cluster-robust over ``block``-px blocks of the LR as for the global fit
+    (:func:`pairsr.register._global._corner_sd`), propagated to the corners of the
+    least-squares affine of the map (:func:`_absorb_affine`)."""
+    k, m = model.n_coef, model.n_coef + 3
+    stride = max(1, int(np.ceil(np.sqrt(lr.image.size / IMAGE_POINTS))))
+    ys, values = _grid_samples(lr, stride)
+    inv = np.linalg.inv(matrix)
+    x = _apply(inv, -inv @ offset, ys) / f1
+    # A fixed set of pixels: one that changed with the map would make the objective jump.
+    ok = np.all((x >= 1.0) & (x <= np.array(hr1.shape, float)[:, None] - 2.0), axis=0)
+    if ok.sum() < 64:
+        return None
+    ys, values = ys[:, ok], values[ok]
+    spline = ndi.spline_filter(ndi.gaussian_filter(np.asarray(hr1, float), sigma), order=3,
+                               mode=BOUNDARY)
+    penalty = np.zeros((2 * m + 3, 2 * m + 3))  # the 3 intensity parameters last, unpenalised
+    penalty[:k, :k] = penalty[m : m + k, m : m + k] = model.penalty()
+
+    def field_of(theta: np.ndarray) -> LocalField:
+        """The field of the parameters (m, 2): per component, the spline coefficients,
+        ``linear``'s row and ``shift``."""
+        return model.field(theta[:k], linear=theta[k : k + 2].T, shift=theta[k + 2])
+
+    def evaluate(theta: np.ndarray):
+        field = field_of(theta)
+        x = Registration(matrix, offset, (0, 0), model.hr_shape, local_field=field).lr_to_hr(ys)
+        w, grad = _spline_gradient(spline, x / f1)
+        photo = _quadratic(w)
+        coef, *_ = np.linalg.lstsq(photo, values, rcond=None)
+        jac, basis = _fit_design(model, field, x, (coef[1] + 2 * coef[2] * w) * grad / f1)
+        resid = values - photo @ coef
+        return np.hstack([jac, photo]), basis, resid
+
+    jac = evaluate(np.zeros((m, 2)))[0]
+    normal = jac.T @ jac
+    lam = smoothing * (np.trace(normal[:k, :k]) + np.trace(normal[m : m + k, m : m + k])) \
+        / max(2 * np.trace(penalty[:k, :k]), 1e-30)
+    # A tiny ridge keeps the spline's and the affine part's shared directions well-posed.
+    ridge = 1e-9 * np.trace(normal) / len(normal) * np.eye(len(normal))
+
+    def fit(theta: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
+        """Penalised objective and parameters at convergence from ``theta``."""
+        def objective(theta, resid):
+            flat = np.concatenate([theta.T.ravel(), np.zeros(3)])
+            return float(resid @ resid + lam * flat @ penalty @ flat), flat
+
+        jac, basis, resid = evaluate(theta)
+        value, flat = objective(theta, resid)
+        step = 1.0
+        for _ in range(max_iter):
+            delta = np.linalg.solve(jac.T @ jac + lam * penalty + ridge,
+                                    jac.T @ resid - lam * penalty @ flat)
+            move = delta[: 2 * m].reshape(2, m).T
+            while step >= 1 / 64:
+                state = evaluate(theta + step * move)
+                trial, trial_flat = objective(theta + step * move, state[2])
+                if trial <= value:
+                    break
+                step *= 0.5
+            else:
+                break
+            change = float(np.abs(basis @ (step * move)).max())  # HR px, at the compared pixels
+            theta, value, flat = theta + step * move, trial, trial_flat
+            jac, basis, resid = state
+            step = 1.0
+            if change < 1e-3:
+                break
+        return value, theta, jac, resid
+
+    starts = [np.zeros((m, 2))]
+    if start is not None:
+        coords = np.stack(np.meshgrid(*(np.linspace(0, n - 1, min(n, 64)) for n in model.hr_shape),
+                                      indexing="ij")).reshape(2, -1)
+        basis = np.hstack([model.design(coords), coords.T, np.ones((coords.shape[1], 1))])
+        starts.append(np.linalg.lstsq(basis, start(coords).T, rcond=None)[0])
+    cols = slice(0, model.hr_shape[1])
+    for _ in range(4):
+        _, theta, jac, resid = min((fit(theta, lam) for theta in starts), key=lambda r: r[0])
+        field = field_of(theta)
+        if min(float(field.jacobian_det(_pixel_grid(rows, cols)).min())
+               for rows in _row_blocks(model.hr_shape)) > 0:
+            return _ImageField(field, _field_corner_sd(model, matrix, jac, resid, lam * penalty,
+                                                       _block_ids(ys, block)))
+        lam *= 10
+    return None
+
+
+class _ImageField(NamedTuple):
+    """Result of :func:`_image_field`."""
+
+    field: LocalField
+    corner_sd: float  # predicted RMS error of the HR's corners in the LR, LR px
+
+
+def _field_corner_sd(model: _ScanLineField, matrix: np.ndarray, jac: np.ndarray,
+                     resid: np.ndarray, penalty: np.ndarray, ids: np.ndarray) -> float:
+    """Predicted RMS error (LR px) of the HR's 4 corners under the least-squares affine of the
+    image-fitted map: the sandwich covariance of its parameters (Jacobian ``jac`` (N, P),
+    residuals ``resid`` (N,), scaled ``penalty`` (P, P), scores summed over the blocks ``ids``
+    (N,)), through the affine fit of each basis function over the HR (a 64² grid)."""
+    scores = np.zeros((ids.max() + 1, jac.shape[1]))
+    np.add.at(scores, ids, jac * resid[:, None])
+    bread = np.linalg.pinv(jac.T @ jac + penalty)
+    cov = bread @ (scores.T @ scores) @ bread
+    h, w = model.hr_shape
+    coords = np.stack(np.meshgrid(np.linspace(0, h - 1, min(h, 64)),
+                                  np.linspace(0, w - 1, min(w, 64)), indexing="ij")).reshape(2, -1)
+    affine = np.vstack([coords, np.ones(coords.shape[1])]).T
+    basis = np.hstack([model.design(coords), coords.T, np.ones((coords.shape[1], 1))])
+    proj = np.linalg.lstsq(affine, basis, rcond=None)[0]  # (3, K + 3): each one's affine part
+    corners = np.array([[-0.5, -0.5, 1], [-0.5, w - 0.5, 1], [h - 0.5, -0.5, 1],
+                        [h - 0.5, w - 0.5, 1]]) @ proj  # (4, K + 3)
+    m = basis.shape[1]
+    total = 0.0
+    for at in corners:  # LR move of the corner per parameter: matrix[:, i] · basis_k(corner)
+        d = np.zeros((2, jac.shape[1]))
+        d[:, :m] = matrix[:, :1] * at
+        d[:, m : 2 * m] = matrix[:, 1:] * at
+        total += float(np.trace(d @ cov @ d.T))
+    return float(np.sqrt(total / 4))
 
 
 def _absorb_affine(matrix: np.ndarray, offset: np.ndarray, field: LocalField,

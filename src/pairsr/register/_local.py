@@ -36,6 +36,11 @@ class _PatchSearch:
     texture_snr: float = 4.0  # texture: least signal/noise variance ratio of the blurred HR patch
     min_variance: float = 1e-6  # and least signal variance ([0, 1]² units): not flat
 
+    def rows(self, height: int) -> int:
+        """Rows of patch centres in an HR image of ``height`` px."""
+        edge = self.size // 2 + self.radius
+        return len(range(edge, height - edge, self.step))
+
     @property
     def halo(self) -> int:
         """HR pixels a window needs around its patch centres."""

@@ -8,7 +8,14 @@ import numpy as np
 
 from pairsr.grid import BICUBIC_HALO
 from pairsr.patches import cpus
-from pairsr.register._field import _absorb_affine, _field_gain, _local_field
+from pairsr.register._field import (
+    IMAGE_SMOOTHING,
+    _absorb_affine,
+    _field_gain,
+    _image_field,
+    _local_field,
+    _ScanLineField,
+)
 from pairsr.register._global import PRECISION_BLOCK, _global
 from pairsr.register._images import (
     _as_image,
@@ -24,10 +31,10 @@ from pairsr.register._mapping import Registration, RegistrationError
 
 #: LR pixels by which scan drift may stretch the HR's extent: widens the accepted zoom range.
 DRIFT_ALLOWANCE = 1.0
-#: Least significance (σ of the noise) by which the local field must improve the fine fit (a
-#: paired test on the LR pixels, :func:`pairsr.register._field._field_gain`) to be kept: a
-#: field fitted to a few patches can follow their noise, and its affine part then moves the
-#: registration off where the image fit put it.
+#: Least significance (σ of the noise) by which the patches' local field must improve the fine
+#: fit (a paired test on the LR pixels, :func:`pairsr.register._field._field_gain`) to start
+#: the image's field: a field fitted to a few patches can follow their noise, and its affine
+#: part then moves the registration off where the image fit put it.
 MIN_FIELD_SIGNIFICANCE = 2.0
 #: Relative curvature penalties (to the patches' total weight) of the local field's P-splines
 #: among which the LR image chooses (:func:`register_pair`): how much of the patches' shifts
@@ -109,9 +116,10 @@ def register_pair(
         and 3 LR px).
     scan_knots, smoothing
         Local field: most knot intervals over each scan's height (fewer where fewer patch rows
-        fit, or fewer patches are accepted), and relative curvature penalty of its
-        per-scan-line P-splines (None: of :data:`SMOOTHINGS`, the one whose field improves
-        the fine fit most significantly).
+        fit; the patches' field also where fewer patches are accepted), and the relative
+        curvature penalty of the field fitted to the LR image (None:
+        :data:`~pairsr.register._field.IMAGE_SMOOTHING`). The patches' field, its start,
+        takes of :data:`SMOOTHINGS` the one that improves the fine fit most significantly.
     threads
         Threads of this process that the rotation search, the FFTs of the patch search and the
         reading of a dask ``hr`` use (default: the CPUs this process may use). Nothing runs on
@@ -175,29 +183,28 @@ def register_pair(
         opts = _patch_search(hr.shape, reg.zoom, reg.blur_sigma, patch_size, patch_step,
                              search_radius)
         window = _local_window(lr, reg, opts)
-        fits, reg.patches_tried, unmodelled = _local_field(
+        fits, reg.patches_tried, unmodelled, skipped = _local_field(
             window, hr_blocks, reg.matrix, reg.offset,
-            _noise_sigma(_central(hr, threads=threads)), opts, scan_knots,
-            SMOOTHINGS if smoothing is None else (smoothing,), threads,
+            _noise_sigma(_central(hr, threads=threads)), opts, scan_knots, SMOOTHINGS, threads,
         )
         reg.patches_accepted = 0
+        f1 = max(1, round(reg.zoom))
+        hr1 = _reduce(hr_signed, f1, threads)
+        sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
+        start = None
+        block = PRECISION_BLOCK * np.hypot(1.0, sigma)
         if fits:
-            f1 = max(1, round(reg.zoom))
-            hr1 = _reduce(hr_signed, f1, threads)
-            sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
-            block = PRECISION_BLOCK * np.hypot(1.0, sigma)
-            # The LR image chooses the field's stiffness: the one whose improvement of the
-            # fit is the most significant (a rougher field that follows the patches' noise
-            # explains the LR's noise a little too, and the noise of the difference grows).
+            # The LR image chooses the patch field's stiffness: the one whose improvement of
+            # the fit is the most significant (a rougher field that follows the patches'
+            # noise explains the LR's noise a little too, and the noise of the difference grows).
             gains = [_field_gain(window, hr1, f1, sigma,
                                  Registration(reg.matrix, reg.offset, reg.lr_shape, reg.hr_shape,
                                               local_field=fit.field), block) for fit in fits]
             best = int(np.argmax([gain[2] for gain in gains]))
             fit, (without, with_, significance) = fits[best], gains[best]
             if significance >= MIN_FIELD_SIGNIFICANCE:
+                start = fit.field
                 reg.patches_accepted = fit.accepted
-                reg.matrix, reg.offset, reg.local_field = _absorb_affine(
-                    reg.matrix, reg.offset, fit.field, hr.shape, lr.shape)
                 # What the field leaves is local (line jitter, patch noise): it averages out
                 # over the patches in the affine's 6 parameters.
                 unmodelled = fit.left * np.sqrt(6 / max(fit.accepted, 6))
@@ -205,12 +212,25 @@ def register_pair(
                 # The image does not confirm the misalignment that the patches show: their
                 # noise, as what a field leaves, averages out over them.
                 unmodelled *= np.sqrt(6 / max(fit.accepted, 6))
-                warnings.warn(
-                    f"local registration skipped: the local field from {reg.patches_tried} "
-                    f"patches does not improve the fit beyond the noise (fraction of the LR's "
-                    f"variance left {with_:.4f} with it, {without:.4f} without: "
-                    f"{significance:.1f}σ, need {MIN_FIELD_SIGNIFICANCE:g}σ); the registration "
-                    "is global only", stacklevel=2)
+                skipped = (f"the local field from {reg.patches_tried} patches does not improve "
+                           f"the fit beyond the noise (fraction of the LR's variance left "
+                           f"{with_:.4f} with it, {without:.4f} without: {significance:.1f}σ, "
+                           f"need {MIN_FIELD_SIGNIFICANCE:g}σ)")
+        # The LR image fits the field itself, from the patches' field where the image confirms
+        # it: every LR pixel under the HR constrains it, not only a few noisy patch shifts.
+        knots = int(np.clip(opts.rows(hr.shape[0]) - 1, 1, scan_knots))
+        image = _image_field(window, hr1, f1, sigma, reg.matrix, reg.offset,
+                             _ScanLineField(reg.matrix, reg.offset, hr.shape, lr.shape[0], knots),
+                             IMAGE_SMOOTHING if smoothing is None else smoothing, block, start)
+        field = start if image is None else image.field
+        if field is not None:
+            reg.matrix, reg.offset, reg.local_field = _absorb_affine(
+                reg.matrix, reg.offset, field, hr.shape, lr.shape)
+        else:
+            warnings.warn(f"local registration skipped: the field fitted to the LR image folds, "
+                          f"and {skipped}; the registration is global only", stacklevel=2)
+        if image is not None:  # its own precision, where it exceeds the global fit's
+            reg.corner_sd = max(reg.corner_sd, image.corner_sd)
         if np.isfinite(unmodelled):  # HR px → LR px
             reg.corner_sd = float(np.hypot(reg.corner_sd, unmodelled / reg.zoom))
     if reg.corner_sd > MAX_CORNER_SD:
