@@ -79,6 +79,16 @@ class _ScanLineField:
         return np.hstack([BSpline.design_matrix(t.coordinate(coords), t.knots, 3).toarray()
                           for t in self.terms()])
 
+    def full_design(self, coords: np.ndarray) -> np.ndarray:
+        """Design matrix (N, K + 3) of the field with an affine part (:meth:`field`'s
+        ``linear`` and ``shift``: the coordinates, then 1) at HR coordinates (2, N)."""
+        return np.hstack([self.design(coords), coords.T, np.ones((coords.shape[1], 1))])
+
+    def grid(self, n: int = 64) -> np.ndarray:
+        """HR coordinates (2, N) of an ``n`` × ``n`` grid (at most) over the HR image."""
+        return np.stack(np.meshgrid(*(np.linspace(0, s - 1, min(s, n)) for s in self.hr_shape),
+                                    indexing="ij")).reshape(2, -1)
+
     def penalty(self) -> np.ndarray:
         """Second-difference penalty (K, K) on the coefficients of both splines."""
         return linalg.block_diag(*[
@@ -216,9 +226,9 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
     return fits, tried, unmodelled, "" if fits else "the field fitted to the patches folds"
 
 
-#: Relative curvature penalty (to the fit's own normal matrix) of the field that the LR image
-#: fits (:func:`_image_field`): the stiffer fields of the patches' SMOOTHINGS, since every LR
-#: pixel under the HR (not a few noisy patch shifts) now constrains it.
+#: Relative curvature penalty of the field that the LR image fits (:func:`_image_field`): to
+#: the spline coefficients' share of the fit's own normal matrix, so that it does not depend
+#: on the image's size, contrast or texture.
 IMAGE_SMOOTHING = 1.0
 #: Most LR pixels (a regular sub-grid of the HR's footprint) that the image fit compares.
 IMAGE_POINTS = 200_000
@@ -235,7 +245,7 @@ def _fit_design(model: _ScanLineField, field: LocalField, x: np.ndarray,
     for term in field.terms:
         jac = jac + term(x, derivative=True)[:, None] * term.direction[None, :, None]
     move = -np.einsum("nij,in->nj", np.linalg.inv(np.moveaxis(jac, -1, 0)), slope_grad)
-    basis = np.hstack([model.design(x), x.T, np.ones((x.shape[1], 1))])
+    basis = model.full_design(x)
     return np.hstack([move[:, :1] * basis, move[:, 1:] * basis]), basis
 
 
@@ -295,8 +305,9 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
     # A tiny ridge keeps the spline's and the affine part's shared directions well-posed.
     ridge = 1e-9 * np.trace(normal) / len(normal) * np.eye(len(normal))
 
-    def fit(theta: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
-        """Penalised objective and parameters at convergence from ``theta``."""
+    def fit(theta: np.ndarray, lam: float):
+        """Penalised objective, parameters, Jacobian and residuals at convergence from
+        ``theta``."""
         def objective(theta, resid):
             flat = np.concatenate([theta.T.ravel(), np.zeros(3)])
             return float(resid @ resid + lam * flat @ penalty @ flat), flat
@@ -326,10 +337,8 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
 
     starts = [np.zeros((m, 2))]
     if start is not None:
-        coords = np.stack(np.meshgrid(*(np.linspace(0, n - 1, min(n, 64)) for n in model.hr_shape),
-                                      indexing="ij")).reshape(2, -1)
-        basis = np.hstack([model.design(coords), coords.T, np.ones((coords.shape[1], 1))])
-        starts.append(np.linalg.lstsq(basis, start(coords).T, rcond=None)[0])
+        coords = model.grid()
+        starts.append(np.linalg.lstsq(model.full_design(coords), start(coords).T, rcond=None)[0])
     cols = slice(0, model.hr_shape[1])
     for _ in range(4):
         _, theta, jac, resid = min((fit(theta, lam) for theta in starts), key=lambda r: r[0])
@@ -360,11 +369,9 @@ def _field_corner_sd(model: _ScanLineField, matrix: np.ndarray, jac: np.ndarray,
     bread = np.linalg.pinv(jac.T @ jac + penalty)
     cov = bread @ (scores.T @ scores) @ bread
     h, w = model.hr_shape
-    coords = np.stack(np.meshgrid(np.linspace(0, h - 1, min(h, 64)),
-                                  np.linspace(0, w - 1, min(w, 64)), indexing="ij")).reshape(2, -1)
-    affine = np.vstack([coords, np.ones(coords.shape[1])]).T
-    basis = np.hstack([model.design(coords), coords.T, np.ones((coords.shape[1], 1))])
-    proj = np.linalg.lstsq(affine, basis, rcond=None)[0]  # (3, K + 3): each one's affine part
+    coords = model.grid()
+    basis = model.full_design(coords)
+    proj = np.linalg.lstsq(basis[:, -3:], basis, rcond=None)[0]  # (3, K + 3): affine parts
     corners = np.array([[-0.5, -0.5, 1], [-0.5, w - 0.5, 1], [h - 0.5, -0.5, 1],
                         [h - 0.5, w - 0.5, 1]]) @ proj  # (4, K + 3)
     m = basis.shape[1]
