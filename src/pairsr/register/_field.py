@@ -272,12 +272,12 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
     stride = max(1, int(np.ceil(np.sqrt(lr.image.size / IMAGE_POINTS))))
     ys, values = _grid_samples(lr, stride)
     inv = np.linalg.inv(matrix)
-    x = _apply(inv, -inv @ offset, ys) / f1
+    nominal = _apply(inv, -inv @ offset, ys)  # HR coordinates without a field
     # A fixed set of pixels: one that changed with the map would make the objective jump.
-    ok = np.all((x >= 1.0) & (x <= np.array(hr1.shape, float)[:, None] - 2.0), axis=0)
+    ok = np.all((nominal >= f1) & (nominal <= f1 * (np.array(hr1.shape)[:, None] - 2.0)), axis=0)
     if ok.sum() < 64:
         return None
-    ys, values = ys[:, ok], values[ok]
+    ys, values, nominal = ys[:, ok], values[ok], nominal[:, ok]
     spline = ndi.spline_filter(ndi.gaussian_filter(np.asarray(hr1, float), sigma), order=3,
                                mode=BOUNDARY)
     penalty = np.zeros((2 * m + 3, 2 * m + 3))  # the 3 intensity parameters last, unpenalised
@@ -288,9 +288,18 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
         ``linear``'s row and ``shift``."""
         return model.field(theta[:k], linear=theta[k : k + 2].T, shift=theta[k + 2])
 
+    last = [nominal]
+
     def evaluate(theta: np.ndarray):
         field = field_of(theta)
-        x = Registration(matrix, offset, (0, 0), model.hr_shape, local_field=field).lr_to_hr(ys)
+        # x + disp(x) = nominal, by fixed-point iteration from the last map's x (as
+        # Registration.lr_to_hr, which starts from the nominal and takes a few steps more).
+        x = last[0]
+        for _ in range(100):
+            x, before = nominal - field(x), x
+            if np.abs(x - before).max() < 1e-5:
+                break
+        last[0] = x
         w, grad = _spline_gradient(spline, x / f1)
         photo = _quadratic(w)
         coef, *_ = np.linalg.lstsq(photo, values, rcond=None)
