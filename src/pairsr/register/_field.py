@@ -230,15 +230,19 @@ def _local_field(lr: _Window, hr, matrix: np.ndarray, offset: np.ndarray, hr_noi
 #: the spline coefficients' share of the fit's own normal matrix, so that it does not depend
 #: on the image's size, contrast or texture.
 IMAGE_SMOOTHING = 1.0
-#: Most LR pixels (a regular sub-grid of the HR's footprint) that the image fit compares.
-IMAGE_POINTS = 200_000
+#: Most LR pixels (a regular sub-grid of the HR's footprint) that the image fit compares: a
+#: sub-grid loses precision (every LR pixel carries its own noise), so only a survey-sized
+#: footprint is thinned.
+IMAGE_POINTS = 1_000_000
+#: LR pixels per chunk of the image fit's Jacobian (its memory: about 0.6 kB per pixel).
+IMAGE_CHUNK = 65_536
 
 
 def _fit_design(model: _ScanLineField, field: LocalField, x: np.ndarray,
-                slope_grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                slope_grad: np.ndarray) -> np.ndarray:
     """Jacobian (N, 2 (K + 3)) of the prediction at LR pixels whose HR coordinates are ``x``
     (2, N) under ``field``, with respect to its parameters (per component: the K spline
-    coefficients, ``linear``'s row and ``shift``), and the basis (N, K + 3) they multiply.
+    coefficients, ``linear``'s row and ``shift``).
     ``slope_grad`` (2, N): the prediction's gradient in HR px. For a fixed LR pixel, moving the
     field by ``δ`` moves its HR point by ``−(I + ∂disp/∂x)⁻¹ δ`` (the implicit inverse)."""
     jac = np.eye(2)[:, :, None] + field.linear[:, :, None]
@@ -246,7 +250,7 @@ def _fit_design(model: _ScanLineField, field: LocalField, x: np.ndarray,
         jac = jac + term(x, derivative=True)[:, None] * term.direction[None, :, None]
     move = -np.einsum("nij,in->nj", np.linalg.inv(np.moveaxis(jac, -1, 0)), slope_grad)
     basis = model.full_design(x)
-    return np.hstack([move[:, :1] * basis, move[:, 1:] * basis]), basis
+    return np.hstack([move[:, :1] * basis, move[:, 1:] * basis])
 
 
 def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np.ndarray,
@@ -290,7 +294,12 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
 
     last = [nominal]
 
-    def evaluate(theta: np.ndarray):
+    ids = _block_ids(ys, block)
+
+    def evaluate(theta: np.ndarray, scores: bool = False):
+        """Normal matrix JᵀJ (P, P), Jᵀr (P,) and Σ r² of the fit linearised at ``theta``
+        (accumulated over chunks of :data:`IMAGE_CHUNK` pixels), and with ``scores`` the sums
+        of J r over the blocks."""
         field = field_of(theta)
         # x + disp(x) = nominal, by fixed-point iteration from the last map's x (as
         # Registration.lr_to_hr, which starts from the nominal and takes a few steps more).
@@ -303,31 +312,39 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
         w, grad = _spline_gradient(spline, x / f1)
         photo = _quadratic(w)
         coef, *_ = np.linalg.lstsq(photo, values, rcond=None)
-        jac, basis = _fit_design(model, field, x, (coef[1] + 2 * coef[2] * w) * grad / f1)
+        slope_grad = (coef[1] + 2 * coef[2] * w) * grad / f1
         resid = values - photo @ coef
-        return np.hstack([jac, photo]), basis, resid
+        normal, rhs = np.zeros((2 * m + 3, 2 * m + 3)), np.zeros(2 * m + 3)
+        sums = np.zeros((ids.max() + 1, 2 * m + 3)) if scores else None
+        for lo in range(0, len(values), IMAGE_CHUNK):
+            part = slice(lo, lo + IMAGE_CHUNK)
+            jac = np.hstack([_fit_design(model, field, x[:, part], slope_grad[:, part]),
+                             photo[part]])
+            normal += jac.T @ jac
+            rhs += jac.T @ resid[part]
+            if scores:
+                np.add.at(sums, ids[part], jac * resid[part, None])
+        return normal, rhs, float(resid @ resid), sums
 
-    jac = evaluate(np.zeros((m, 2)))[0]
-    normal = jac.T @ jac
+    normal = evaluate(np.zeros((m, 2)))[0]
     lam = smoothing * (np.trace(normal[:k, :k]) + np.trace(normal[m : m + k, m : m + k])) \
         / max(2 * np.trace(penalty[:k, :k]), 1e-30)
     # A tiny ridge keeps the spline's and the affine part's shared directions well-posed.
     ridge = 1e-9 * np.trace(normal) / len(normal) * np.eye(len(normal))
 
-    def fit(theta: np.ndarray, lam: float):
-        """Penalised objective, parameters, Jacobian and residuals at convergence from
-        ``theta``."""
-        def objective(theta, resid):
+    def fit(theta: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
+        """Penalised objective and parameters at convergence from ``theta``."""
+        def objective(theta, sse):
             flat = np.concatenate([theta.T.ravel(), np.zeros(3)])
-            return float(resid @ resid + lam * flat @ penalty @ flat), flat
+            return float(sse + lam * flat @ penalty @ flat), flat
 
-        jac, basis, resid = evaluate(theta)
-        value, flat = objective(theta, resid)
+        normal, rhs, sse, _ = evaluate(theta)
+        value, flat = objective(theta, sse)
         step = 1.0
         for _ in range(max_iter):
-            delta = np.linalg.solve(jac.T @ jac + lam * penalty + ridge,
-                                    jac.T @ resid - lam * penalty @ flat)
+            delta = np.linalg.solve(normal + lam * penalty + ridge, rhs - lam * penalty @ flat)
             move = delta[: 2 * m].reshape(2, m).T
+            here = last[0]
             while step >= 1 / 64:
                 state = evaluate(theta + step * move)
                 trial, trial_flat = objective(theta + step * move, state[2])
@@ -336,13 +353,13 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
                 step *= 0.5
             else:
                 break
-            change = float(np.abs(basis @ (step * move)).max())  # HR px, at the compared pixels
+            change = float(np.abs(field_of(step * move)(here)).max())  # HR px, compared pixels
             theta, value, flat = theta + step * move, trial, trial_flat
-            jac, basis, resid = state
+            normal, rhs, _, _ = state
             step = 1.0
             if change < 1e-3:
                 break
-        return value, theta, jac, resid
+        return value, theta
 
     starts = [np.zeros((m, 2))]
     if start is not None:
@@ -350,12 +367,13 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
         starts.append(np.linalg.lstsq(model.full_design(coords), start(coords).T, rcond=None)[0])
     cols = slice(0, model.hr_shape[1])
     for _ in range(4):
-        _, theta, jac, resid = min((fit(theta, lam) for theta in starts), key=lambda r: r[0])
+        theta = min((fit(theta, lam) for theta in starts), key=lambda r: r[0])[1]
         field = field_of(theta)
         if min(float(field.jacobian_det(_pixel_grid(rows, cols)).min())
                for rows in _row_blocks(model.hr_shape)) > 0:
-            return _ImageField(field, _field_corner_sd(model, matrix, jac, resid, lam * penalty,
-                                                       _block_ids(ys, block)))
+            normal, _, _, sums = evaluate(theta, scores=True)
+            return _ImageField(field, _field_corner_sd(model, matrix, normal, sums,
+                                                       lam * penalty))
         lam *= 10
     return None
 
@@ -367,16 +385,14 @@ class _ImageField(NamedTuple):
     corner_sd: float  # predicted RMS error of the HR's corners in the LR, LR px
 
 
-def _field_corner_sd(model: _ScanLineField, matrix: np.ndarray, jac: np.ndarray,
-                     resid: np.ndarray, penalty: np.ndarray, ids: np.ndarray) -> float:
+def _field_corner_sd(model: _ScanLineField, matrix: np.ndarray, normal: np.ndarray,
+                     sums: np.ndarray, penalty: np.ndarray) -> float:
     """Predicted RMS error (LR px) of the HR's 4 corners under the least-squares affine of the
-    image-fitted map: the sandwich covariance of its parameters (Jacobian ``jac`` (N, P),
-    residuals ``resid`` (N,), scaled ``penalty`` (P, P), scores summed over the blocks ``ids``
-    (N,)), through the affine fit of each basis function over the HR (a 64² grid)."""
-    scores = np.zeros((ids.max() + 1, jac.shape[1]))
-    np.add.at(scores, ids, jac * resid[:, None])
-    bread = np.linalg.pinv(jac.T @ jac + penalty)
-    cov = bread @ (scores.T @ scores) @ bread
+    image-fitted map: the sandwich covariance of its parameters (normal matrix JᵀJ (P, P),
+    the scores J r summed over blocks of the LR (B, P), scaled ``penalty`` (P, P)), through the
+    affine fit of each basis function over the HR (a 64² grid)."""
+    bread = np.linalg.pinv(normal + penalty)
+    cov = bread @ (sums.T @ sums) @ bread
     h, w = model.hr_shape
     coords = model.grid()
     basis = model.full_design(coords)
@@ -386,7 +402,7 @@ def _field_corner_sd(model: _ScanLineField, matrix: np.ndarray, jac: np.ndarray,
     m = basis.shape[1]
     total = 0.0
     for at in corners:  # LR move of the corner per parameter: matrix[:, i] · basis_k(corner)
-        d = np.zeros((2, jac.shape[1]))
+        d = np.zeros((2, len(normal)))
         d[:, :m] = matrix[:, :1] * at
         d[:, m : 2 * m] = matrix[:, 1:] * at
         total += float(np.trace(d @ cov @ d.T))

@@ -96,8 +96,12 @@ class RidgeSpline:
         else:
             weights = [rest**3 / 6, (3 * tau**3 - 6 * tau**2 + 4) / 6,
                        (-3 * tau**3 + 3 * tau**2 + 3 * tau + 1) / 6, tau**3 / 6]
-        out = sum(b[..., None] * self.coef[i - 3 + k] for k, b in enumerate(weights))
-        return np.moveaxis(out, -1, 0)
+        out = np.empty((2, *v.shape))
+        for component in range(2):  # gathers from 1-D coefficients, summed in the basis order
+            c = self.coef[:, component]
+            out[component] = (weights[0] * c[i - 3] + weights[1] * c[i - 2]
+                              + weights[2] * c[i - 1] + weights[3] * c[i])
+        return out
 
     def to_dict(self) -> dict:
         return {"direction": self.direction.tolist(), "offset": float(self.offset),
