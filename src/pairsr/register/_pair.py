@@ -227,8 +227,9 @@ def register_pair(
             reg.matrix, reg.offset, reg.local_field = _absorb_affine(
                 reg.matrix, reg.offset, field, hr.shape, lr.shape)
         else:
-            warnings.warn(f"local registration skipped: the field fitted to the LR image folds, "
-                          f"and {skipped}; the registration is global only", stacklevel=2)
+            warnings.warn(f"local registration skipped: the field fitted to the LR image folds "
+                          f"(or under 64 LR pixels lie inside the HR), and {skipped}; the "
+                          "registration is global only", stacklevel=2)
         if image is not None:  # its own precision, where it exceeds the global fit's
             reg.corner_sd = max(reg.corner_sd, image.corner_sd)
         if np.isfinite(unmodelled):  # HR px → LR px
