@@ -187,6 +187,24 @@ def test_round_trip_with_local_field():
     assert np.all(np.isfinite(reg.lr_to_hr(reg.hr_to_lr(far))))
 
 
+def test_field_design_matches_its_evaluation_beyond_the_hr():
+    # The image fit's Gauss-Newton steps can move an HR coordinate past the splines' base
+    # interval; the design must then extrapolate as the field does (constant), not raise.
+    from pairsr.register._field import _ScanLineField
+
+    h, w = 60, 80
+    matrix, offset = 0.5 * _rotation(2.0), np.array([10.0, 20.0])
+    model = _ScanLineField(matrix, offset, (h, w), 100, 6)
+    t = np.arange(model.n_coef)
+    coef = np.stack([1.5 * np.sin(t / 1.3), 0.8 * np.cos(t / 1.7)], 1)
+    coords = np.array([[-9.0, -1.0, 0.0, 30.5, h - 1.0, h + 1.0, h + 9.0],
+                       [-7.0, 0.0, 40.0, 79.0, w + 3.0, -4.0, 40.0]])
+    assert np.allclose(model.design(coords) @ coef, model.field(coef)(coords).T, atol=1e-12)
+    # Beyond the base interval the HR-row spline is constant: rows -9 and -1 see the same term.
+    hr_row = model.terms(coef)[0]
+    assert np.allclose(hr_row(coords[:, :1]), hr_row(coords[:, 1:2]))
+
+
 def test_save_and_load(simulated, tmp_path):
     _, reg = simulated
     path = reg.save(tmp_path / "reg.json")

@@ -75,8 +75,10 @@ class _ScanLineField:
                    for extent, height in ((h + 1.0, h), (np.ptp(lr_rows), self.lr_rows)))
 
     def design(self, coords: np.ndarray) -> np.ndarray:
-        """B-spline design matrix (N, K) at HR coordinates (2, N)."""
-        return np.hstack([BSpline.design_matrix(t.coordinate(coords), t.knots, 3).toarray()
+        """B-spline design matrix (N, K) at HR coordinates (2, N); constant beyond each
+        spline's base interval, as :class:`RidgeSpline` evaluates it."""
+        return np.hstack([BSpline.design_matrix(np.clip(t.coordinate(coords), t.knots[3],
+                                                        t.knots[-4]), t.knots, 3).toarray()
                           for t in self.terms()])
 
     def full_design(self, coords: np.ndarray) -> np.ndarray:
