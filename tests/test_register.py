@@ -149,13 +149,18 @@ def test_invariant_to_gain_and_offset(simulated, which):
 # --- mapping algebra --------------------------------------------------------------------------
 
 
-def _wavy_field(hr_shape, matrix, offset):
-    """A scan-line field of known coefficients (HR-row and LR-row splines) with an affine part."""
+def _wavy_model(hr_shape, matrix, offset):
+    """A scan-line field model (HR-row and LR-row splines) and known coefficients (K, 2)."""
     from pairsr.register._field import _ScanLineField
 
     model = _ScanLineField(matrix, np.asarray(offset, float), hr_shape, 100, 6)
     t = np.arange(model.n_coef)
-    coef = np.stack([1.5 * np.sin(t / 1.3), 0.8 * np.cos(t / 1.7)], 1)
+    return model, np.stack([1.5 * np.sin(t / 1.3), 0.8 * np.cos(t / 1.7)], 1)
+
+
+def _wavy_field(hr_shape, matrix, offset):
+    """A scan-line field of known coefficients with an affine part."""
+    model, coef = _wavy_model(hr_shape, matrix, offset)
     return model.field(coef, linear=[[0.0, 0.004], [-0.002, 0.0]], shift=[0.1, -0.2])
 
 
@@ -190,13 +195,8 @@ def test_round_trip_with_local_field():
 def test_field_design_matches_its_evaluation_beyond_the_hr():
     # The image fit's Gauss-Newton steps can move an HR coordinate past the splines' base
     # interval; the design must then extrapolate as the field does (constant), not raise.
-    from pairsr.register._field import _ScanLineField
-
     h, w = 60, 80
-    matrix, offset = 0.5 * _rotation(2.0), np.array([10.0, 20.0])
-    model = _ScanLineField(matrix, offset, (h, w), 100, 6)
-    t = np.arange(model.n_coef)
-    coef = np.stack([1.5 * np.sin(t / 1.3), 0.8 * np.cos(t / 1.7)], 1)
+    model, coef = _wavy_model((h, w), 0.5 * _rotation(2.0), [10.0, 20.0])
     coords = np.array([[-9.0, -1.0, 0.0, 30.5, h - 1.0, h + 1.0, h + 9.0],
                        [-7.0, 0.0, 40.0, 79.0, w + 3.0, -4.0, 40.0]])
     assert np.allclose(model.design(coords) @ coef, model.field(coef)(coords).T, atol=1e-12)
