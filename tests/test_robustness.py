@@ -80,19 +80,11 @@ def test_scoring_regions_and_corner_error():
 
 
 def _register_case(case):
-    """Register a benchmark case's pair directly (no LB-NLM fit): its registration, the
-    warnings it gave and its corner error (mean, LR px) against the truth."""
-    import warnings
-
-    from pairsr.register import register_pair
-
-    pair, _ = case.make()
-    t = pair.truth
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        reg = register_pair(pair.lr, pair.hr, zoom=t["lr_pixel_size_nm"] / t["hr_pixel_size_nm"])
-    record = {"matrix": reg.matrix.tolist(), "offset": reg.offset.tolist()}
-    return reg, [str(w.message) for w in caught], robustness.corner_error(t, record)[0]
+    """Register a benchmark case's pair as ``robustness.py --register-only`` does (no LB-NLM
+    fit): its registration, the warnings it gave and its corner error (mean, LR px)."""
+    row, reg = robustness.register_case(case)
+    assert row["status"] == "ok" or row["status"] == "imprecise", row
+    return reg, row["warnings"].split(" | "), row["reg_err"]
 
 
 def test_small_hr_misregistration_is_warned_as_imprecise(tmp_path):
@@ -165,20 +157,10 @@ def test_periodic_case_holds_the_precipitate():
 def _with_and_without_field(case):
     """Register ``case``'s pair with the default local step and global only: (registration,
     corner error) for each."""
-    import warnings
-
-    from pairsr.register import register_pair
-
-    pair, _ = case.make()
-    t = pair.truth
     out = {}
     for local in (True, False):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reg = register_pair(pair.lr, pair.hr, local=local,
-                                zoom=t["lr_pixel_size_nm"] / t["hr_pixel_size_nm"])
-        record = {"matrix": reg.matrix.tolist(), "offset": reg.offset.tolist()}
-        out[local] = reg, robustness.corner_error(t, record)[0]
+        row, reg = robustness.register_case(case, local=local)
+        out[local] = reg, row["reg_err"]
     return out
 
 
@@ -209,3 +191,15 @@ def test_insignificant_patch_field_is_not_the_start():
     assert reg.local_field is not None and reg.patches_accepted == 0
     assert not any("skipped" in w for w in warned), warned
     assert err < 0.35
+
+
+def test_register_only_refuses_a_negative_control():
+    """``--register-only`` scores a case from its registration alone: a white-noise HR is
+    refused with the registration's message, and a pair that registers is ``ok`` without a
+    ΔPSNR (negative control: the same pair's error is measured)."""
+    row, reg = robustness.register_case(robustness._synthetic("neg-noise", 16000, LR_MAX))
+    assert reg is None and row["status"] == "refused" and "reg_err" not in row
+    assert "not found" in row["message"], row["message"]
+    row, reg = robustness.register_case(robustness._synthetic("typical", 2000, LR_MAX))
+    assert reg is not None and row["status"] == "ok" and "dpsnr" not in row
+    assert row["reg_err"] < robustness.MAX_CORNER_ERROR
