@@ -22,9 +22,11 @@ def test_gpu_check_runs_on_the_cpu_and_its_device_path_agrees_with_numpy():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
     assert "device: none (CPU run)" in out
-    rows = dict(re.findall(r"^\| (default|exact) \| .* \| ([0-9.e+-]+) \|$", out, re.M))
+    rows = {name: (float(top), float(p99)) for name, top, p99 in re.findall(
+        r"^\| (default|exact) \| .* \| ([0-9.e+-]+) \| ([0-9.e+-]+) \|$", out, re.M)}
     assert set(rows) == {"default", "exact"}, out
-    # The torch path (on the CPU here) and numpy compute the same filter in float32.
-    assert all(float(diff) < 1e-3 for diff in rows.values()), rows
+    # The torch path (on the CPU here) and numpy compute the same filter in float32: all but a
+    # patch whose two nearest categories tie in float32 (either path may take either) agree.
+    assert all(p99 < 1e-3 and top < 1e-2 for top, p99 in rows.values()), rows
     assert re.search(r"^\| vdsr:vdsr-tiny \| [0-9.]+ \| 1 \| [+-][0-9.]+ \|", out, re.M), out
     assert "paired LB-NLM (CPU) out-of-sample ΔPSNR" in out
