@@ -486,15 +486,18 @@ def lr_signal(pair: SimulatedPair) -> float:
     return float(1 - np.mean((lr - design @ coef) ** 2) / max(lr.var(), 1e-30))
 
 
-def _describe(row: dict, pair: SimulatedPair, t0: float) -> None:
-    """Add the pair's sizes, geometry, LR signal and simulation time to ``row``; an ``accept``
-    case whose LR shows nothing becomes ``blind``."""
+def _describe(case: Case, pair: SimulatedPair, t0: float) -> dict:
+    """The row of ``case``: its name, class, expectation and settings, and its pair's sizes,
+    geometry, LR signal and simulation time (since ``t0``); an ``accept`` case whose LR shows
+    nothing becomes ``blind``."""
     t = pair.truth
+    row = {"case": case.name, "class": case.cls, "expect": case.expect, **case.info}
     row.update(lr=pair.lr.shape, hr=pair.hr.shape, zoom=int(round(t["nominal_zoom"])),
                rotation=t["rotation_deg"], hr_inside=t["hr_inside"], lr_signal=lr_signal(pair),
                t_sim=time.perf_counter() - t0)
     if row["expect"] == "accept" and row["lr_signal"] < MIN_LR_SIGNAL:
         row["expect"] = "blind"  # the LR shows nothing: a refusal is right, a fit must be right
+    return row
 
 
 def register_case(case: Case, local: bool = True) -> tuple[dict, object | None]:
@@ -508,10 +511,8 @@ def register_case(case: Case, local: bool = True) -> tuple[dict, object | None]:
     from pairsr.register import RegistrationError
 
     t0 = time.perf_counter()
-    row = {"case": case.name, "class": case.cls, "expect": case.expect, **case.info,
-           "scored": False, "apply": "-", "message": ""}
     pair, replaced_hr = case.make()
-    _describe(row, pair, t0)
+    row = {**_describe(case, pair, t0), "scored": False, "apply": "-", "message": ""}
     t = pair.truth
     images = [xr.DataArray(image, dims=("y", "x"), attrs={"pixel_size_nm": t[key]})
               for image, key in ((pair.lr, "lr_pixel_size_nm"),
@@ -530,8 +531,7 @@ def register_case(case: Case, local: bool = True) -> tuple[dict, object | None]:
     row["warnings"] = " | ".join(dict.fromkeys(found))
     if reg is not None:
         row["fit"] = row["apply"] = "ok"
-        record = {"matrix": reg.matrix.tolist(), "offset": reg.offset.tolist()}
-        row["reg_err"], row["reg_err_max"] = corner_error(t, record)
+        row["reg_err"], row["reg_err_max"] = corner_error(t, reg.to_dict())
         row["reg_sd"] = reg.corner_sd
     row["status"] = status(row)
     row["t_case"] = time.perf_counter() - t0
@@ -541,7 +541,6 @@ def register_case(case: Case, local: bool = True) -> tuple[dict, object | None]:
 def run_case(case: Case, work: Path, *, cli=_cli_inprocess, sigmas=()) -> dict:
     """Simulate ``case``, run ``pairsr fit`` and ``pairsr apply`` on it, and score the result."""
     t0 = time.perf_counter()
-    row = {"case": case.name, "class": case.cls, "expect": case.expect, **case.info}
     folder = work / case.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -552,7 +551,7 @@ def run_case(case: Case, work: Path, *, cli=_cli_inprocess, sigmas=()) -> dict:
     write_image(lr_path, pair.lr, pixel_size_nm=t["lr_pixel_size_nm"])
     write_image(hr_path, pair.hr if replaced_hr is None else replaced_hr,
                 pixel_size_nm=t["hr_pixel_size_nm"])
-    _describe(row, pair, t0)
+    row = _describe(case, pair, t0)
     fit = cli(["fit", str(lr_path), str(hr_path), "--out", str(folder / "model")])
     row["t_fit"] = time.perf_counter() - t0 - row["t_sim"]
     row["fit"] = "ok" if fit.code == 0 else ("crash" if fit.crashed else "refused")

@@ -195,8 +195,8 @@ def test_insignificant_patch_field_is_not_the_start():
 
 def test_register_only_refuses_a_negative_control():
     """``--register-only`` scores a case from its registration alone: a white-noise HR is
-    refused with the registration's message, and a pair that registers is ``ok`` without a
-    ΔPSNR (negative control: the same pair's error is measured)."""
+    refused with the registration's message, and a typical pair registers ``ok``, its corner
+    error measured and no ΔPSNR."""
     row, reg = robustness.register_case(robustness._synthetic("neg-noise", 16000, LR_MAX))
     assert reg is None and row["status"] == "refused" and "reg_err" not in row
     assert "not found" in row["message"], row["message"]
