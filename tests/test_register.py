@@ -23,13 +23,7 @@ from pairsr.register import (
     warp_hr_to_sr,
 )
 from pairsr.register._global import _angle_peaks, _levels, _refine
-from pairsr.register._images import (
-    _decimate,
-    _polynomial,
-    _polynomial_slope,
-    _reduce,
-    _Window,
-)
+from pairsr.register._images import _decimate, _reduce, _Window
 from pairsr.register._local import _ncc_maps
 from pairsr.simulate import simulate_pair, true_lr_coords
 
@@ -630,18 +624,3 @@ def test_search_levels_follow_the_hr_and_coarsen_past_8_only_for_a_survey():
     assert _levels((16384, 16384), (4096, 4096), 2) == [1, 2, 4, 8]
     assert _levels((32768, 32768), (4096, 4096), 2) == [1, 2, 4, 8, 16]
     assert _levels((65536, 65536), (2048, 2048), 2) == [1, 2, 4, 8, 16]  # the template decides
-
-
-@pytest.mark.parametrize("degree", [2, 3])
-def test_intensity_map_slope_is_its_derivative(degree):
-    """The Gauss-Newton fits move the HR through ``p'(w)``: the slope must be the derivative of
-    the polynomial map that the design fits (central differences, a known cubic/quadratic)."""
-    rng = np.random.default_rng(degree)
-    coef = rng.normal(size=degree + 1)
-    w = rng.uniform(0.0, 1.0, 50)
-    value = _polynomial(w, degree) @ coef
-    assert _polynomial(w, degree).shape == (50, degree + 1)
-    np.testing.assert_allclose(value, np.polyval(coef[::-1], w), rtol=1e-12)
-    h = 1e-6
-    numeric = (_polynomial(w + h, degree) @ coef - _polynomial(w - h, degree) @ coef) / (2 * h)
-    np.testing.assert_allclose(_polynomial_slope(coef, w), numeric, rtol=1e-6, atol=1e-8)

@@ -16,8 +16,7 @@ from pairsr.register._images import (
     _block_ids,
     _grid_samples,
     _paired_significance,
-    _polynomial,
-    _polynomial_slope,
+    _quadratic,
     _Window,
 )
 from pairsr.register._local import _patch_results, _Patches, _PatchSearch
@@ -157,7 +156,7 @@ def _field_gain(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, reg: Regist
     blurred = ndi.gaussian_filter(hr1, sigma)
     pred = []
     for x in xs:
-        design = _polynomial(interpolate(blurred, x[:, ok]).astype(float))
+        design = _quadratic(interpolate(blurred, x[:, ok]).astype(float))
         coef, *_ = np.linalg.lstsq(design, values[ok], rcond=None)
         pred.append(design @ coef)
     var = max(float(values[ok].var()) * ok.sum(), 1e-30)
@@ -237,10 +236,6 @@ IMAGE_SMOOTHING = 1.0
 #: sub-grid loses precision (every LR pixel carries its own noise), so only a survey-sized
 #: footprint is thinned.
 IMAGE_POINTS = 1_000_000
-#: Degree of the image fit's intensity map: two detectors' gammas (0.6-1.7 each) and an
-#: inversion make the LR a power of the HR that a quadratic follows less well; a cubic lowered
-#: the corner error over the robustness matrix (notes on issue 12).
-IMAGE_DEGREE = 3
 #: LR pixels per chunk of the image fit's Jacobian (its memory: about 0.6 kB per pixel).
 IMAGE_CHUNK = 65_536
 
@@ -264,21 +259,21 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
                  offset: np.ndarray, model: _ScanLineField, smoothing: float,
                  block: float, start: LocalField | None = None,
                  max_iter: int = 20) -> _ImageField | None:
-    """The scan-line field fitted to the LR image itself: Gauss-Newton on Σ (L(y) − p(H(x(y))))²
-    + λ·curvature over the LR pixels ``y`` that the global affine places inside the HR (at most
-    :data:`IMAGE_POINTS`, on a regular sub-grid of the window ``lr``), where ``x(y)`` inverts
-    ``matrix (x + disp(x)) + offset``, ``H`` is the HR reduced by ``f1`` (``hr1``) and blurred
-    by ``sigma`` (its px), and ``p`` the intensity map (a polynomial of degree
-    :data:`IMAGE_DEGREE`), fitted jointly. ``disp`` is ``model``'s field plus an affine part
-    (the global fit weights the HR by its texture; this fit keeps what the field's shape
-    explains everywhere); ``λ`` is ``smoothing`` times the spline coefficients' share of the
-    normal matrix over the penalty's. Fitted from no field and from ``start`` (its least-squares
-    projection on the model), the lower objective wins. A step that raises the objective is
-    halved, down to 1/64. Stiffened (×10, up to 4 times) where the map would fold; None if it
-    still folds. The field is relative to ``matrix``, ``offset``. Its precision at the HR's
-    corners is the parameters' covariance, cluster-robust over ``block``-px blocks of the LR as
-    for the global fit (:func:`pairsr.register._global._corner_sd`), propagated to the corners
-    of the least-squares affine of the map (:func:`_absorb_affine`)."""
+    """The scan-line field fitted to the LR image itself: Gauss-Newton on
+    Σ (L(y) − p(H(x(y))))² + λ·curvature over the LR pixels ``y`` that the global affine
+    places inside the HR (at most :data:`IMAGE_POINTS`, on a regular sub-grid of the window
+    ``lr``), where ``x(y)`` inverts ``matrix (x + disp(x)) + offset``, ``H`` is the HR reduced by
+    ``f1`` (``hr1``) and blurred by ``sigma`` (its px), and ``p`` the quadratic intensity map,
+    fitted jointly. ``disp`` is ``model``'s field plus an affine part (the global fit weights
+    the HR by its texture; this fit keeps what the field's shape explains everywhere); ``λ`` is
+    ``smoothing`` times the spline coefficients' share of the normal matrix over the
+    penalty's. Fitted from no field and from ``start`` (its least-squares projection on the
+    model), the lower objective wins. A step that raises the objective is halved, down to 1/64.
+    Stiffened (×10, up to 4 times) where the map would fold; None if it still folds. The field
+    is relative to ``matrix``, ``offset``. Its precision at the HR's corners is the parameters'
+    covariance, cluster-robust over ``block``-px blocks of the LR as for the global fit
+    (:func:`pairsr.register._global._corner_sd`), propagated to the corners of the
+    least-squares affine of the map (:func:`_absorb_affine`)."""
     k, m = model.n_coef, model.n_coef + 3
     stride = max(1, int(np.ceil(np.sqrt(lr.image.size / IMAGE_POINTS))))
     ys, values = _grid_samples(lr, stride)
@@ -291,8 +286,7 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
     ys, values, nominal = ys[:, ok], values[ok], nominal[:, ok]
     spline = ndi.spline_filter(ndi.gaussian_filter(np.asarray(hr1, float), sigma), order=3,
                                mode=BOUNDARY)
-    n = 2 * m + IMAGE_DEGREE + 1  # parameters: the field's, then the intensity map's
-    penalty = np.zeros((n, n))  # the intensity parameters unpenalised
+    penalty = np.zeros((2 * m + 3, 2 * m + 3))  # the 3 intensity parameters last, unpenalised
     penalty[:k, :k] = penalty[m : m + k, m : m + k] = model.penalty()
 
     def field_of(theta: np.ndarray) -> LocalField:
@@ -318,12 +312,12 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
                 break
         last[0] = x
         w, grad = _spline_gradient(spline, x / f1)
-        photo = _polynomial(w, IMAGE_DEGREE)
+        photo = _quadratic(w)
         coef, *_ = np.linalg.lstsq(photo, values, rcond=None)
-        slope_grad = _polynomial_slope(coef, w) * grad / f1
+        slope_grad = (coef[1] + 2 * coef[2] * w) * grad / f1
         resid = values - photo @ coef
-        normal, rhs = np.zeros((n, n)), np.zeros(n)
-        sums = np.zeros((ids.max() + 1, n)) if scores else None
+        normal, rhs = np.zeros((2 * m + 3, 2 * m + 3)), np.zeros(2 * m + 3)
+        sums = np.zeros((ids.max() + 1, 2 * m + 3)) if scores else None
         for lo in range(0, len(values), IMAGE_CHUNK):
             part = slice(lo, lo + IMAGE_CHUNK)
             jac = np.hstack([_fit_design(model, field, x[:, part], slope_grad[:, part]),
@@ -343,7 +337,7 @@ def _image_field(lr: _Window, hr1: np.ndarray, f1: int, sigma: float, matrix: np
     def fit(theta: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
         """Penalised objective and parameters at convergence from ``theta``."""
         def objective(theta, sse):
-            flat = np.concatenate([theta.T.ravel(), np.zeros(n - 2 * m)])
+            flat = np.concatenate([theta.T.ravel(), np.zeros(3)])
             return float(sse + lam * flat @ penalty @ flat), flat
 
         normal, rhs, sse, _ = evaluate(theta)

@@ -22,7 +22,7 @@ from pairsr.register._images import (
     _level_window,
     _noise_sigma,
     _paired_significance,
-    _polynomial,
+    _quadratic,
     _reduce,
     _texture_note,
     _Window,
@@ -297,7 +297,7 @@ def _refine(
             )
         xv, yv, lv = x[:, ok], yc[:, ok], values[ok]
         w, g = _spline_gradient(spline, xv)
-        photo = _polynomial(w)
+        photo = _quadratic(w)
         coef, *_ = np.linalg.lstsq(photo, lv, rcond=None)
         slope = coef[1] + 2 * coef[2] * w
         g0, g1 = slope * g[0], slope * g[1]
@@ -349,7 +349,7 @@ def _fit_residual(lr_l: _Window, hr_l: np.ndarray, a: np.ndarray, t: np.ndarray,
     if ok.sum() < 16:
         return 1.0, int(ok.sum()), 0.0, 0.0
     w = interpolate(ndi.gaussian_filter(hr_l, sigma), x[:, ok]).astype(float)
-    _, res, *_ = np.linalg.lstsq(_polynomial(w), values[ok], rcond=None)
+    _, res, *_ = np.linalg.lstsq(_quadratic(w), values[ok], rcond=None)
     var = float(values[ok].var())
     return float(res[0] / max(var * ok.sum(), 1e-30)) if len(res) else 1.0, int(ok.sum()), var, \
         float(w.var())
@@ -421,8 +421,8 @@ def _paired_separation(lr: _Window, hr1: np.ndarray, f1: int, best: _Fit,
     pred = []
     for fit, x in zip((best, other), xs):
         w = interpolate(ndi.gaussian_filter(hr1, fit.sigma), x[:, both]).astype(float)
-        coef, *_ = np.linalg.lstsq(_polynomial(w), values[both], rcond=None)
-        pred.append(_polynomial(w) @ coef)
+        coef, *_ = np.linalg.lstsq(_quadratic(w), values[both], rcond=None)
+        pred.append(_quadratic(w) @ coef)
     return _paired_significance(values[both], pred[0], pred[1], ys[:, both],
                                 PRECISION_BLOCK * np.hypot(1.0, best.sigma))
 

@@ -181,15 +181,9 @@ def _grid_samples(window: _Window, stride: int) -> tuple[np.ndarray, np.ndarray]
     return coords.reshape(2, -1), image.ravel().astype(float)
 
 
-def _polynomial(w: np.ndarray, degree: int = 2) -> np.ndarray:
-    """Design (..., degree + 1) of the polynomial intensity map ``p(w) = Σ c_i w^i``
-    (quadratic by default)."""
-    return np.stack([w**i for i in range(degree + 1)], axis=-1)
-
-
-def _polynomial_slope(coef: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``p'(w)`` of the polynomial intensity map with coefficients ``coef`` (degree + 1,)."""
-    return sum(i * coef[i] * w ** (i - 1) for i in range(1, len(coef)))
+def _quadratic(w: np.ndarray) -> np.ndarray:
+    """Design (..., 3) of the quadratic intensity map ``p(w) = c0 + c1 w + c2 w²``."""
+    return np.stack([np.ones_like(w), w, w * w], axis=-1)
 
 
 def _central(image, size: int = 2048, threads: int = 1) -> np.ndarray:

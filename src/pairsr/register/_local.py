@@ -17,7 +17,7 @@ from pairsr.register._images import (
     _gauss_depth,
     _is_dask,
     _numpy,
-    _polynomial,
+    _quadratic,
 )
 from pairsr.register._mapping import _apply
 
@@ -110,7 +110,7 @@ def _lucas_kanade(moving: np.ndarray, image: np.ndarray,
     grad = np.stack([_patches(g, top, n) for g in np.gradient(image)], -1).reshape(n_patch, -1, 2)
     y = moving.reshape(n_patch, -1, 1).astype(float)
     design = np.empty((n_patch, n * n, 5))
-    design[..., :3] = _polynomial(tmpl)
+    design[..., :3] = _quadratic(tmpl)
     photo = _batched_lstsq(design[..., :3], y)  # p, to linearise p(patch(x − δ)) in δ
     design[..., 3:] = -(photo[:, 1:2] + 2 * photo[:, 2:3] * tmpl)[..., None] * grad
     coef = _batched_lstsq(design, y)
