@@ -519,12 +519,18 @@ def test_small_scan_from_a_small_real_specimen():
 
 def test_tiny_hr_registers(spec):
     """A 72×80 HR (36×40 LR px, too few patches for their field): the field fitted to the LR
-    image (there is no drift) costs little over the global affine (0.044 LR px)."""
-    lr, hr, matrix, offset = _pair(spec, shape=(72, 80), origin=(10.0, 12.0))
-    reg = register_pair(lr, hr)
-    assert reg.local_field is not None and reg.patches_accepted == 0
-    assert reg.rms_displacement < 0.05
-    assert _corner_errors(reg, matrix, offset).max() < 0.06
+    image (there is no drift) costs little over the global affine, over four noise draws, and
+    each draw is placed within twice its own predicted precision."""
+    local, affine = [], []
+    for seed in range(4):
+        lr, hr, matrix, offset = _pair(spec, shape=(72, 80), origin=(10.0, 12.0), seed=seed)
+        reg = register_pair(lr, hr)
+        assert reg.local_field is not None and reg.patches_accepted == 0
+        assert reg.rms_displacement < 0.05
+        local.append(_corner_errors(reg, matrix, offset).max())
+        assert local[-1] < 2 * reg.corner_sd
+        affine.append(_corner_errors(register_pair(lr, hr, local=False), matrix, offset).max())
+    assert np.mean(local) < 1.25 * np.mean(affine)
 
 
 @pytest.mark.parametrize("zoom", [3.0, 4.0])

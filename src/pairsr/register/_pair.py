@@ -44,6 +44,10 @@ SMOOTHINGS = (1.0, 0.1, 0.01, 0.001)
 #: the current scheduler): its memory follows the block, not the HR (results do not depend on
 #: the blocks, :func:`pairsr.register._local._patch_results`).
 LOCAL_BLOCK = 1024
+#: Most HR pixels that the fine fits (:func:`pairsr.register._field._image_field`,
+#: :func:`pairsr.register._field._field_gain`) hold in memory (float64, a few copies): a larger
+#: HR is reduced by the least integer factor that brings it under.
+FINE_HR_PIXELS = 2**26
 
 
 def _patch_search(hr_shape: tuple[int, int], zoom: float, blur: float, size: int | None,
@@ -188,11 +192,14 @@ def register_pair(
             _noise_sigma(_central(hr, threads=threads)), opts, scan_knots, SMOOTHINGS, threads,
         )
         reg.patches_accepted = 0
-        f1 = max(1, round(reg.zoom))
+        # The fine fits compare the LR with the HR at its own resolution (decimating it to the
+        # LR's density aliases its detail into what the fit compares), reduced only where it
+        # would exceed FINE_HR_PIXELS.
+        f1 = max(1, int(np.ceil(np.sqrt(hr.size / FINE_HR_PIXELS))))
         hr1 = _reduce(hr_signed, f1, threads)
         sigma = np.sqrt(max(reg.blur_sigma**2 - (0.5 * f1 if f1 > 1 else 0.0) ** 2, 0)) / f1
         start = None
-        block = PRECISION_BLOCK * np.hypot(1.0, sigma)
+        block = PRECISION_BLOCK * np.hypot(1.0, reg.blur_sigma / reg.zoom)  # LR px
         if fits:
             # The LR image chooses the patch field's stiffness: the one whose improvement of
             # the fit is the most significant (a rougher field that follows the patches'
