@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from pairsr.evaluate import (
     write_panel,
     write_report,
 )
-from pairsr.simulate import load_specimen, simulate_pair
+from pairsr.simulate import SimulatedPair, load_specimen, simulate_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "real"
@@ -63,25 +64,32 @@ PAPER_SELF_OUT = {"scsr": 0.23, "srsw": 1.17, "vdsr": 2.07, "edsr": 2.06, "rcan"
 DISCUSSION = Path(__file__).with_name("results_discussion.md")
 
 
-def build_pairs(n_builtin: int, lr_shape: tuple[int, int], real: bool) -> list[EvalPair]:
-    """Simulate and register the evaluation pairs."""
+def simulations(n_builtin: int, lr_shape: tuple[int, int],
+                real: bool) -> Iterator[tuple[str, SimulatedPair]]:
+    """The evaluation set's simulated pairs, (name, pair), one at a time."""
     specs = [(f"builtin-{s}", None, None, None, s) for s in range(n_builtin)]
     if real and SHARED.is_dir():
         specs += [(name, SHARED / f, crop, scale, 100 + i) for i, (name, f, crop, scale)
                   in enumerate(REAL)]
     elif real:
         print(f"note: {SHARED} is absent; only built-in specimens are used")
-    pairs = []
     for name, path, crop, scale, seed in specs:
-        t0 = time.perf_counter()
         if path is None:
-            sim = simulate_pair(seed=seed, lr_shape=lr_shape)
+            yield name, simulate_pair(seed=seed, lr_shape=lr_shape)
         else:
-            spec = load_specimen(path, crop=crop).values
-            sim = simulate_pair(spec, seed=seed, scale=scale)
-        pair = prepare_pair(sim.lr, sim.hr)
-        pairs.append(EvalPair(name, pair, gt=sim.gt))
-        print(f"{name}: LR {sim.lr.shape}, registered in {time.perf_counter() - t0:.1f} s")
+            yield name, simulate_pair(load_specimen(path, crop=crop).values, seed=seed,
+                                      scale=scale)
+
+
+def build_pairs(n_builtin: int, lr_shape: tuple[int, int], real: bool) -> list[EvalPair]:
+    """Simulate and register the evaluation pairs."""
+    pairs = []
+    t0 = time.perf_counter()
+    for name, sim in simulations(n_builtin, lr_shape, real):
+        pairs.append(EvalPair(name, prepare_pair(sim.lr, sim.hr), gt=sim.gt))
+        print(f"{name}: LR {sim.lr.shape}, simulated and registered in "
+              f"{time.perf_counter() - t0:.1f} s")
+        t0 = time.perf_counter()
     return pairs
 
 

@@ -88,6 +88,23 @@ def test_gt_is_noise_free_hr_rendering_of_whole_field(pair):
     assert lap(binned) < 0.5 * lap(pair.lr / 255.0)
 
 
+def test_hr_clean_is_the_hr_scan_without_its_noise(specimen):
+    # Linear detector (gamma 1): hr = gain * (counts / dose + read) + offset, so the residual
+    # against hr_clean, standardised by the model's own variance, is mean 0 and std 1.
+    p = simulate_pair(specimen, seed=5, lr_shape=(96, 128), hr_gamma=1.0, hr_dose=20.0)
+    scan, clean = p.truth["hr_scan"], p.hr_clean
+    assert clean.shape == p.hr.shape and clean.dtype == np.float32
+    signal = (clean - scan["offset"]) / scan["gain"]
+    var = scan["gain"] ** 2 * (signal / scan["dose"] + scan["read_noise"] ** 2) + 1 / (12 * 255**2)
+    inside = (clean > 0.08) & (clean < 0.9)  # clear of the uint8 range's clipping
+    z = ((p.hr / 255.0 - clean) / np.sqrt(var))[inside]
+    assert abs(z.mean()) < 0.05 and 0.9 < z.std() < 1.1
+    # Negative control: another scan's noise-free image is not this scan's expectation.
+    other = simulate_pair(specimen, seed=6, lr_shape=(96, 128), hr_gamma=1.0, hr_dose=20.0)
+    assert other.hr.shape == p.hr.shape
+    assert (((p.hr / 255.0 - other.hr_clean) / np.sqrt(var))[inside]).std() > 1.3
+
+
 def test_seeded_and_deterministic(specimen):
     a = simulate_pair(specimen, seed=11, lr_shape=(96, 128))
     b = simulate_pair(specimen, seed=11, lr_shape=(96, 128))

@@ -100,13 +100,16 @@ class SimulatedPair:
     """One simulated physical pair.
 
     ``lr``: uint8 (H, W); ``hr``: uint8 (h, w); ``gt``: float32 (2H, 2W) in [0, 1] HR-detector
-    units; ``truth``: JSON-serialisable geometry, scan and detector parameters.
+    units; ``truth``: JSON-serialisable geometry, scan and detector parameters; ``hr_clean``:
+    float32 (h, w) in [0, 1], the HR scan as its detector saw it without shot and read noise
+    (what no method can beat in expectation when scored against ``hr``), or None.
     """
 
     lr: np.ndarray
     hr: np.ndarray
     gt: np.ndarray
     truth: dict = field(default_factory=dict)
+    hr_clean: np.ndarray | None = None
 
 
 def _rotation(deg: float) -> np.ndarray:
@@ -750,10 +753,12 @@ def simulate_pair(
     lr = _detect(_render(lr_blur, _scan_positions(lr_scan, lr_shape)), lr_scan, noise)
     del lr_blur
     hr_blur = _blur(spec, hr_scan)
-    hr = _detect(_render(hr_blur, _scan_positions(hr_scan, hr_shape)), hr_scan, noise)
+    hr_signal = _render(hr_blur, _scan_positions(hr_scan, hr_shape))
+    hr, hr_clean = _detect(hr_signal, hr_scan, noise), _detect(hr_signal, hr_scan)
     # Ground truth on the SR grid of the LR field: HR probe and detector, no drift, no noise.
     gt = _detect(_render(hr_blur, _gt_positions(lr_scan, lr_shape, plan.z, gt_drift)), hr_scan)
-    return SimulatedPair(lr=_to_u8(lr), hr=_to_u8(hr), gt=np.clip(gt, 0, 1), truth=t)
+    return SimulatedPair(lr=_to_u8(lr), hr=_to_u8(hr), gt=np.clip(gt, 0, 1), truth=t,
+                         hr_clean=np.clip(hr_clean, 0, 1))
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
