@@ -64,9 +64,10 @@ PAPER_SELF_OUT = {"scsr": 0.23, "srsw": 1.17, "vdsr": 2.07, "edsr": 2.06, "rcan"
 DISCUSSION = Path(__file__).with_name("results_discussion.md")
 
 
-def simulations(n_builtin: int, lr_shape: tuple[int, int],
-                real: bool) -> Iterator[tuple[str, SimulatedPair]]:
-    """The evaluation set's simulated pairs, (name, pair), one at a time."""
+def simulations(n_builtin: int, lr_shape: tuple[int, int], real: bool,
+                **keywords) -> Iterator[tuple[str, SimulatedPair]]:
+    """The evaluation set's simulated pairs, (name, pair), one at a time; ``keywords`` go to
+    :func:`~pairsr.simulate.simulate_pair` (each changes only what it names)."""
     specs = [(f"builtin-{s}", None, None, None, s) for s in range(n_builtin)]
     if real and SHARED.is_dir():
         specs += [(name, SHARED / f, crop, scale, 100 + i) for i, (name, f, crop, scale)
@@ -75,10 +76,10 @@ def simulations(n_builtin: int, lr_shape: tuple[int, int],
         print(f"note: {SHARED} is absent; only built-in specimens are used")
     for name, path, crop, scale, seed in specs:
         if path is None:
-            yield name, simulate_pair(seed=seed, lr_shape=lr_shape)
+            yield name, simulate_pair(seed=seed, lr_shape=lr_shape, **keywords)
         else:
             yield name, simulate_pair(load_specimen(path, crop=crop).values, seed=seed,
-                                      scale=scale)
+                                      scale=scale, **keywords)
 
 
 def build_pairs(n_builtin: int, lr_shape: tuple[int, int], real: bool) -> list[EvalPair]:
