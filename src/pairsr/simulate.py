@@ -102,7 +102,8 @@ class SimulatedPair:
     ``lr``: uint8 (H, W); ``hr``: uint8 (h, w); ``gt``: float32 (2H, 2W) in [0, 1] HR-detector
     units; ``truth``: JSON-serialisable geometry, scan and detector parameters; ``hr_clean``:
     float32 (h, w) in [0, 1], the HR scan as its detector saw it without shot and read noise
-    (what no method can beat in expectation when scored against ``hr``), or None.
+    (what no method can beat in expectation when scored against ``hr``); None in a pair built
+    by hand.
     """
 
     lr: np.ndarray
@@ -755,6 +756,7 @@ def simulate_pair(
     hr_blur = _blur(spec, hr_scan)
     hr_signal = _render(hr_blur, _scan_positions(hr_scan, hr_shape))
     hr, hr_clean = _detect(hr_signal, hr_scan, noise), _detect(hr_signal, hr_scan)
+    del hr_signal
     # Ground truth on the SR grid of the LR field: HR probe and detector, no drift, no noise.
     gt = _detect(_render(hr_blur, _gt_positions(lr_scan, lr_shape, plan.z, gt_drift)), hr_scan)
     return SimulatedPair(lr=_to_u8(lr), hr=_to_u8(hr), gt=np.clip(gt, 0, 1), truth=t,
