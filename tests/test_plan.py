@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+import zarr
 from scipy import ndimage as ndi
 from test_cli import pairsr
 from test_io import REAL, needs_shared, textured, with_bar
@@ -138,3 +139,69 @@ def test_merge_fields_samples_patches_from_every_footprint():
     rows, cols = sample.where[:, 1], sample.where[:, 2]
     first, second = (rows < 30) & (cols < 40), (rows >= 50) & (cols >= 70)
     assert first.any() and second.any() and np.all(first | second)
+
+
+def test_evaluate_splits_each_hr_scan_and_self_trains_one_model(tmp_path):
+    """A pair folder with hr1 and hr2: each footprint is split 3 × 4 and scored, one model is
+    fitted on both (one fit time), the whole field is scored once against gt.tif."""
+    sim, _, _, _ = two_scans(tmp_path)
+    tifffile.imwrite(tmp_path / "gt.tif", sim.gt)
+    run = pairsr("evaluate", tmp_path, "--out", tmp_path / "rep", "-p", "lbnlm.L=2000",
+                 "-p", "lbnlm.sigma=0.05", "--no-local")
+    assert run.exit_code == 0, run.output
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    lb = [r for r in rows if r["method"] == "lbnlm"]
+    field = tmp_path.name
+    for scan in ("hr1", "hr2"):
+        mine = [r for r in lb if r["pair"] == f"{field}/{scan}"]
+        assert sorted(r["subimage"] for r in mine) == list(range(12))
+    (whole,) = [r for r in lb if r["split"] == "whole-field-gt"]
+    assert whole["pair"] == field and whole["dpsnr"] > 0
+    assert len({r["fit_s"] for r in lb}) == 1  # one model for the field
+    held = [r["dpsnr"] for r in lb if r["split"] == "out-of-sample"]
+    assert len(held) == 6 and np.mean(held) > 0
+
+
+def test_no_hr_scan_trains_where_another_is_held_out(tmp_path):
+    """The two scans' footprints overlap: without the field's other scan, a training part keeps
+    HR inside the other's held-out sub-images (negative control); with it, none."""
+    from pairsr.api import prepare_pair
+    from pairsr.evaluate import EvalPair, by_field, overlap_box, subimages, training_part
+
+    sim, _, _, _ = two_scans(tmp_path)
+    scans = []
+    for i, (r, c) in enumerate([(0, 0), (60, 80)]):  # a third of each crop apart
+        pair = prepare_pair(sim.lr, sim.hr[r : r + 180, c : c + 240], local=False)
+        scans.append(EvalPair(f"hr{i + 1}", pair, field_name="field",
+                              boxes=subimages(overlap_box(pair.hr, pair.zoom))))
+    alone = EvalPair("other", scans[0].pair, boxes=scans[0].boxes)
+    assert by_field([*scans, alone]) == [scans, [alone]]
+
+    def seen_in_held_out(part, ep, other) -> int:
+        total = 0
+        for held in other.held_out():
+            where = held.intersect(ep.pair.region)
+            total += np.isfinite(where.relative_to(ep.pair.region).sr(2).crop(part.hr)).sum()
+        return int(total)
+
+    orders = (scans, scans[::-1])
+    assert max(seen_in_held_out(training_part(ep), ep, other) for ep, other in orders) > 0
+    assert [seen_in_held_out(training_part(ep, scans), ep, other) for ep, other in orders] == [0, 0]
+    for ep in scans:  # its own training sub-images outside the other's held-out ones are kept
+        kept, own = (np.isfinite(training_part(ep, g).hr).sum() for g in (scans, ()))
+        assert 0.5 * own < kept <= own
+
+
+def test_a_batch_manifest_fits_one_model_on_a_list_of_hr_scans(tmp_path):
+    two_scans(tmp_path)
+    (tmp_path / "day.toml").write_text(
+        '[defaults]\nparams = { L = 2000, sigma = 0.05 }\n'
+        '[[pair]]\nlr = "lr.tif"\nhr = ["hr1.tif", "hr2.tif"]\nout = "sr.zarr"\n')
+    run = pairsr("batch", tmp_path / "day.toml", "--cluster", "none")
+    assert run.exit_code == 0, run.output
+    assert len(json.loads((tmp_path / "sr.zarr.model" / "model.json").read_text())
+               ["registrations"]) == 2
+    assert zarr.open_array(tmp_path / "sr.zarr" / "0", mode="r").shape == (480, 640)
+    (tmp_path / "bad.toml").write_text('[[pair]]\nlr = "lr.tif"\nhr = []\nout = "o.zarr"\n')
+    bad = pairsr("batch", tmp_path / "bad.toml", "--cluster", "none")
+    assert bad.exit_code != 0 and "hr = [] is not a path or a list of paths" in bad.output

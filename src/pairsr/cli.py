@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import re
 import tempfile
 import time
 import tomllib
@@ -366,13 +367,25 @@ def _find(folder: Path, stem: str) -> Path:
     return hits[0]
 
 
-def _pair_paths(spec: str) -> tuple[Path, Path]:
-    """A pair: a folder with ``lr.*`` and ``hr.*`` (as ``pairsr simulate`` writes), or ``LR,HR``."""
+def _pair_paths(spec: str) -> tuple[Path, list[Path]]:
+    """The LR and HR scan(s) of a pair: a folder with ``lr.*`` and ``hr.*`` (as ``pairsr
+    simulate`` writes) or, for several HR scans of the field, ``hr1.*``, ``hr2.*``, …; or
+    ``LR,HR[,HR2…]``."""
     if "," in spec:
-        lr, hr = spec.split(",", 1)
-        return Path(lr), Path(hr)
+        lr, *hrs = spec.split(",")
+        if not lr or not hrs or not all(hrs):
+            raise typer.BadParameter(f"{spec!r}: expected LR,HR or LR,HR1,HR2,…")
+        return Path(lr), [Path(hr) for hr in hrs]
     folder = Path(spec)
-    return _find(folder, "lr"), _find(folder, "hr")
+    scans: dict[str, Path] = {}
+    for path in sorted(folder.glob("hr*")):
+        name = re.fullmatch(r"(hr(\d*))\..+", path.name)
+        if name and path.suffix != ".json":
+            scans.setdefault(name[1], path)  # one file per scan: hr.tif before hr.zarr
+    if not scans:
+        _find(folder, "hr")  # the message for a folder without one
+    order = sorted(scans, key=lambda stem: int(stem[2:] or 0))
+    return _find(folder, "lr"), [scans[stem] for stem in order]
 
 
 ZoomOption = Annotated[float | None, typer.Option(
@@ -498,7 +511,8 @@ def fit_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     method: Method = "lbnlm",
     pair: Annotated[list[str] | None, typer.Option(
-        "--pair", help="More pairs for pooled training: 'LR,HR' or a pair folder.")] = None,
+        "--pair", help="More pairs for pooled training: 'LR,HR[,HR2…]' or a pair "
+        "folder.")] = None,
     param: Param = None,
     lr_crop: LrCrop = None,
     hr_crop: HrCrop = None,
@@ -525,13 +539,14 @@ def fit_cmd(
         params = _params(param)
         _check_method(method, params)
         extra = [_pair_paths(p) for p in pair or []]
-        _check_inputs(lr, *hr, *(path for paths in extra for path in paths))
+        _check_inputs(lr, *hr, *(path for other, hrs in extra for path in (other, *hrs)))
         if (out / "model.json").exists() and not overwrite:
             raise FileExistsError(f"{out}: a model exists there; pass --overwrite to replace it")
         _check_out(out / "model.json", True, formats=())
         pairs = [_prepare(lr, path, lr_crop=lr_crop, hr_crop=hr_crop, auto_crop=auto_crop,
                           **options) for path in hr]
-        pairs += [_prepare(*paths, auto_crop=auto_crop, **options) for paths in extra]
+        pairs += [_prepare(other, path, auto_crop=auto_crop, **options)
+                  for other, hrs in extra for path in hrs]
         t0 = time.perf_counter()
         _fit_stages(method, len(pairs), params)
         model = fit(pairs, method, out=out, overwrite=overwrite, uncertainty=uncertainty,
@@ -708,7 +723,8 @@ def batch(
 ) -> None:
     """Fit and apply many pairs (a facility's day of survey scans) on one cluster.
 
-    Each ``[[pair]]`` has ``name``, ``lr``, ``hr``, ``out`` and optionally ``model`` (default
+    Each ``[[pair]]`` has ``name``, ``lr``, ``hr`` (a path, or a list of the field's HR scans:
+    one model of all), ``out`` and optionally ``model`` (default
     ``<out>.model``), ``method`` and ``params``; ``[defaults]`` holds shared ``method``, ``tile``,
     ``blend`` and ``params``. The registration keys ``zoom``, ``max_rotation``,
     ``allow_inversion``, ``min_ncc`` and ``min_peak_ratio`` may stand in either, as the options
@@ -728,7 +744,7 @@ def batch(
                                          "min_peak_ratio": min_peak_ratio})
         for job in jobs:  # every entry checked before the cluster starts
             _check_method(job["method"], job["params"])
-            _check_inputs(job["lr"], job["hr"])
+            _check_inputs(job["lr"], *job["hr"])
             _check_out(job["out"], overwrite, resume=resume)
         with _client(None, scheduler, cluster, workers, threads_per_worker, memory_limit,
                      jobqueue_config) as client:
@@ -757,12 +773,13 @@ def batch(
 
 
 def _fit_job(job: dict, overwrite: bool, threads: int | None = None) -> None:
-    """Register a manifest entry's pair (on ``threads`` threads, default every CPU: a worker's
-    task passes its share) and fit its model into ``job["model"]``."""
+    """Register a manifest entry's HR scan(s) in its LR (on ``threads`` threads, default every
+    CPU: a worker's task passes its share) and fit its model into ``job["model"]``."""
     from pairsr.api import fit
 
-    pair = _prepare(job["lr"], job["hr"], zoom=job["zoom"], threads=threads, **job["register"])
-    fit([pair], job["method"], out=job["model"], overwrite=overwrite, **job["params"])
+    pairs = [_prepare(job["lr"], hr, zoom=job["zoom"], threads=threads, **job["register"])
+             for hr in job["hr"]]
+    fit(pairs, job["method"], out=job["model"], overwrite=overwrite, **job["params"])
 
 
 #: Manifest keys of the registration (``allow_inversion`` true/false, the others numbers).
@@ -791,8 +808,13 @@ def _read_manifest(path: Path, options: dict | None = None) -> list[dict]:
                "tile": entry.get("tile", defaults.get("tile", 2048)),
                "blend": entry.get("blend", defaults.get("blend", "none")),
                "params": {**defaults.get("params", {}), **entry.get("params", {})}}
-        for key in ("lr", "hr", "out"):
+        for key in ("lr", "out"):
             job[key] = path.parent / entry[key]
+        hrs = entry["hr"] if isinstance(entry["hr"], list) else [entry["hr"]]
+        if not hrs or not all(isinstance(hr, str) and hr for hr in hrs):
+            raise ValueError(f"{path}: pair {i + 1}: hr = {entry['hr']!r} is not a path or a "
+                             "list of paths")
+        job["hr"] = [path.parent / hr for hr in hrs]
         job["model"] = path.parent / entry.get("model", f"{entry['out']}.model")
         reg = {k: entry.get(k, defaults.get(k, (options or {}).get(k))) for k in REGISTER_KEYS}
         for key, value in reg.items():
@@ -826,19 +848,24 @@ def _eval_pairs(specs: list[str], local: bool = True, zoom: float | None = None,
     from pairsr.grid import sr_shape
     from pairsr.io import read_image, to_float32
 
+    sets = [_pair_paths(spec) for spec in specs]
+    _check_inputs(*(path for lr, hrs in sets for path in (lr, *hrs)))  # before any registration
     pairs = []
-    for spec in specs:
-        lr, hr = _pair_paths(spec)
+    for spec, (lr, hrs) in zip(specs, sets, strict=True):
         gt = next(iter(sorted(lr.parent.glob("gt.*"))), None) if "," not in spec else None
         name = Path(spec).name if "," not in spec else lr.stem
-        prepared = _prepare(lr, hr, local=local, zoom=zoom, **register_options)
+        prepared = [_prepare(lr, hr, local=local, zoom=zoom, **register_options) for hr in hrs]
         truth = None if gt is None else to_float32(read_image(gt).values)
-        grid = sr_shape(prepared.field_shape, prepared.zoom)
+        grid = sr_shape(prepared[0].field_shape, prepared[0].zoom)
         if truth is not None and truth.shape != grid:
             console.print(f"[yellow]warning:[/yellow] {gt} has shape {truth.shape}, not the ×"
-                          f"{prepared.zoom} SR grid {grid}: no whole-field scores")
+                          f"{prepared[0].zoom} SR grid {grid}: no whole-field scores")
             truth = None
-        pairs.append(EvalPair(name, prepared, truth))
+        if len(hrs) == 1:
+            pairs.append(EvalPair(name, prepared[0], truth))
+        else:  # one field, several HR scans: one model, each footprint split 3 × 4
+            pairs += [EvalPair(f"{name}/{hr.stem}", pair, truth, field_name=name)
+                      for hr, pair in zip(hrs, prepared, strict=True)]
     return pairs
 
 
@@ -853,8 +880,9 @@ def _report(rows: list[dict], crops: dict, out: Path, overwrite: bool) -> None:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    pairs: Annotated[list[str], typer.Argument(help="Pair folders (lr.*, hr.*, optional gt.*) "
-                                               "or 'LR,HR'.")],
+    pairs: Annotated[list[str], typer.Argument(help="Pair folders (lr.*, hr.* or several "
+                                               "hr1.*, hr2.*, …, optional gt.*) or "
+                                               "'LR,HR[,HR2…]'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "bicubic,lbnlm",
     strategy: Annotated[str, typer.Option(help="self, pooled or both.")] = "self",
@@ -869,7 +897,8 @@ def evaluate_cmd(
     overwrite: Overwrite = False,
 ) -> None:
     """Score methods with the paper's 3×4 sub-image protocol (9 train / 3 held out), each pair
-    at its zoom (pooled training needs one zoom for all pairs)."""
+    at its zoom (pooled training needs one zoom for all pairs). A field with several HR scans
+    splits each footprint 3×4 and self-trains one model on all of them."""
     from pairsr.evaluate import run
 
     if strategy not in ("self", "pooled", "both"):

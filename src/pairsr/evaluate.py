@@ -7,6 +7,11 @@ pairs. Every method is scored on every sub-image against the registered HR (in-s
 training ones, out-of-sample: the 3 held out), as ΔPSNR, ΔSSIM, failure rate (ΔPSNR < 0),
 foreground/background ΔPSNR and Canny edge similarity; for simulated pairs, also over the whole
 field against the noise-free ``gt``.
+
+A field with several HR scans is one :class:`EvalPair` per scan, sharing a ``field_name``: each
+footprint is split 3 × 4 on its own, self-training fits one model on the training sub-images of
+them all (as ``pairsr fit LR HR1 HR2`` does), none of which trains where another scan's
+sub-image is held out, and the whole field is scored once.
 """
 
 from __future__ import annotations
@@ -35,12 +40,27 @@ Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) in LR pixels, end-exclusive
 @dataclass
 class EvalPair:
     """A registered pair to evaluate; ``boxes`` in the LR px of ``pair.lr`` (its window);
-    ``gt`` (SR grid, whole field) only for simulated pairs."""
+    ``gt`` (SR grid, whole field) only for simulated pairs; ``field_name``: the LR field's name,
+    shared by the pairs of its HR scans when it has several (None: a field of one scan)."""
 
     name: str
     pair: TrainingPair
     gt: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
+    field_name: str | None = None
+
+    def held_out(self) -> list[Region]:
+        """The held-out sub-images in LR px of the whole field."""
+        return [_region(b).shift(self.pair.region.start)
+                for i, b in enumerate(self.boxes) if not is_train(i)]
+
+
+def by_field(pairs: Sequence[EvalPair]) -> list[list[EvalPair]]:
+    """Self-training's groups, in order: each pair alone, the HR scans of one field together."""
+    groups: dict = {}
+    for ep in pairs:
+        groups.setdefault(ep.field_name or id(ep), []).append(ep)
+    return list(groups.values())
 
 
 def overlap_box(hr_sr: np.ndarray, zoom: int = 2, grid: tuple[int, int] = GRID) -> Box:
@@ -87,13 +107,20 @@ def _region(box: Box) -> Region:
     return Region.from_bounds((y0, x0), (y1, x1))
 
 
-def training_part(ep: EvalPair) -> TrainingPair:
-    """The pair with the HR kept only inside its training sub-images (NaN elsewhere)."""
+def training_part(ep: EvalPair, scans: Sequence[EvalPair] = ()) -> TrainingPair:
+    """The pair with the HR kept only inside its training sub-images (NaN elsewhere) and outside
+    the held-out sub-images of the other ``scans`` of its field (where footprints overlap)."""
     hr, zoom = np.full_like(ep.pair.hr, np.nan), ep.pair.zoom
     for i, box in enumerate(ep.boxes):
         if is_train(i):
             sl = _region(box).sr(zoom).slices
             hr[sl] = ep.pair.hr[sl]
+    window = ep.pair.region
+    for other in scans:
+        if other is ep or ep.field_name is None or other.field_name != ep.field_name:
+            continue
+        for held in other.held_out():
+            hr[held.intersect(window).relative_to(window).sr(zoom).slices] = np.nan
     return replace(ep.pair, hr=hr)
 
 
@@ -131,7 +158,7 @@ def evaluate_model(model, ep: EvalPair, *, whole_field: bool = True,
         t0 = time.perf_counter()
         sr = model.predict(lr)
         seconds, mpix = time.perf_counter() - t0, sr.size / 1e6
-        rows.append({"pair": ep.name, "subimage": -1, "split": "whole-field-gt",
+        rows.append({"pair": ep.field_name or ep.name, "subimage": -1, "split": "whole-field-gt",
                      **score(np.clip(sr, 0, 1), np.clip(bicubic(lr, zoom), 0, 1), ep.gt)})
     for r in rows:
         r["predict_s"], r["predict_mpix"] = seconds, mpix
@@ -149,8 +176,9 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
     the model's largest prediction: the whole field, else the box of all sub-images). Methods
     that train in a folder (the networks) train in a temporary one, removed after scoring.
     ``whole_field`` (all methods, or the names of those) adds the whole-field score against
-    ``gt``. ``crops``, if given, is filled with one held-out sub-image per (strategy, method,
-    pair) for :func:`write_panel`.
+    ``gt``, once per field. Self-training fits one model per field (:func:`by_field`).
+    ``crops``, if given, is filled with one held-out sub-image per (strategy, method, pair) for
+    :func:`write_panel`.
     """
     params = params or {}
     for ep in pairs:
@@ -160,7 +188,7 @@ def run(pairs: Sequence[EvalPair], methods: Sequence[str], *, strategy: str = "s
     rows: list[dict] = []
     for strat in strategies:
         for method in methods:
-            groups = [[ep] for ep in pairs] if strat == "self" else [list(pairs)]
+            groups = by_field(pairs) if strat == "self" else [list(pairs)]
             for group in groups:
                 with tempfile.TemporaryDirectory(prefix="pairsr-eval-") as tmp:
                     rows += _fit_and_score(group, method, strat, params.get(method, {}),
@@ -175,12 +203,14 @@ def _fit_and_score(group: list[EvalPair], method: str, strat: str, params: dict,
     if getattr(method_class(method), "trains_in_folder", False):
         params = {"folder": tmp / "model", **params}
     t0 = time.perf_counter()
-    model = fit([training_part(ep) for ep in group], method, **params)
+    model = fit([training_part(ep, group) for ep in group], method, **params)
     fit_s = time.perf_counter() - t0
-    rows = []
+    rows, scored = [], set()
     for ep in group:
         crop = None if crops is None else crops.setdefault((strat, method, ep.name), {})
         whole = whole_field if isinstance(whole_field, bool) else method in whole_field
+        whole = whole and (ep.field_name is None or ep.field_name not in scored)
+        scored.add(ep.field_name)
         for r in evaluate_model(model, ep, whole_field=whole, crops=crop):
             rows.append({"strategy": strat, "method": method, "fit_s": fit_s, **r})
     return rows
