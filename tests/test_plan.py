@@ -205,3 +205,22 @@ def test_a_batch_manifest_fits_one_model_on_a_list_of_hr_scans(tmp_path):
     (tmp_path / "bad.toml").write_text('[[pair]]\nlr = "lr.tif"\nhr = []\nout = "o.zarr"\n')
     bad = pairsr("batch", tmp_path / "bad.toml", "--cluster", "none")
     assert bad.exit_code != 0 and "hr = [] is not a path or a list of paths" in bad.output
+
+
+def test_hr_sets_are_read_in_order_and_checked_before_any_registration(tmp_path):
+    from pairsr.cli import _pair_paths
+
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    for name in ("lr.tif", "hr.tif", "hr10.tif", "hr2.tif", "hr_notes.txt", "hr.json"):
+        (folder / name).touch()
+    (folder / "hr.zarr").mkdir()  # the same scan as hr.tif, in another format
+    lr, hrs = _pair_paths(str(folder))
+    assert lr.name == "lr.tif" and [p.name for p in hrs] == ["hr.tif", "hr2.tif", "hr10.tif"]
+    image = tmp_path / "lr.tif"
+    tifffile.imwrite(image, textured((60, 80)))
+    missing = pairsr("evaluate", f"{image},{image},{tmp_path / 'hr9.tif'}", "--out", tmp_path / "r")
+    assert missing.exit_code == 2 and "hr9.tif: no such file" in missing.output
+    assert "registering" not in missing.output
+    bad = pairsr("evaluate", f"{image},", "--out", tmp_path / "r")
+    assert bad.exit_code == 2 and "expected LR,HR or LR,HR1,HR2" in bad.output
