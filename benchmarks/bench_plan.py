@@ -200,7 +200,8 @@ def main() -> int:
     if args.repeats:
         spreads = [r["spread"] for r in rows]
         print(f"spread of the planned box's score (3 other fit seeds, 4 shifts of 1/20 of its "
-              f"side): mean {np.mean(spreads):.2f} dB, max {max(spreads):.2f} dB; best of grid − "
+              f"side): median {np.median(spreads):.2f} dB, mean {np.mean(spreads):.2f} dB, max "
+              f"{max(spreads):.2f} dB; best of grid − "
               f"planned within it on "
               f"{sum(v <= s for v, s in zip(vs_grid, spreads, strict=True))}/{len(rows)}")
     two_one = [r["two"] - r["planned"] for r in rows]

@@ -383,7 +383,7 @@ def _pair_paths(spec: str) -> tuple[Path, list[Path]]:
         if name and path.suffix != ".json":
             scans.setdefault(name[1], path)  # one file per scan: hr.tif before hr.zarr
     if not scans:
-        _find(folder, "hr")  # the message for a folder without one
+        raise typer.BadParameter(f"{folder}: no hr.* image in this pair folder")
     order = sorted(scans, key=lambda stem: int(stem[2:] or 0))
     return _find(folder, "lr"), [scans[stem] for stem in order]
 
@@ -863,8 +863,8 @@ def _eval_pairs(specs: list[str], local: bool = True, zoom: float | None = None,
             truth = None
         if len(hrs) == 1:
             pairs.append(EvalPair(name, prepared[0], truth))
-        else:  # one field, several HR scans: one model, each footprint split 3 × 4
-            pairs += [EvalPair(f"{name}/{hr.stem}", pair, truth, field_name=name)
+        else:  # one field (named by its LR file), several HR scans: one model
+            pairs += [EvalPair(f"{name}/{hr.stem}", pair, truth, field_name=str(lr))
                       for hr, pair in zip(hrs, prepared, strict=True)]
     return pairs
 

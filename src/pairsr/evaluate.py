@@ -40,8 +40,9 @@ Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) in LR pixels, end-exclusive
 @dataclass
 class EvalPair:
     """A registered pair to evaluate; ``boxes`` in the LR px of ``pair.lr`` (its window);
-    ``gt`` (SR grid, whole field) only for simulated pairs; ``field_name``: the LR field's name,
-    shared by the pairs of its HR scans when it has several (None: a field of one scan)."""
+    ``gt`` (SR grid, whole field) only for simulated pairs; ``field_name``: the LR field's name
+    (``pairsr evaluate``: its file), shared by the pairs of its HR scans when it has several
+    and unique to the field (None: a field of one scan)."""
 
     name: str
     pair: TrainingPair
